@@ -1,0 +1,101 @@
+"""The main pipeline: ingest -> validate -> split -> ExPLoRA -> train -> calibrate -> evaluate -> export -> drift reference -> promote.
+
+Run it with ``python -m pipelines.full_run`` (the demo default) or point it at your data and weights:
+``python -m pipelines.full_run --data /data/natix --backbone /weights/dinov2-small``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from zenml import Model, pipeline
+
+from pipelines.run_config import RunSettings, load_run_config
+from stage1_core.calibration import CalibrationConfig
+from stage1_core.drift import DriftConfig
+from stage1_core.evaluation import EvaluationConfig
+from stage1_core.explora import ExploraConfig
+from stage1_core.export import ExportConfig
+from stage1_core.ingest import IngestConfig
+from stage1_core.model import ClassifierConfig
+from stage1_core.promotion import PromotionConfig
+from stage1_core.splits import SplitConfig
+from stage1_core.training import TrainConfig
+from stage1_core.validation import ValidationConfig
+from steps.adapt_backbone import adapt_backbone
+from steps.build_drift_reference import build_drift_reference
+from steps.calibrate_model import calibrate_model
+from steps.evaluate_model import evaluate_model
+from steps.export_model import export_model
+from steps.ingest_data import ingest_data
+from steps.load_pretrained_backbone import load_pretrained_backbone
+from steps.promote_model import promote_model
+from steps.split_data import split_data
+from steps.train_model import train_model
+from steps.validate_data import validate_data
+
+MODEL_NAME = "roadwork-classifier"
+
+
+@pipeline(model=Model(name=MODEL_NAME, description="P(roadwork) from a street-level photo"))
+def full_run(
+    data: IngestConfig,
+    data_fingerprint: str,
+    validation: ValidationConfig,
+    split: SplitConfig,
+    backbone: str,
+    seed: int,
+    explora_enabled: bool,
+    explora: ExploraConfig,
+    classifier: ClassifierConfig,
+    train: TrainConfig,
+    calibration: CalibrationConfig,
+    evaluation: EvaluationConfig,
+    export: ExportConfig,
+    drift: DriftConfig,
+    promotion: PromotionConfig,
+) -> None:
+    """Wire the stages; each step reads only its own section of the run config."""
+    raw_manifest = ingest_data(data, data_fingerprint)
+    valid_manifest, _, validation_report = validate_data(raw_manifest, validation)
+    split_manifest = split_data(valid_manifest, validation_report, split)
+    if explora_enabled:
+        adapted_backbone, _ = adapt_backbone(split_manifest, backbone, explora, classifier.multiview.canvas_size)
+    else:
+        adapted_backbone = load_pretrained_backbone(backbone, seed)
+    trained_classifier, _ = train_model(split_manifest, adapted_backbone, classifier, train)
+    policy = calibrate_model(split_manifest, trained_classifier, calibration)
+    evaluation_report = evaluate_model(split_manifest, trained_classifier, policy, evaluation)
+    exported_model = export_model(split_manifest, trained_classifier, policy, export)
+    build_drift_reference(split_manifest, drift)
+    promote_model(evaluation_report, exported_model, validation_report, promotion)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: validate the config and the data path first, then run the pipeline and print a summary."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=None, help="ZenML YAML run config (default: pipelines/configs/default.yaml)")
+    parser.add_argument("--data", default=None, help="dataset folder (NATIX parquet layout); default: the generated demo dataset")
+    parser.add_argument("--backbone", default=None, help="demo name, local weights directory or hub id (e.g. facebook/dinov2-small)")
+    parser.add_argument("--no-cache", action="store_true", help="re-run every step instead of reusing cached outputs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    from pipelines.run_config import ConfigError, prepare_run, print_summary
+
+    try:
+        settings: RunSettings = load_run_config(args.config, data=args.data, backbone=args.backbone, no_cache=args.no_cache)
+        run_kwargs = prepare_run(settings)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    run = full_run.with_options(**settings.zenml_options)(**run_kwargs)
+    print_summary(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""From a ZenML YAML run config and command-line overrides to a validated run, and the closing summary.
+
+The YAML's ``parameters`` section is validated as a :class:`RunConfig` (typos fail at start); the
+rest of the YAML (``enable_cache``, ``settings``, ``steps``...) is handed to ZenML unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from stage1_core.config import RunConfig
+from stage1_core.demo_data import generate_demo_dataset
+from stage1_core.ingest import DataLayoutError, dataset_fingerprint, detect_layout
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """The run cannot start: bad config, or data in no known layout. One line, no traceback."""
+
+
+class RunSettings(BaseModel):
+    """The validated run config plus the options ZenML takes directly."""
+
+    config: RunConfig
+    zenml_options: dict[str, Any]
+
+
+def load_run_config(path: Path | None, *, data: str | None = None, backbone: str | None = None, no_cache: bool = False) -> RunSettings:
+    """Read the YAML, apply overrides (``--data`` switches the demo generator off) and validate."""
+    path = path or DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"run config {path} does not exist")
+    document = yaml.safe_load(path.read_text()) or {}
+    parameters = document.pop("parameters", {}) or {}
+    if data is not None:
+        parameters["data"] = {**parameters.get("data", {}), "path": data}
+        parameters["demo"] = None
+    if backbone is not None:
+        parameters["backbone"] = backbone
+    if no_cache:
+        document["enable_cache"] = False
+    try:
+        config = RunConfig.model_validate(parameters)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ConfigError(f"{path}: parameters.{'.'.join(str(part) for part in first['loc'])}: {first['msg']} ({error.error_count()} problem(s))") from None
+    return RunSettings(config=config, zenml_options=document)
+
+
+def prepare_run(settings: RunSettings) -> dict[str, Any]:
+    """Generate the demo data if asked, check the data layout, register the local stack; return pipeline kwargs."""
+    from stacks.local import ensure_local_stack
+
+    config = settings.config
+    data_path = Path(config.data.path).expanduser()
+    if config.demo is not None and not data_path.exists():
+        generate_demo_dataset(data_path, config.demo)
+    try:
+        detect_layout(data_path)
+    except DataLayoutError as error:
+        raise ConfigError(str(error)) from None
+    ensure_local_stack()
+    kwargs = {name: getattr(config, name) for name in RunConfig.model_fields if name != "demo"}
+    return kwargs | {"data_fingerprint": dataset_fingerprint(data_path)}
+
+
+def print_summary(run: Any) -> None:
+    """The key val_test metrics, the promotion decision and where to look next."""
+    from stacks.local import mlflow_tracking_uri
+
+    report = run.steps["evaluate_model"].outputs["evaluation_report"][0].load()
+    decision = run.steps["promote_model"].outputs["promotion_decision"][0].load()
+    exported = run.steps["export_model"].outputs["exported_model"][0]
+    lines = [f"\nRun {run.name}: {run.status.value}", report.summary_text(), f"Promotion: {decision.registered_model_name} v{decision.version} -> {decision.alias}"]
+    lines += [f"  - {reason}" for reason in decision.reasons]
+    lines += [
+        "Where to look:",
+        "  ZenML dashboard:  zenml login --local   (then open http://127.0.0.1:8237)",
+        f"  MLflow UI:        mlflow ui --backend-store-uri {mlflow_tracking_uri()}",
+        f"  Exported model:   {exported.uri}/model.onnx",
+    ]
+    print("\n".join(lines))

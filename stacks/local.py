@@ -1,0 +1,58 @@
+"""The local default stack: local orchestrator and artifact store, MLflow tracking and registry (sqlite, offline).
+
+Get-or-create: the first run registers the components and the stack and activates it; later runs
+find them and change nothing. Run it directly with ``python -m stacks.local``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from zenml.client import Client
+from zenml.enums import StackComponentType
+
+logger = logging.getLogger(__name__)
+
+STACK_NAME = "roadwork-local"
+EXPERIMENT_TRACKER = "roadwork-mlflow-tracker"
+MODEL_REGISTRY = "roadwork-mlflow-registry"
+
+COMPONENTS: dict[StackComponentType, tuple[str, str]] = {
+    StackComponentType.ORCHESTRATOR: ("default", "local"),
+    StackComponentType.ARTIFACT_STORE: ("default", "local"),
+    StackComponentType.EXPERIMENT_TRACKER: (EXPERIMENT_TRACKER, "mlflow"),
+    StackComponentType.MODEL_REGISTRY: (MODEL_REGISTRY, "mlflow"),
+}
+
+
+def _get_or_create_component(client: Client, component_type: StackComponentType, name: str, flavor: str) -> str:
+    try:
+        return str(client.get_stack_component(component_type, name, allow_name_prefix_match=False).id)
+    except KeyError:
+        logger.info("registering %s %s (flavor %s)", component_type.value, name, flavor)
+        return str(client.create_stack_component(name=name, flavor=flavor, component_type=component_type, configuration={}).id)
+
+
+def ensure_local_stack(client: Client | None = None) -> str:
+    """Register (if missing) and activate the local stack; returns its name."""
+    client = client or Client()
+    components = {component_type: _get_or_create_component(client, component_type, name, flavor) for component_type, (name, flavor) in COMPONENTS.items()}
+    try:
+        client.get_stack(STACK_NAME, allow_name_prefix_match=False)
+    except KeyError:
+        logger.info("registering stack %s", STACK_NAME)
+        client.create_stack(name=STACK_NAME, components=components)
+    if client.active_stack_model.name != STACK_NAME:
+        client.activate_stack(STACK_NAME)
+    return STACK_NAME
+
+
+def mlflow_tracking_uri(client: Client | None = None) -> str:
+    """Tracking URI of the active stack's MLflow experiment tracker (for `mlflow ui`)."""
+    tracker = (client or Client()).active_stack.experiment_tracker
+    return tracker.get_tracking_uri() if tracker else ""
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(f"active stack: {ensure_local_stack()}")

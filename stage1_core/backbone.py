@@ -1,0 +1,108 @@
+"""Load a DINOv2 / DINOv3 vision transformer from Hugging Face transformers.
+
+One loader serves every case, so the demo run and a user's real weights go through the same
+code: a demo name (small config of the real architecture, nothing downloaded), a local directory
+written by ``save_pretrained`` (real weights copied onto the machine, or the project's own demo
+weights), or a hub id (only on a machine that can reach the hub or has it cached).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, Dinov2Config, DINOv3ViTConfig, PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("dinov2", "dinov2_with_registers", "dinov3_vit")
+
+DEMO_CONFIGS = {
+    "dinov2-demo": lambda: Dinov2Config(
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        intermediate_size=768,
+        patch_size=14,
+        image_size=112,
+    ),
+    "dinov3-demo": lambda: DINOv3ViTConfig(
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=3,
+        intermediate_size=768,
+        patch_size=16,
+        image_size=112,
+        num_register_tokens=4,
+    ),
+}
+
+HUB_EXAMPLES = (
+    "facebook/dinov2-small",
+    "facebook/dinov2-base",
+    "facebook/dinov3-vits16-pretrain-lvd1689m",
+    "facebook/dinov3-vitb16-pretrain-lvd1689m",
+)
+
+
+class BackboneLoadError(ValueError):
+    """The requested backbone cannot be loaded; the message says what is supported."""
+
+
+def _usage() -> str:
+    return (
+        f"supported: a demo name {sorted(DEMO_CONFIGS)}, a local directory written by save_pretrained "
+        f"(config.json + weights) of model type {list(SUPPORTED_MODEL_TYPES)}, or a hub id such as "
+        f"{', '.join(HUB_EXAMPLES)} on a machine that can reach the hub or has it in its cache "
+        "(copy the weights to a local directory and pass its path for offline machines)"
+    )
+
+
+def load_backbone(name_or_path: str, *, seed: int = 0) -> PreTrainedModel:
+    """Return the backbone as a transformers model (``Dinov2Model``, ``DINOv3ViTModel`` ...).
+
+    Args:
+        name_or_path: a demo name, a local directory, or a hub id.
+        seed: seed of the random initialisation of demo configs (deterministic demo runs).
+
+    Raises:
+        BackboneLoadError: unknown name, unreadable directory or unsupported architecture,
+            with a message listing what is supported and how to pass local weights.
+    """
+    if name_or_path in DEMO_CONFIGS:
+        torch.manual_seed(seed)
+        model = AutoModel.from_config(DEMO_CONFIGS[name_or_path]())
+        logger.info("backbone %s: randomly initialised demo config", name_or_path)
+        return model.eval()
+    path = Path(name_or_path).expanduser()
+    local = path.exists()
+    if local and not (path / "config.json").is_file():
+        raise BackboneLoadError(f"backbone directory {path} has no config.json; {_usage()}")
+    if not local and (name_or_path.count("/") != 1 or name_or_path.startswith((".", "/", "~"))):
+        raise BackboneLoadError(f"unknown backbone {name_or_path!r}: not a demo name, an existing directory or a hub id; {_usage()}")
+    try:
+        config = AutoConfig.from_pretrained(str(path) if local else name_or_path, local_files_only=local)
+    except (OSError, ValueError) as error:
+        raise BackboneLoadError(f"cannot read backbone config from {name_or_path!r} ({error}); {_usage()}") from error
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise BackboneLoadError(f"backbone {name_or_path!r} has model type {config.model_type!r}; {_usage()}")
+    try:
+        model = AutoModel.from_pretrained(str(path) if local else name_or_path, local_files_only=local)
+    except (OSError, ValueError) as error:
+        raise BackboneLoadError(f"cannot load backbone weights from {name_or_path!r} ({error}); {_usage()}") from error
+    logger.info("backbone %s: %s loaded", name_or_path, config.model_type)
+    return model.eval()
+
+
+def transformer_blocks(backbone: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of transformer blocks (``encoder.layer`` in DINOv2, ``model.layer`` in DINOv3)."""
+    for name, module in backbone.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and name.endswith("layer"):
+            return module
+    raise ValueError(f"cannot find the transformer blocks of {type(backbone).__name__}")
+
+
+def backbone_patch_size(model: PreTrainedModel) -> int:
+    """Patch size of the backbone, so views can be sized to whole patches."""
+    return int(model.config.patch_size)

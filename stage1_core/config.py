@@ -1,0 +1,44 @@
+"""The run configuration: one pydantic model per stage, filled from a ZenML YAML run config.
+
+``pipelines/configs/*.yaml`` hold ``parameters:`` whose keys are the fields below; they are
+validated here before anything runs, so a typo fails at start with the field's name.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from stage1_core.calibration import CalibrationConfig
+from stage1_core.demo_data import DemoDataConfig
+from stage1_core.drift import DriftConfig
+from stage1_core.evaluation import EvaluationConfig
+from stage1_core.explora import ExploraConfig
+from stage1_core.export import ExportConfig
+from stage1_core.ingest import IngestConfig
+from stage1_core.model import ClassifierConfig
+from stage1_core.promotion import PromotionConfig
+from stage1_core.splits import SplitConfig
+from stage1_core.training import TrainConfig
+from stage1_core.validation import ValidationConfig
+
+
+class RunConfig(BaseModel):
+    """Everything ``full_run`` needs; each stage reads its own section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: IngestConfig = IngestConfig()
+    demo: DemoDataConfig | None = DemoDataConfig()
+    validation: ValidationConfig = ValidationConfig()
+    split: SplitConfig = SplitConfig()
+    backbone: str = "dinov2-demo"
+    seed: int = 0
+    explora_enabled: bool = True
+    explora: ExploraConfig = ExploraConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    train: TrainConfig = TrainConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    export: ExportConfig = ExportConfig()
+    drift: DriftConfig = DriftConfig()
+    promotion: PromotionConfig = PromotionConfig()

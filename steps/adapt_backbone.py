@@ -1,0 +1,24 @@
+"""ExPLoRA step: continue the backbone's self-supervised pre-training on the run's train images."""
+
+from typing import Annotated
+
+import pandas as pd
+from transformers import PreTrainedModel
+from zenml import log_metadata, step
+
+from stage1_core.backbone import load_backbone
+from stage1_core.explora import ExploraConfig, ExploraSummary, run_explora
+from stage1_core.images import UnlabeledImageDataset
+from stage1_core.splits import Consumer, take_split
+
+
+@step
+def adapt_backbone(manifest: pd.DataFrame, backbone_name: str, config: ExploraConfig, image_side: int) -> tuple[
+    Annotated[PreTrainedModel, "adapted_backbone"],
+    Annotated[ExploraSummary, "explora_summary"],
+]:
+    """Load the backbone and adapt it with ExPLoRA on the (unlabeled) train split; LoRA is merged."""
+    train = take_split(manifest, "train", Consumer.SELF_SUPERVISED)
+    backbone, summary = run_explora(load_backbone(backbone_name, seed=config.seed), UnlabeledImageDataset(train, image_side), config)
+    log_metadata({"trainable_share": summary.trainable_share, "steps": summary.steps, "final_loss": summary.loss_curve[-1].total if summary.loss_curve else float("nan")})
+    return backbone, summary

@@ -1,0 +1,18 @@
+"""Split step: grouped, stratified train / val_select / val_calib / val_test."""
+
+from typing import Annotated
+
+import pandas as pd
+from zenml import log_metadata, step
+
+from stage1_core.splits import SplitConfig, assign_splits, split_counts
+from stage1_core.validation import ValidationReport, raise_on_critical_failure
+
+
+@step
+def split_data(manifest: pd.DataFrame, validation_report: ValidationReport, config: SplitConfig) -> Annotated[pd.DataFrame, "split_manifest"]:
+    """Assign every valid row to one split; stops the run if validation failed critically."""
+    raise_on_critical_failure(validation_report)
+    split = assign_splits(manifest, config)
+    log_metadata({"split_counts": split_counts(split), "seed": config.seed})
+    return split

@@ -1,0 +1,37 @@
+"""Test isolation: a private ZenML config/store per test session, no analytics, no hub access."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="roadwork-tests-"))
+os.environ["ZENML_CONFIG_PATH"] = str(_SESSION_DIR / "zenml")
+os.environ["ZENML_ANALYTICS_OPT_IN"] = "false"
+os.environ.setdefault("ZENML_LOGGING_VERBOSITY", "WARN")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from stage1_core.demo_data import DemoDataConfig, generate_demo_dataset  # noqa: E402
+from stage1_core.ingest import IngestConfig, ingest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(session_dir: Path) -> Path:
+    """A small demo dataset in the NATIX parquet layout, generated once per test session."""
+    return generate_demo_dataset(session_dir / "demo", DemoDataConfig(n_images=64, seed=3, image_width=320, image_height=240))
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(demo_dataset: Path, session_dir: Path) -> pd.DataFrame:
+    """The demo dataset ingested into the unified manifest."""
+    return ingest(IngestConfig(path=str(demo_dataset), image_store=str(session_dir / "image_store")))

@@ -1,0 +1,123 @@
+"""Temperature scaling recovers a known temperature; the chosen threshold is optimal and beats 0.5 where it should."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import expit
+from sklearn import metrics as skm
+
+from stage1_core.calibration import (
+    CalibrationConfig,
+    CalibrationPolicy,
+    TemperatureScaler,
+    choose_threshold,
+    fit_calibration_policy,
+)
+
+
+def calibrated_logits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """True logits z and labels drawn from sigmoid(z): sigmoid(z) is perfectly calibrated."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.0, 2.0, n)
+    return z, (rng.random(n) < expit(z)).astype(int)
+
+
+SKLEARN_OBJECTIVES = {
+    "mcc": skm.matthews_corrcoef,
+    "accuracy": skm.accuracy_score,
+    "balanced_accuracy": skm.balanced_accuracy_score,
+}
+
+
+@pytest.mark.parametrize("factor", [2.5, 0.5])  # overconfident, then underconfident logits
+def test_temperature_recovers_the_scaling_factor(factor: float) -> None:
+    z, labels = calibrated_logits(20_000, seed=0)
+    scaler = TemperatureScaler.fit(z * factor, labels)
+    assert scaler.temperature == pytest.approx(factor, rel=0.05)
+    assert scaler.n_samples == 20_000
+    assert scaler.nll_after < scaler.nll_before
+
+
+def test_reported_nll_is_the_log_loss_before_and_after() -> None:
+    z, labels = calibrated_logits(3000, seed=1)
+    logits = 3.0 * z
+    scaler = TemperatureScaler.fit(logits, labels)
+    assert scaler.nll_before == pytest.approx(skm.log_loss(labels, expit(logits)), rel=1e-6)
+    assert scaler.nll_after == pytest.approx(skm.log_loss(labels, scaler.apply(logits)), rel=1e-6)
+    # the optimum: a slightly different temperature does worse
+    for other in (0.9 * scaler.temperature, 1.1 * scaler.temperature):
+        assert skm.log_loss(labels, expit(logits / other)) > scaler.nll_after
+
+
+def test_temperature_keeps_the_decision_at_half() -> None:
+    z, labels = calibrated_logits(1000, seed=2)
+    scaler = TemperatureScaler.fit(4.0 * z, labels)
+    np.testing.assert_array_equal(scaler.apply(4.0 * z) > 0.5, z > 0)
+
+
+@pytest.mark.parametrize(
+    ("logits", "labels", "message"),
+    [
+        ([0.3, -1.0, 2.0], [1, 1, 1], "both classes"),
+        ([0.3, np.nan, 2.0], [1, 0, 1], "logits.*NaN.*row 1"),
+        ([0.3, 2.0], [1, 0, 1], "length 2 does not match the 3 labels"),
+        ([0.3, 1.0, 2.0], [1, 0, 3], "not 0 or 1"),
+    ],
+)
+def test_fit_names_bad_input(logits: list, labels: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TemperatureScaler.fit(np.array(logits), np.array(labels))
+
+
+@pytest.mark.parametrize("objective", ["mcc", "accuracy", "balanced_accuracy"])
+def test_threshold_beats_half_on_shifted_probabilities(objective: str) -> None:
+    z, labels = calibrated_logits(4000, seed=3)
+    probs = expit(z + 2.0)  # systematically too high: the best cut lies well above 0.5
+    choice = choose_threshold(labels, probs, objective)
+    score = SKLEARN_OBJECTIVES[objective]
+    assert choice.threshold > 0.6
+    assert choice.value == pytest.approx(score(labels, probs > choice.threshold))
+    assert choice.value_at_default == pytest.approx(score(labels, probs > 0.5))
+    assert choice.value > choice.value_at_default + 0.03
+
+
+@pytest.mark.parametrize("objective", ["mcc", "accuracy", "balanced_accuracy"])
+def test_no_threshold_does_better(objective: str) -> None:
+    z, labels = calibrated_logits(300, seed=4)
+    probs = np.round(expit(1.5 * z - 0.7), 3)  # ties included
+    choice = choose_threshold(labels, probs, objective)
+    score = SKLEARN_OBJECTIVES[objective]
+    every_cut = [score(labels, probs > t) for t in np.r_[-1.0, np.unique(probs)]]
+    assert choice.value == pytest.approx(max(every_cut))
+    assert not np.any(probs == choice.threshold)  # the cut sits between samples
+
+
+def test_threshold_needs_both_classes_except_for_accuracy() -> None:
+    labels, probs = np.ones(20, dtype=int), np.linspace(0.1, 0.9, 20)
+    with pytest.raises(ValueError, match="both classes"):
+        choose_threshold(labels, probs, "mcc")
+    assert choose_threshold(labels, probs, "accuracy").value == 1.0
+
+
+def test_policy_decisions_survive_the_validators_half_cut_and_a_round_trip() -> None:
+    z, labels = calibrated_logits(3000, seed=5)
+    logits = 2.0 * z + 1.5  # overconfident and shifted
+    policy = fit_calibration_policy(logits, labels, CalibrationConfig(threshold_objective="mcc"))
+    assert policy.method == "temperature"
+    assert policy.threshold > 0.5
+    decisions = policy.decisions(logits)
+    np.testing.assert_array_equal(decisions, policy.probabilities(logits) > policy.threshold)
+    np.testing.assert_array_equal(policy.validator_probabilities(logits) > 0.5, decisions)
+    assert skm.matthews_corrcoef(labels, decisions) == pytest.approx(policy.threshold_choice.value)
+
+    restored = CalibrationPolicy.model_validate_json(policy.model_dump_json())
+    assert restored == policy
+    np.testing.assert_array_equal(restored.probabilities(logits), policy.probabilities(logits))
+
+
+def test_default_policy_keeps_the_validators_threshold() -> None:
+    z, labels = calibrated_logits(1000, seed=6)
+    policy = fit_calibration_policy(3.0 * z, labels)
+    assert policy.threshold == 0.5 and policy.threshold_choice is None
+    np.testing.assert_allclose(policy.validator_probabilities(3.0 * z), policy.probabilities(3.0 * z))
