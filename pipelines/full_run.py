@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="re-run every step instead of reusing cached outputs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    for noisy in ("great_expectations", "onnxscript", "onnx_ir"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from pipelines.run_config import ConfigError, prepare_run, print_summary
 
     try:
@@ -92,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    run = full_run.with_options(**settings.zenml_options)(**run_kwargs)
-    print_summary(run)
+    print_summary(full_run.with_options(**settings.zenml_options)(**run_kwargs))
     return 0
 
 

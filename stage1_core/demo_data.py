@@ -378,6 +378,19 @@ class _Building:
     signs: list[tuple[float, float, RGB, bool]] = field(default_factory=list)  # shop signs: z0, z1, colour, look-alike
 
 
+@dataclass(frozen=True)
+class _Road:
+    left: float  # road edges, metres; the camera starts at x = 0 in the middle of its lane
+    right: float
+    lane_w: float
+    oncoming: int  # lanes (counted from the left) whose traffic comes towards the camera
+    lines: tuple[tuple[float, bool], ...]  # painted lines: (x, dashed)
+
+    @property
+    def lane_centres(self) -> list[float]:
+        return [self.left + self.lane_w * (i + 0.5) for i in range(round((self.right - self.left) / self.lane_w))]
+
+
 @dataclass
 class _Scene:
     plan: _SequencePlan
@@ -437,7 +450,7 @@ class _Canvas:
     Every primitive is drawn into all kept buffers, so near objects hide far lights and far depth.
     """
 
-    def __init__(self, base: Image.Image, depth: Image.Image | None, lights: bool) -> None:
+    def __init__(self, base: Image.Image, depth: Image.Image | None, lights: bool, headlight_reach: float) -> None:
         self.img = base
         self.depth = depth
         self.glow = Image.new("RGB", base.size) if lights else None
@@ -450,7 +463,7 @@ class _Canvas:
             self._targets += [(ImageDraw.Draw(self.glow), "glow"), (ImageDraw.Draw(self.light), "light")]
         self._depth_value = 0
         self._light_value = 0
-        self.headlight_reach = 0.0
+        self.headlight_reach = headlight_reach  # depth up to which the camera car's beam lights retro-reflectors
 
     @property
     def lights(self) -> bool:
@@ -774,19 +787,6 @@ def _car_params(rng: np.random.Generator, colour: RGB, rear: bool, lit: bool) ->
 # ----------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Road:
-    left: float  # road edges, metres; the camera starts at x = 0 in the middle of its lane
-    right: float
-    lane_w: float
-    oncoming: int  # lanes (counted from the left) whose traffic comes towards the camera
-    lines: tuple[tuple[float, bool], ...]  # painted lines: (x, dashed)
-
-    @property
-    def lane_centres(self) -> list[float]:
-        return [self.left + self.lane_w * (i + 0.5) for i in range(round((self.right - self.left) / self.lane_w))]
-
-
 def _road_layout(env: str, style: _CityStyle, rng: np.random.Generator) -> _Road:
     lane_w = {"urban": 3.2, "suburban": 3.0, "highway": 3.6, "rural": 2.9}[env] * float(rng.uniform(0.95, 1.05))
     if env == "urban":
@@ -963,7 +963,7 @@ class _Street:
     style: _CityStyle
     road: _Road
     walk: float
-    night: bool
+    lights_on: bool  # cars drive with lights on (dusk, night)
     rng: np.random.Generator
     views: list[_View]  # the camera of every frame
     guarded: list[_Sprite]
@@ -995,7 +995,7 @@ class _Street:
             z, x = _log_uniform(rng, 1.6, 35.0), centres[lane] + float(rng.uniform(-0.3, 0.3))
             rear = lane >= self.road.oncoming
             vz = float(rng.uniform(-0.05, 0.08)) if rear else float(rng.uniform(-0.5, -0.25))
-            if self.place(_Sprite("car", x, z, _car_params(rng, colour, rear, self.night), vz=vz)):
+            if self.place(_Sprite("car", x, z, _car_params(rng, colour, rear, self.lights_on), vz=vz)):
                 return True
         return False
 
@@ -1081,12 +1081,12 @@ def _build_scene(plan: _SequencePlan, width: int, height: int, rng: np.random.Ge
         "dusk": ((86, 80, 96), (176, 136, 116)) if overcast else ((58, 62, 120), (246, 150, 86)),
         "night": ((40, 44, 70), (96, 96, 116)),
     }[plan.daytime]
-    asphalt = _jitter(rng, style.asphalt, 6)
+    # Draw every colour before weather overrides it, so one seed gives the same street in any weather.
+    asphalt, sidewalk, terrain = (_jitter(rng, c, 6) for c in (style.asphalt, style.sidewalk, style.terrain))
     if plan.weather == "rain":
         asphalt = _scale(asphalt, 0.72)
     elif snow:
-        asphalt = _mix(asphalt, (200, 204, 210), 0.35)
-    sidewalk = (222, 226, 232) if snow else _jitter(rng, style.sidewalk, 6)
+        asphalt, sidewalk, terrain = _mix(asphalt, (200, 204, 210), 0.35), (222, 226, 232), (230, 233, 238)
     backdrop: list[tuple[float, float, float, RGB]] = []
     hills = None
     if env == "urban":
@@ -1096,8 +1096,8 @@ def _build_scene(plan: _SequencePlan, width: int, height: int, rng: np.random.Ge
             backdrop.append((x, x + w, float(rng.uniform(0.02, 0.12)), _mix(_pick(rng, style.facades), sky[1], 0.6)))
             x += w * float(rng.uniform(0.7, 1.1))
     else:
-        base = (236, 238, 242) if snow else _mix(_pick(rng, style.foliage), sky[1], 0.45)
-        hills = (base, rng.uniform([0.005, 0.0], [0.03, 2 * math.pi], size=(5, 2)))
+        base = _mix(_pick(rng, style.foliage), sky[1], 0.45)
+        hills = ((236, 238, 242) if snow else base, rng.uniform([0.005, 0.0], [0.03, 2 * math.pi], size=(5, 2)))
     orange_signs = int(rng.integers(1, 3)) if plan.hard_negative == "shop_sign" else 0
     buildings = _make_buildings(env, style, rng, road, walk, orange_signs)
     cam_dx, cam_dz = float(rng.uniform(-0.06, 0.06)), float(rng.uniform(0.02, 0.06))
@@ -1117,7 +1117,7 @@ def _build_scene(plan: _SequencePlan, width: int, height: int, rng: np.random.Ge
     return _Scene(
         plan=plan, horizon=horizon, vanish_x=vanish_x, cam_dx=cam_dx, cam_dz=cam_dz,
         hard_negative=plan.hard_negative if drawn else "none",
-        road=road, walk=walk, sky=sky, terrain=(230, 233, 238) if snow else _jitter(rng, style.terrain, 10),
+        road=road, walk=walk, sky=sky, terrain=terrain,
         asphalt=asphalt, sidewalk=asphalt if env == "highway" else sidewalk,
         marking=(214, 216, 220) if snow else (238, 238, 232),
         backdrop=backdrop, hills=hills, buildings=buildings, sprites=street.sprites,
@@ -1167,6 +1167,23 @@ def _paint_backdrop(cv: _Canvas, scene: _Scene, view: _View) -> None:
         cv.polygon([(0.0, hz + 1)] + list(zip(xs.tolist(), ys.tolist())) + [(float(w), hz + 1)], colour)
 
 
+# The camera car's low beam: light (0..255) in depth bands, bright close by and fading with distance.
+_BEAM_EDGES = (0.5, 1.0, 1.6, 2.4, 3.5, 5.0, 7.0)
+_BEAM_LIGHT = (160, 135, 110, 85, 55, 25)
+
+
+def _beam_half_width(z: float) -> float:
+    return 1.5 + 0.8 * z
+
+
+def _beam_light(dx: float, z: float) -> float:
+    """Beam light (0..1) on an upright object ``dx`` metres beside the camera at relative depth ``z``."""
+    if abs(dx) > _beam_half_width(z) or not _BEAM_EDGES[0] <= z < _BEAM_EDGES[-1]:
+        return 0.0
+    band = max(i for i, edge in enumerate(_BEAM_EDGES[:-1]) if edge <= z)
+    return min(1.0, 1.3 * _BEAM_LIGHT[band] / 255)  # faces turned to the camera catch more than the road
+
+
 def _paint_road(cv: _Canvas, scene: _Scene, view: _View) -> None:
     near, far = view.cam_z + 0.6, view.cam_z + 400
     left, right = scene.road.left, scene.road.right
@@ -1198,14 +1215,14 @@ def _paint_road(cv: _Canvas, scene: _Scene, view: _View) -> None:
             x = edge + out * (scene.walk - 0.3)
             pts = [view.point(x, near, 0.45), view.point(x, far, 0.45), view.point(x, far, 0.8), view.point(x, near, 0.8)]
             cv.polygon(pts, (176, 180, 184))
-    if cv.lights:  # the camera car's low beam: bright close by, fading with distance
-        for z0, z1, value in ((0.5, 1.5, 150), (1.5, 3.0, 105), (3.0, 6.0, 60)):
-            a0, a1 = 1.5 + 0.8 * z0, 1.5 + 0.8 * z1
+    if cv.lights:  # the camera car's low beam on the road
+        for z0, z1, value in zip(_BEAM_EDGES, _BEAM_EDGES[1:], _BEAM_LIGHT):
+            a0, a1 = _beam_half_width(z0), _beam_half_width(z1)
             cv.pool([view.point(view.cam_x - a0, view.cam_z + z0), view.point(view.cam_x + a0, view.cam_z + z0),
                      view.point(view.cam_x + a1, view.cam_z + z1), view.point(view.cam_x - a1, view.cam_z + z1)], value)
 
 
-def _paint_building(cv: _Canvas, b: _Building, view: _View, night: bool) -> None:
+def _paint_building(cv: _Canvas, b: _Building, view: _View) -> None:
     z0 = max(b.z0, view.cam_z + 0.25)
     if b.z1 <= z0:
         return
@@ -1231,7 +1248,7 @@ def _paint_building(cv: _Canvas, b: _Building, view: _View, night: bool) -> None
             break
         cv.at(za)
         for floor in range(0 if b.gable is not None else 1, floors):
-            lit = night and (b.pattern + floor * 131 + col * 31) % 7 < 3
+            lit = cv.lights and (b.pattern + floor * 131 + col * 31) % 7 < 3
             ha = floor * b.floor_h + 0.9
             cv.polygon([view.point(b.x, za, ha), view.point(b.x, zb, ha), view.point(b.x, zb, ha + 1.3),
                         view.point(b.x, za, ha + 1.3)],
@@ -1242,7 +1259,7 @@ def _paint_building(cv: _Canvas, b: _Building, view: _View, night: bool) -> None
         sa = max(s0, view.cam_z + 0.25)
         cv.at((sa + s1) / 2)
         cv.polygon([view.point(b.x, sa, 2.7), view.point(b.x, s1, 2.7), view.point(b.x, s1, 3.6), view.point(b.x, sa, 3.6)],
-                   colour, glow=_scale(colour, 0.7) if night else None)
+                   colour, glow=_scale(colour, 0.7) if cv.lights else None)
         if view.ppm(s1) > 8:
             for i in range(3):
                 ta = sa + (s1 - sa) * (0.15 + 0.25 * i)
@@ -1280,19 +1297,20 @@ def _noise_bank(width: int, height: int, sigma: float) -> Image.Image:
 _NOISE_PAD = 32
 _FOG_RGB = {"day": (206, 208, 212), "dusk": (150, 130, 122), "night": (34, 35, 42)}
 _NOISE_SIGMA = {"day": 2.0, "dusk": 3.0, "night": 4.5}
+_PRECIPITATION_TONE = {"rain": {"day": 215, "dusk": 170, "night": 90}, "snow": {"day": 245, "dusk": 200, "night": 120}}
 
 
 def _finish(cv: _Canvas, scene: _Scene, rng: np.random.Generator) -> Image.Image:
     """Lighting (dusk, night), fog, glow halos, rain, snow and sensor noise over the painted frame.
 
     All passes are 8-bit PIL operations (multiply, composite, add): float numpy passes over a
-    full frame were four times slower.
+    full frame were several times slower than all the drawing.
     """
     plan = scene.plan
     img = cv.img
     size = img.size
     if cv.light is not None:
-        light = _blur(cv.light, 8)
+        light = _blur(cv.light, 4)
         if plan.daytime == "night":
             ambient, gain = (0.15, 0.16, 0.22), (0.95, 0.88, 0.72)
         else:
@@ -1335,7 +1353,7 @@ def _precipitation(img: Image.Image, plan: _SequencePlan, rng: np.random.Generat
         for x, y, s in zip(xs, ys, sizes):
             r = 0.6 + 2.6 * s
             draw.ellipse((x - r, y - r, x + r, y + r), fill=round(130 + 90 * s))
-    tone = {"day": 245, "dusk": 200, "night": 120}[plan.daytime] if not rain else {"day": 215, "dusk": 170, "night": 90}[plan.daytime]
+    tone = _PRECIPITATION_TONE[plan.weather][plan.daytime]
     return Image.composite(Image.new("RGB", (w, h), (tone, tone, tone)), img, mask)
 
 
@@ -1343,14 +1361,12 @@ def _render_frame(scene: _Scene, t: int, width: int, height: int, rng: np.random
     plan = scene.plan
     view = _View(width, height, scene.horizon + float(rng.normal(0, 0.004 * height)),
                  scene.vanish_x, scene.cam_dx * t, scene.cam_dz * t)
-    night = plan.daytime != "day"
     base, depth = _base_images(scene, view, plan.weather == "fog")
-    cv = _Canvas(base, depth, lights=night)
-    cv.headlight_reach = 1.8 if plan.daytime == "night" else 0.8
+    cv = _Canvas(base, depth, lights=plan.daytime != "day", headlight_reach=1.8 if plan.daytime == "night" else 0.8)
     _paint_backdrop(cv, scene, view)
     _paint_road(cv, scene, view)
     for building in sorted(scene.buildings, key=lambda b: -b.z0):
-        _paint_building(cv, building, view, night)
+        _paint_building(cv, building, view)
     placed = []
     for sprite in scene.sprites:
         z = sprite.z + sprite.vz * t
@@ -1360,16 +1376,15 @@ def _render_frame(scene: _Scene, t: int, width: int, height: int, rng: np.random
     if cv.lights:
         for rel, z, sprite in placed:
             if sprite.kind == "lamp" and rel > 0.9:  # a 4 m disc of light on the ground under the lamp head
-                cv.pool([view.point(sprite.x - 1.6 + 4.0 * math.cos(a), z + 0.8 * math.sin(a)) for a in _CIRCLE], 110)
+                cv.pool([view.point(sprite.x - 1.6 + 4.0 * math.cos(a), z + 0.8 * math.sin(a)) for a in _CIRCLE], 80)
     boxes: list[tuple[_Sprite, Box]] = []
+    lamp_light = 0.1 if plan.environment == "rural" else 0.25  # street lamps light everything a little
     for rel, z, sprite in sorted(placed, key=lambda item: -item[0]):
         x, y = view.point(sprite.x, z)
         k = view.ppm(z)
         if x < -10 * k - width or x > 2 * width + 10 * k:
             continue
-        lamp_light = 0.1 if plan.environment == "rural" else 0.35
-        beam = 0.7 * min(1.0, 2.0 / rel) if abs(sprite.x - view.cam_x) < 8 else 0.0
-        cv.at(rel, light=lamp_light + beam)
+        cv.at(rel, light=lamp_light + _beam_light(sprite.x - view.cam_x, rel))
         boxes.append((sprite, _SPRITES[sprite.kind](cv, x, y, k, rel, sprite.params)))
     image = _finish(cv, scene, rng)
     sizes, kinds = [], set()

@@ -400,18 +400,18 @@ class _SelfDistillation(nn.Module):
         """DINO, iBOT and KoLeo losses of one multi-crop batch (2 global crops first); updates the centers."""
         config = self.config
         batch = crops[0].shape[0]
-        globals_ = torch.cat(crops[:2])
-        n_patches = (globals_.shape[-2] // self.patch_size) * (globals_.shape[-1] // self.patch_size)
+        global_crops = torch.cat(crops[:2])
+        n_patches = (global_crops.shape[-2] // self.patch_size) * (global_crops.shape[-1] // self.patch_size)
         masks = random_patch_masks(2 * batch, n_patches, config.mask_probability, config.mask_ratio_range)
-        masks = masks.to(globals_.device)
+        masks = masks.to(global_crops.device)
 
         with torch.no_grad():
-            teacher_tokens = self.teacher(pixel_values=globals_).last_hidden_state
+            teacher_tokens = self.teacher(pixel_values=global_crops).last_hidden_state
             teacher_cls = self._centered_softmax(self.teacher_heads["dino"](teacher_tokens[:, 0]), "dino")
             teacher_patches = self.teacher_heads["ibot"](teacher_tokens[:, self.n_prefix :][masks])
             teacher_patches = self._centered_softmax(teacher_patches, "ibot")
 
-        student_tokens = self.student(pixel_values=globals_, bool_masked_pos=masks).last_hidden_state
+        student_tokens = self.student(pixel_values=global_crops, bool_masked_pos=masks).last_hidden_state
         global_cls = student_tokens[:, 0]
         cls_features = [global_cls]
         if config.n_local_crops:

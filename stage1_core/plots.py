@@ -32,8 +32,8 @@ def reliability_diagram_png(labels: np.ndarray, probs: np.ndarray, *, n_bins: in
     edges = np.asarray(bins.edges)
     width = np.diff(edges)
     filled = np.asarray(bins.count) > 0
-    accuracy = np.array([a if a is not None else 0.0 for a in bins.accuracy])
-    confidence = np.array([c if c is not None else 0.0 for c in bins.mean_confidence])
+    accuracy = np.array(bins.accuracy, dtype=float)  # NaN for empty bins, which are not drawn
+    confidence = np.array(bins.mean_confidence, dtype=float)
 
     figure = Figure(figsize=(5.5, 6.0))
     FigureCanvasAgg(figure)

@@ -12,7 +12,7 @@ from stage1_core.promotion import PromotionConfig, PromotionDecision, register_a
 from stage1_core.validation import ValidationReport
 
 
-@step(experiment_tracker=True, enable_cache=False)
+@step(experiment_tracker=True)
 def promote_model(evaluation_report: EvaluationReport, exported_model: ExportedModel, validation_report: ValidationReport, config: PromotionConfig) -> Annotated[PromotionDecision, "promotion_decision"]:
     """Register the ONNX model in MLflow and set its alias; the ZenML model stage follows the alias."""
     model_info = exported_model.log_to_mlflow()

@@ -104,6 +104,29 @@ def test_ace_uses_equal_mass_ranges_of_both_classes() -> None:
     assert compute_metrics(labels, probs, n_bootstrap=0).ace.value == pytest.approx(np.mean(terms), rel=1e-9)
 
 
+def test_ace_splits_ranges_by_mass_through_ties() -> None:
+    # 1000 samples in 15 ranges of 66.67, probabilities tied in 101 values: boundaries fall inside tie groups.
+    labels, probs = predictions(1000, seed=14, sharpness=1.0, ties=True)
+    values, rank = np.unique(probs, return_inverse=True)
+    samples = np.bincount(rank)
+    # Cumulative label and probability mass as piecewise-linear functions of sample mass: tied samples spread evenly.
+    mass = np.r_[0.0, np.cumsum(samples)]
+    positive_mass = np.r_[0.0, np.cumsum(np.bincount(rank, weights=labels))]
+    probability_mass = np.r_[0.0, np.cumsum(samples * values)]
+    edges = np.linspace(0.0, 1000.0, 16)
+    gaps = np.diff(np.interp(edges, mass, positive_mass)) - np.diff(np.interp(edges, mass, probability_mass))
+    assert compute_metrics(labels, probs, n_bootstrap=0).ace.value == pytest.approx(np.abs(gaps).mean() / (1000 / 15))
+
+
+def test_metrics_do_not_depend_on_sample_order() -> None:
+    labels, probs = predictions(700, seed=15, ties=True)
+    order = np.random.default_rng(0).permutation(700)
+    shuffled = compute_metrics(labels[order], probs[order], n_bootstrap=0)
+    original = compute_metrics(labels, probs, n_bootstrap=0)
+    for name in METRIC_NAMES:
+        assert shuffled.metric(name).value == pytest.approx(original.metric(name).value, rel=1e-12), name
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_augrc_matches_the_closed_form(ties: bool) -> None:
     labels, probs = predictions(2000, seed=5, ties=ties)

@@ -1,0 +1,99 @@
+"""Integration: the real pipeline on a tiny demo configuration, checked through ZenML's and MLflow's own clients."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from pipelines.full_run import main
+
+REPO = Path(__file__).resolve().parents[1]
+EXPECTED_OUTPUTS = {
+    "ingest_data": {"raw_manifest"},
+    "validate_data": {"valid_manifest", "quarantine", "validation_report"},
+    "split_data": {"split_manifest"},
+    "adapt_backbone": {"adapted_backbone", "explora_summary"},
+    "train_model": {"classifier", "train_summary"},
+    "calibrate_model": {"calibration_policy"},
+    "evaluate_model": {"evaluation_report"},
+    "export_model": {"exported_model"},
+    "build_drift_reference": {"drift_reference", "drift_report"},
+    "promote_model": {"promotion_decision"},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(session_dir: Path) -> Path:
+    document = yaml.safe_load((REPO / "pipelines" / "configs" / "tiny.yaml").read_text())
+    document["parameters"]["data"] = {"path": str(session_dir / "tiny"), "image_store": str(session_dir / "tiny_images")}
+    path = session_dir / "tiny.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.fixture(scope="module")
+def completed_run(tiny_config: Path):
+    from zenml.client import Client
+
+    assert main(["--config", str(tiny_config)]) == 0
+    return Client().get_pipeline("full_run").last_run
+
+
+@pytest.mark.slow
+def test_full_run_completes_with_every_named_artifact(completed_run) -> None:
+    assert completed_run.status.value == "completed"
+    for step_name, outputs in EXPECTED_OUTPUTS.items():
+        assert step_name in completed_run.steps, step_name
+        assert set(completed_run.steps[step_name].outputs) == outputs, step_name
+    report = completed_run.steps["evaluate_model"].outputs["evaluation_report"][0]
+    assert {"metrics.html", "reliability_diagram.png"} <= {Path(v.uri).name for v in report.visualizations}
+    assert completed_run.steps["export_model"].outputs["exported_model"][0].load().metadata.parity[0].passed
+
+
+@pytest.mark.slow
+def test_model_version_is_registered_in_mlflow(completed_run) -> None:
+    from stacks.local import mlflow_tracking_uri
+
+    decision = completed_run.steps["promote_model"].outputs["promotion_decision"][0].load()
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
+    try:
+        version = MlflowClient().get_model_version_by_alias(decision.registered_model_name, decision.alias)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert str(version.version) == decision.version
+    assert decision.alias in {"champion", "challenger"} and decision.reasons
+
+
+@pytest.mark.slow
+def test_unchanged_second_run_hits_the_step_cache(completed_run, tiny_config: Path) -> None:
+    from zenml.client import Client
+
+    assert main(["--config", str(tiny_config)]) == 0
+    rerun = Client().get_pipeline("full_run").last_run
+    assert rerun.id != completed_run.id
+    assert {step.status.value for step in rerun.steps.values()} == {"cached"}
+
+
+def test_missing_data_path_fails_in_one_line_before_training(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    result = subprocess.run([sys.executable, "-m", "pipelines.full_run", "--data", str(missing)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 2
+    assert str(missing) in result.stderr and "natix" in result.stderr.lower()
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["empty", "unknown"])
+def test_empty_or_unknown_layout_is_refused(tmp_path: Path, kind: str, capsys) -> None:
+    folder = tmp_path / kind
+    folder.mkdir()
+    if kind == "unknown":
+        (folder / "notes.txt").write_text("not a dataset")
+    assert main(["--data", str(folder)]) == 2
+    error = capsys.readouterr().err
+    assert str(folder) in error and "accepted layouts" in error
