@@ -3,7 +3,6 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export ZENML_ANALYTICS_OPT_IN := false
-export ZENML_LOGGING_VERBOSITY ?= WARN
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -106,7 +106,7 @@ TRUTH_SCHEMA: pa.Schema = pa.schema(
     ]
 )
 
-CAM_HEIGHT_M = 1.5
+_CAM_HEIGHT_M = 1.5
 _EPOCH_2024 = 1_704_067_200  # 2024-01-01T00:00:00Z
 
 
@@ -428,7 +428,7 @@ class _View:
     cam_z: float
 
     def ppm(self, z: float) -> float:
-        return (self.height - self.horizon) / (CAM_HEIGHT_M * (z - self.cam_z))
+        return (self.height - self.horizon) / (_CAM_HEIGHT_M * (z - self.cam_z))
 
     def ground_y(self, z: float) -> float:
         return self.horizon + (self.height - self.horizon) / (z - self.cam_z)
@@ -843,9 +843,9 @@ def _make_buildings(
 def _roadwork_cluster(
     plan: _SequencePlan, rng: np.random.Generator, road: _Road, ppm1: float, width: int, height: int, vanish_x: float
 ) -> tuple[list[_Sprite], str, str]:
-    """The roadwork objects of a positive, placed so the largest one has the planned size class.
+    """The roadwork objects of a sequence, placed so the largest one has the planned size class.
 
-    The anchor (the largest kind) sits at the depth that gives it the target size and inside the
+    Negatives plan a cluster too but never draw it (see ``_Street``). The anchor (the largest kind) sits at the depth that gives it the target size and inside the
     centre square crop, so the label survives the validator's centre-crop preprocessing; the rest of
     the cluster lies farther along a line (parallel to the road or tapering to its edge).
     """
@@ -1102,7 +1102,7 @@ def _build_scene(plan: _SequencePlan, width: int, height: int, rng: np.random.Ge
     buildings = _make_buildings(env, style, rng, road, walk, orange_signs)
     cam_dx, cam_dz = float(rng.uniform(-0.06, 0.06)), float(rng.uniform(0.02, 0.06))
     views = [_View(width, height, horizon, vanish_x, cam_dx * t, cam_dz * t) for t in range(plan.n_frames)]
-    ppm1 = (height - horizon) / CAM_HEIGHT_M
+    ppm1 = (height - horizon) / _CAM_HEIGHT_M
     cluster, travel, description = _roadwork_cluster(plan, rng, road, ppm1, width, height, vanish_x)
     if plan.label == 0:
         travel, description = "none", ""
@@ -1164,7 +1164,7 @@ def _paint_backdrop(cv: _Canvas, scene: _Scene, view: _View) -> None:
         colour, harmonics = scene.hills
         xs = np.linspace(0, w, 33)
         ys = hz + 1 - h * sum(a * (1 + np.sin((i + 1) * 2.1 * xs / w * math.pi + ph)) for i, (a, ph) in enumerate(harmonics))
-        cv.polygon([(0.0, hz + 1)] + list(zip(xs.tolist(), ys.tolist())) + [(float(w), hz + 1)], colour)
+        cv.polygon([(0.0, hz + 1)] + list(zip(xs.tolist(), ys.tolist(), strict=True)) + [(float(w), hz + 1)], colour)
 
 
 # The camera car's low beam: light (0..255) in depth bands, bright close by and fading with distance.
@@ -1216,7 +1216,7 @@ def _paint_road(cv: _Canvas, scene: _Scene, view: _View) -> None:
             pts = [view.point(x, near, 0.45), view.point(x, far, 0.45), view.point(x, far, 0.8), view.point(x, near, 0.8)]
             cv.polygon(pts, (176, 180, 184))
     if cv.lights:  # the camera car's low beam on the road
-        for z0, z1, value in zip(_BEAM_EDGES, _BEAM_EDGES[1:], _BEAM_LIGHT):
+        for z0, z1, value in zip(_BEAM_EDGES[:-1], _BEAM_EDGES[1:], _BEAM_LIGHT, strict=True):
             a0, a1 = _beam_half_width(z0), _beam_half_width(z1)
             cv.pool([view.point(view.cam_x - a0, view.cam_z + z0), view.point(view.cam_x + a0, view.cam_z + z0),
                      view.point(view.cam_x + a1, view.cam_z + z1), view.point(view.cam_x - a1, view.cam_z + z1)], value)
@@ -1315,7 +1315,7 @@ def _finish(cv: _Canvas, scene: _Scene, rng: np.random.Generator) -> Image.Image
             ambient, gain = (0.15, 0.16, 0.22), (0.95, 0.88, 0.72)
         else:
             ambient, gain = (0.86, 0.70, 0.58), (0.25, 0.25, 0.25)
-        factor = Image.merge("RGB", [light.point(_affine(g, 255 * a, 1)) for a, g in zip(ambient, gain)])
+        factor = Image.merge("RGB", [light.point(_affine(g, 255 * a, 1)) for a, g in zip(ambient, gain, strict=True)])
         img = ImageChops.multiply(img, factor)
     if cv.depth is not None:
         density = float(rng.uniform(0.06, 0.11))  # per unit of depth
@@ -1345,12 +1345,12 @@ def _precipitation(img: Image.Image, plan: _SequencePlan, rng: np.random.Generat
     sizes = (rng.uniform(0.4, 1.0, count) ** 2 * (h / 480.0)).tolist()
     if rain:
         slant = float(rng.uniform(-0.3, 0.3))
-        for x, y, s in zip(xs, ys, sizes):
+        for x, y, s in zip(xs, ys, sizes, strict=True):
             length = 8 + 22 * s
             draw.line([(x, y), (x + slant * length, y + length)], fill=round(50 + 45 * s), width=1)
         img = img.point(_affine(0.9, 8))
     else:
-        for x, y, s in zip(xs, ys, sizes):
+        for x, y, s in zip(xs, ys, sizes, strict=True):
             r = 0.6 + 2.6 * s
             draw.ellipse((x - r, y - r, x + r, y + r), fill=round(130 + 90 * s))
     tone = _PRECIPITATION_TONE[plan.weather][plan.daytime]
@@ -1450,14 +1450,7 @@ def generate_demo_dataset(out_dir: Path, config: DemoDataConfig) -> Path:
                     image.save(buffer, format="JPEG", quality=config.jpeg_quality)
                     image_id = plan.first_id + t
                     rows.append(_natix_row(scene, t, image_id, buffer.getvalue(), width, height))
-                    px_224 = truth.max_px * 224.0 / min(width, height)
-                    truth_rows.append({
-                        "id": image_id, "split": split, "seq_id": plan.seq_id, "label": plan.label,
-                        "object_kinds": ",".join(truth.kinds), "n_roadwork_objects": truth.n_objects,
-                        "max_object_px": truth.max_px, "max_object_px_224": px_224,
-                        "size_class": size_class_of(px_224) if truth.n_objects else "none",
-                        "hard_negative_kind": scene.hard_negative,
-                    })
+                    truth_rows.append(_truth_row(scene, image_id, truth, min(width, height)))
                     progress.update(1)
                     if len(rows) == config.rows_per_shard:
                         _write(rows, data_dir / names[shard], NATIX_SCHEMA)
@@ -1500,6 +1493,22 @@ def _natix_row(scene: _Scene, t: int, image_id: int, jpeg: bytes, width: int, he
     }
 
 
+def _truth_row(scene: _Scene, image_id: int, truth: _FrameTruth, short_side: int) -> dict[str, Any]:
+    px_224 = truth.max_px * 224.0 / short_side
+    return {
+        "id": image_id,
+        "split": scene.plan.split,
+        "seq_id": scene.plan.seq_id,
+        "label": scene.plan.label,
+        "object_kinds": ",".join(truth.kinds),
+        "n_roadwork_objects": truth.n_objects,
+        "max_object_px": truth.max_px,
+        "max_object_px_224": px_224,
+        "size_class": size_class_of(px_224) if truth.n_objects else "none",
+        "hard_negative_kind": scene.hard_negative,
+    }
+
+
 def _write(rows: list[dict[str, Any]], path: Path, schema: pa.Schema) -> None:
     columns = [pa.array([row[f.name] for row in rows], type=f.type) for f in schema]
     pq.write_table(pa.Table.from_arrays(columns, schema=schema), path)
@@ -1512,7 +1521,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--n-images", type=int, default=defaults.n_images)
     parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--shift", choices=["none", "night_fog_city"], default=defaults.shift)
+    parser.add_argument("--shift", choices=get_args(DemoDataConfig.model_fields["shift"].annotation), default=defaults.shift)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     generate_demo_dataset(args.out_dir, DemoDataConfig(seed=args.seed, n_images=args.n_images, shift=args.shift))

@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel
 from torch.nn import functional as F
 
+from stage1_core.images import clamp_unit
 from stage1_core.model import RoadworkClassifier
 
 logger = logging.getLogger(__name__)
@@ -105,15 +106,28 @@ class ServingGraph(torch.nn.Module):
         self.canvas_size = classifier.config.multiview.canvas_size
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        canvas = F.interpolate(image.float() / 255.0, size=(self.canvas_size, self.canvas_size), mode="bilinear", align_corners=False, antialias=True)
-        return torch.sigmoid(self.classifier(canvas) / self.temperature)
+        return torch.sigmoid(self.classifier(image_to_canvas(image, self.canvas_size)) / self.temperature)
+
+
+def image_to_canvas(image: torch.Tensor, canvas_size: int) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` -> float canvas ``[B, 3, S, S]`` in [0, 1]: the serving graphs' preprocessing."""
+    return clamp_unit(F.interpolate(image.float() / 255.0, size=(canvas_size, canvas_size), mode="bilinear", align_corners=False, antialias=True))
+
+
+def image_dims() -> dict[int, torch.export.Dim]:
+    """Dynamic batch, height and width of a uint8 image input (the sizes a server may receive)."""
+    return {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=16, max=16384), 3: torch.export.Dim("width", min=16, max=16384)}
 
 
 def _onnx_bytes(graph: ServingGraph, example: torch.Tensor, opset: int) -> bytes:
-    dims = {0: torch.export.Dim("batch", min=1, max=4096), 2: torch.export.Dim("height", min=16, max=16384), 3: torch.export.Dim("width", min=16, max=16384)}
+    return module_to_onnx(graph, (example,), [INPUT_NAME], [OUTPUT_NAME], {"image": image_dims()}, opset)
+
+
+def module_to_onnx(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], input_names: list[str], output_names: list[str], dynamic_shapes: dict[str, dict[int, torch.export.Dim]], opset: int) -> bytes:
+    """Export ``module`` with the dynamo exporter into one self-contained, checked ONNX model (bytes)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
-        torch.onnx.export(graph, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes={"image": dims}, opset_version=opset, dynamo=True, external_data=False, verbose=False)
+        torch.onnx.export(module, examples, str(path), input_names=input_names, output_names=output_names, dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, external_data=False, verbose=False)
         model = onnx.load(str(path))
     onnx.checker.check_model(model)
     buffer = io.BytesIO()
@@ -135,6 +149,14 @@ def check_parity(graph: ServingGraph, session: onnxruntime.InferenceSession, ima
     flat = np.concatenate([d.ravel() for d in diffs])
     max_diff = float(flat.max())
     return ParityReport(runtime=f"onnxruntime {onnxruntime.__version__} CPU", n_images=len(images), max_abs_diff=max_diff, mean_abs_diff=float(flat.mean()), tolerance=tolerance, passed=max_diff <= tolerance)
+
+
+def cpu_session(onnx_bytes: bytes, threads: int | None = None) -> onnxruntime.InferenceSession:
+    """A CPU ONNX Runtime session; ``threads`` bounds its intra-op threads (None: ONNX Runtime's default)."""
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def tensorrt_status() -> str:

@@ -29,6 +29,11 @@ def load_rgb(uri: str) -> Image.Image:
     return ImageOps.exif_transpose(image).convert("RGB")
 
 
+def clamp_unit(image: torch.Tensor) -> torch.Tensor:
+    """Clip to [0, 1]: antialiased resizing can overshoot by a rounding error."""
+    return image.clamp(0.0, 1.0)
+
+
 def canvas_transform(canvas_size: int, augmentation: AugmentationConfig | None) -> v2.Compose:
     """PIL image -> float tensor ``[3, S, S]`` in [0, 1]; random crops etc. only when ``augmentation`` is given.
 
@@ -37,10 +42,11 @@ def canvas_transform(canvas_size: int, augmentation: AugmentationConfig | None) 
     """
     to_float = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
     if augmentation is None:
-        return v2.Compose([*to_float, v2.Resize((canvas_size, canvas_size), antialias=True)])
+        return v2.Compose([*to_float, v2.Resize((canvas_size, canvas_size), antialias=True), v2.Lambda(clamp_unit)])
     steps: list = [
         *to_float,
         v2.RandomResizedCrop(canvas_size, scale=(augmentation.scale_min, augmentation.scale_max), antialias=True),
+        v2.Lambda(clamp_unit),
     ]
     if augmentation.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())

@@ -14,7 +14,8 @@ Definitions follow ``shared/reference/methods.md``:
 * the calibration and selective-classification metrics (ECE, MCE, ACE, AURC, AUGRC) judge the
   top-label prediction ``argmax([1 - p, p])`` with confidence ``max(p, 1 - p)``, whatever the
   decision threshold; at threshold 0.5 the two predictions coincide;
-* Brier score and NLL are computed on the probability of the true class.
+* Brier score and NLL are computed on the probability of the true class;
+* AURC and AUGRC are fractions in [0, 1] (the fd-shifts reference implementation prints them x 1000).
 """
 
 from __future__ import annotations

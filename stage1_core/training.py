@@ -150,6 +150,7 @@ def train_classifier(model: RoadworkClassifier, train: pd.DataFrame, val_select:
     """Train on ``train``, select the checkpoint on ``val_select`` (MCC), return the selected model."""
     L.seed_everything(config.seed, workers=True)
     set_trainable_blocks(model, config.trainable_blocks)
+    model.train()
     canvas = model.config.multiview.canvas_size
     train_loader = _loader(train, canvas, config, train=True)
     val_loader = _loader(val_select, canvas, config, train=False)

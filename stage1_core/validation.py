@@ -28,6 +28,8 @@ from stage1_core.manifest import MANIFEST_COLUMNS
 from stage1_core.reports import Report
 
 logger = logging.getLogger(__name__)
+# GE logs one INFO line per public-API closure whenever a context starts: hundreds of lines of noise per run.
+logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
 
 MEGAPIXELS_COLUMN = "megapixels"  # derived for the size check only; never part of the output
 SCHEMA_CHECK = "schema"

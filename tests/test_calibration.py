@@ -54,6 +54,8 @@ def test_temperature_keeps_the_decision_at_half() -> None:
     z, labels = calibrated_logits(1000, seed=2)
     scaler = TemperatureScaler.fit(4.0 * z, labels)
     np.testing.assert_array_equal(scaler.apply(4.0 * z) > 0.5, z > 0)
+    with pytest.raises(ValueError, match="NaN or infinite.*index \\(1, 0\\)"):
+        scaler.apply(np.array([[0.5], [np.nan]]))
 
 
 @pytest.mark.parametrize(
