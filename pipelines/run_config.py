@@ -40,6 +40,8 @@ def load_run_config(path: Path | None, *, data: str | None = None, backbone: str
     if data is not None:
         parameters["data"] = {**parameters.get("data", {}), "path": data}
         parameters["demo"] = None
+        slices = parameters.setdefault("evaluation", {}).setdefault("slices", {})
+        slices["truth_path"] = None  # object sizes are known only for the generated demo data
     if backbone is not None:
         parameters["backbone"] = backbone
     if no_cache:

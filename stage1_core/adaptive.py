@@ -326,8 +326,8 @@ def export_adaptive(
     global_graph = GlobalViewGraph(classifier, temperature).eval()
     tiles_graph = TilesGraph(classifier, temperature).eval()
     example = select_images[0].unsqueeze(0)
-    with torch.inference_mode():
-        global_logit, _, canvas = global_graph(example)
+    with torch.inference_mode():  # a batch of two: an example batch of one would be specialised to a fixed size
+        global_logit, _, canvas = global_graph(example.expand(2, -1, -1, -1))
     batch = torch.export.Dim("batch", min=1, max=4096)
     global_onnx = module_to_onnx(global_graph, (example,), ["image"], ["global_logit", "p_global", "canvas"], {"image": image_dims()}, export_config.opset)
     tiles_onnx = module_to_onnx(

@@ -148,6 +148,15 @@ class TemperatureScaler(BaseModel):
         return expit(self.calibrated_logits(logits))
 
 
+class DirichletConfig(BaseModel):
+    """ODIR penalty grid searched by stratified k-fold cross-validation (as Kull et al. 2019 choose lambda and mu)."""
+
+    odir_lambdas: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
+    odir_mus: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
+    cv_folds: int = Field(5, ge=2)
+    seed: int = 0
+
+
 class DirichletCalibrator(BaseModel):
     """Dirichlet calibration with the ODIR penalty (Kull et al. 2019) of p = [1 - sigmoid(z), sigmoid(z)].
 
@@ -242,15 +251,6 @@ class DirichletCalibrator(BaseModel):
 Calibrator = Annotated[TemperatureScaler | DirichletCalibrator, Field(discriminator="method")]
 
 
-class DirichletConfig(BaseModel):
-    """ODIR penalty grid searched by stratified k-fold cross-validation (as Kull et al. 2019 choose lambda and mu)."""
-
-    odir_lambdas: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    odir_mus: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    cv_folds: int = Field(5, ge=2)
-    seed: int = 0
-
-
 def _calibration_sample(logits: np.ndarray, labels: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
     """Validated (logits, labels) of a calibration split holding both classes."""
     y = as_binary_labels(labels)
@@ -299,8 +299,8 @@ def _fit_dirichlet(features: np.ndarray, y: np.ndarray, lam: float, mu: float) -
         grad_b = residual.sum(axis=0) + 2.0 * mu / k * bias
         return float(nll + penalty), np.r_[grad_w.ravel(), grad_b]
 
-    result = minimize(objective, x0=np.r_[np.eye(k).ravel(), np.zeros(k)], jac=True, method="L-BFGS-B")
-    if not result.success:
+    result = minimize(objective, x0=np.r_[np.eye(k).ravel(), np.zeros(k)], jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    if not result.success:  # typically a separable split: the unpenalised diagonal grows without bound
         logger.warning("Dirichlet fit (lambda=%g, mu=%g) did not converge (%s); keeping its last iterate", lam, mu, result.message)
     return result.x
 

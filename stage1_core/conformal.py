@@ -25,6 +25,7 @@ Fitted on the calibrated val_calib probabilities, measured on val_test. Definiti
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
@@ -44,7 +45,7 @@ class TooFewCalibrationSamples(ValueError):
 class SCRCConfig(BaseModel):
     """SCRC targets: the share of images to select (stage 1) and the miscoverage allowed among them (stage 2)."""
 
-    target_selection_rate: float = Field(0.8, gt=0.0, le=1.0)
+    target_selection_rate: float = Field(0.8, gt=0.0, lt=1.0)
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
 
 
@@ -61,8 +62,7 @@ class ConformalConfig(BaseModel):
 
 def class_probabilities(probs: np.ndarray, *, name: str = "probs") -> np.ndarray:
     """``[n, 2]`` = (1 - p, p) of a vector of P(roadwork), validated (finite, in [0, 1])."""
-    vector = np.asarray(probs)
-    p = as_probabilities(vector, name=name, length=vector.size if vector.ndim == 1 else -1)
+    p = as_probabilities(probs, name=name, length=np.asarray(probs).size)
     return np.column_stack([1.0 - p, p])
 
 
@@ -205,7 +205,6 @@ class SCRCPolicy(BaseModel):
             raise TooFewCalibrationSamples(
                 f"SCRC: {n} calibration samples are too few for a selection rate of {config.target_selection_rate} "
                 f"(needs n >= rate / (1 - rate) = {config.target_selection_rate / (1 - config.target_selection_rate):.1f})"
-                if config.target_selection_rate < 1 else "SCRC: a selection rate of 1 needs no selection; use conformal sets"
             )
         threshold = float(-np.partition(-confidence, rank - 1)[rank - 1])
         selected = confidence >= threshold
@@ -229,10 +228,9 @@ class SCRCPolicy(BaseModel):
         return SCRCDecisions(selected=selected, sets=sets, accept=selected & (sets.sum(axis=1) == 1), prediction=probs.argmax(axis=1))
 
 
-class SCRCDecisions(BaseModel):
+@dataclass(frozen=True)
+class SCRCDecisions:
     """Per-image SCRC output: accept (answer ``prediction``) or defer (to a person, a larger model...)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
     selected: np.ndarray
     sets: np.ndarray

@@ -1420,7 +1420,8 @@ def _check_no_stale_shards(data_dir: Path, planned: set[str]) -> None:
 def generate_demo_dataset(out_dir: Path, config: DemoDataConfig) -> Path:
     """Draw the demo dataset into ``out_dir`` (NATIX parquet layout plus ``demo_truth.parquet``).
 
-    Same config -> byte-identical files. Rows are sorted by label within a split, like the real data.
+    Same config -> byte-identical files. Rows are sorted by label within a split, like the real data;
+    whole sequences stay in one split, and a split without rows (``test_fraction=0``) gets no shard.
 
     Raises:
         FileExistsError: ``out_dir/data`` holds other shards that would mix with this run's.

@@ -5,18 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from stage1_core.images import ManifestImageDataset, canvas_transform
 from stage1_core.model import RoadworkClassifier
 
 
-@torch.inference_mode()
 def predict_logits(model: RoadworkClassifier, manifest: pd.DataFrame, *, batch_size: int = 16, desc: str = "predict") -> np.ndarray:
     """Aggregated logits, one per manifest row, in row order."""
-    model.eval()
     dataset = ManifestImageDataset(manifest, canvas_transform(model.config.multiview.canvas_size, None))
+    return predict_dataset_logits(model, dataset, batch_size=batch_size, desc=desc)
+
+
+@torch.inference_mode()
+def predict_dataset_logits(model: RoadworkClassifier, dataset: Dataset, *, batch_size: int = 16, desc: str = "predict") -> np.ndarray:
+    """Aggregated logits of a dataset of (canvas ``[3, S, S]`` in [0, 1], label) pairs, in order (e.g. transformed images)."""
+    model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     outputs = [model(images).float() for images, _ in tqdm(loader, desc=desc, unit="batch")]
     return torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)

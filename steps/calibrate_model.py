@@ -1,9 +1,9 @@
-"""Calibrate step: temperature scaling and the decision threshold, fitted on val_calib only."""
+"""Calibrate step: calibrator, decision threshold and conformal thresholds, fitted on val_calib only."""
 
 from typing import Annotated
 
 import pandas as pd
-from zenml import log_metadata, step
+from zenml import step
 
 from stage1_core.calibration import CalibrationConfig, CalibrationPolicy, fit_calibration_policy
 from stage1_core.inference import predict_logits
@@ -13,8 +13,10 @@ from stage1_core.splits import Consumer, take_split
 
 @step
 def calibrate_model(manifest: pd.DataFrame, classifier: RoadworkClassifier, config: CalibrationConfig) -> Annotated[CalibrationPolicy, "calibration_policy"]:
-    """Fit the calibrator after multi-view aggregation, on val_calib."""
+    """Fit the calibration policy on val_calib logits (after multi-view aggregation).
+
+    Its parameters, NLL before/after, conformal thresholds and reliability diagrams are stored by
+    ``materializers.calibration_policy`` as the artifact's metadata and visualizations.
+    """
     val_calib = take_split(manifest, "val_calib", Consumer.CALIBRATION)
-    policy = fit_calibration_policy(predict_logits(classifier, val_calib, desc="val_calib"), val_calib["label"].to_numpy(), config)
-    log_metadata({"temperature": policy.calibrator.temperature, "nll_before": policy.calibrator.nll_before, "nll_after": policy.calibrator.nll_after, "threshold": policy.threshold})
-    return policy
+    return fit_calibration_policy(predict_logits(classifier, val_calib, desc="val_calib"), val_calib["label"].to_numpy(), config)

@@ -1,4 +1,4 @@
-"""Evaluate step: all metrics with bootstrap CIs on val_test only, plus plots, logged to MLflow."""
+"""Evaluate step: all metrics with bootstrap CIs on val_test only, per slice and validator view, conformal sets; logged to MLflow."""
 
 from typing import Annotated
 
@@ -9,17 +9,29 @@ from stage1_core.calibration import CalibrationPolicy
 from stage1_core.evaluation import EvaluationConfig, EvaluationReport, evaluate_predictions
 from stage1_core.inference import predict_logits
 from stage1_core.model import RoadworkClassifier
+from stage1_core.slices import object_size_classes, robustness_logits
 from stage1_core.splits import Consumer, take_split
 from stage1_core.tracking import log_files, log_metrics
 
 
 @step(experiment_tracker=True)
 def evaluate_model(manifest: pd.DataFrame, classifier: RoadworkClassifier, policy: CalibrationPolicy, config: EvaluationConfig) -> Annotated[EvaluationReport, "evaluation_report"]:
-    """Score val_test before and after calibration."""
+    """Score val_test before and after calibration, per slice, under the validator's views, and the conformal policy."""
     val_test = take_split(manifest, "val_test", Consumer.EVALUATION)
-    report = evaluate_predictions(val_test["label"].to_numpy(), predict_logits(classifier, val_test, desc="val_test"), policy, config)
+    slice_columns = val_test[list(config.slices.columns)]
+    if config.slices.truth_path is not None:
+        slice_columns = slice_columns.assign(object_size=object_size_classes(val_test, config.slices.truth_path))
+    report = evaluate_predictions(
+        val_test["label"].to_numpy(),
+        predict_logits(classifier, val_test, desc="val_test"),
+        policy,
+        config,
+        slice_columns=slice_columns,
+        view_logits=robustness_logits(classifier, val_test, config.robustness),
+    )
     log_metrics(report.calibrated.to_flat_dict(), prefix="val_test_")
     log_metrics(report.uncalibrated.to_flat_dict(), prefix="val_test_uncalibrated_")
+    log_metrics(report.flat_metrics(), prefix="val_test_")
     log_files(report.visualizations(), "evaluation")
     log_metadata(report.metadata())
     return report

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.special import expit
+from scipy.special import expit, log_expit
 from sklearn import metrics as skm
+from sklearn.linear_model import LogisticRegression
 
 from stage1_core.calibration import (
     CalibrationConfig,
     CalibrationPolicy,
+    DirichletCalibrator,
+    DirichletConfig,
     TemperatureScaler,
     choose_threshold,
     fit_calibration_policy,
@@ -123,3 +126,72 @@ def test_default_policy_keeps_the_validators_threshold() -> None:
     policy = fit_calibration_policy(3.0 * z, labels)
     assert policy.threshold == 0.5 and policy.threshold_choice is None
     np.testing.assert_allclose(policy.validator_probabilities(3.0 * z), policy.probabilities(3.0 * z))
+
+
+def beta_miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Model logits whose true probability is a beta map of the model's p (asymmetric: temperature cannot fix it)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0.5, 2.5, n)
+    true_logit = 0.6 * log_expit(z) - 2.0 * log_expit(-z) - 0.4
+    return z, (rng.random(n) < expit(true_logit)).astype(int)
+
+
+def test_dirichlet_improves_held_out_nll_beyond_temperature() -> None:
+    z, labels = beta_miscalibrated(4000, seed=7)
+    fit, held = slice(0, 2000), slice(2000, 4000)
+    dirichlet = DirichletCalibrator.fit(z[fit], labels[fit])
+    temperature = TemperatureScaler.fit(z[fit], labels[fit])
+    raw_nll = skm.log_loss(labels[held], expit(z[held]))
+    dirichlet_nll = skm.log_loss(labels[held], dirichlet.apply(z[held]))
+    oracle_nll = skm.log_loss(labels[held], expit(0.6 * log_expit(z[held]) - 2.0 * log_expit(-z[held]) - 0.4))
+    assert dirichlet_nll < skm.log_loss(labels[held], temperature.apply(z[held])) - 0.01
+    assert dirichlet_nll < raw_nll - 0.02
+    assert dirichlet_nll == pytest.approx(oracle_nll, abs=0.015)
+    assert dirichlet.nll_after < dirichlet.nll_before
+    assert dirichlet.nll_before == pytest.approx(skm.log_loss(labels[fit], expit(z[fit])), rel=1e-6)
+    assert dirichlet.nll_after == pytest.approx(skm.log_loss(labels[fit], dirichlet.apply(z[fit])), rel=1e-6)
+
+
+def test_dirichlet_reduces_to_beta_calibration() -> None:
+    z, labels = beta_miscalibrated(3000, seed=8)
+    tiny = DirichletConfig(odir_lambdas=(1e-8,), odir_mus=(1e-8,))
+    dirichlet = DirichletCalibrator.fit(z, labels, tiny)
+    # softmax(W ln p + b)[1] is sigmoid of the beta form a ln p - b ln(1 - p) + c
+    beta = dirichlet.logit_map
+    np.testing.assert_allclose(dirichlet.class_probabilities(z)[:, 1], expit(beta.a * log_expit(z) - beta.b * log_expit(-z) + beta.c), rtol=1e-10)
+    np.testing.assert_allclose(dirichlet.class_probabilities(z).sum(axis=1), 1.0)
+    # beta calibration fitted directly (Kull et al. 2017: logistic regression on ln p and -ln(1 - p)) gives the same map
+    reference = LogisticRegression(C=1e8, tol=1e-10, max_iter=10_000).fit(np.column_stack([log_expit(z), -log_expit(-z)]), labels)
+    assert (beta.a, beta.b, beta.c) == pytest.approx((*reference.coef_[0], reference.intercept_[0]), rel=1e-3, abs=1e-3)
+
+
+def test_temperature_is_the_symmetric_beta_map() -> None:
+    z, labels = calibrated_logits(2000, seed=9)
+    scaler = TemperatureScaler.fit(2.0 * z, labels)
+    np.testing.assert_allclose(expit(scaler.logit_map.apply(2.0 * z)), scaler.apply(2.0 * z), rtol=1e-10)
+
+
+def test_dirichlet_policy_round_trips_and_keeps_its_diagnostics() -> None:
+    z, labels = beta_miscalibrated(600, seed=10)
+    policy = fit_calibration_policy(z, labels, CalibrationConfig(method="dirichlet", threshold_objective="balanced_accuracy"))
+    assert policy.method == "dirichlet" and policy.conformal is not None and policy.conformal.scrc is not None
+    restored = CalibrationPolicy.model_validate_json(policy.model_dump_json())
+    assert restored == policy and isinstance(restored.calibrator, DirichletCalibrator)
+    np.testing.assert_allclose(restored.probabilities(z), policy.probabilities(z))
+    np.testing.assert_array_equal(policy.validator_probabilities(z) > 0.5, policy.decisions(z))
+    metadata = policy.metadata()
+    assert metadata["method"] == "dirichlet" and metadata["nll_after"] < metadata["nll_before"]
+    assert {"beta_a", "odir_lambda", "conformal_lac_q_hat", "scrc_risk_threshold"} <= set(metadata)
+    files = policy.visualizations()
+    assert files["reliability_val_calib_before.png"].startswith(b"\x89PNG") and files["reliability_val_calib_after.png"].startswith(b"\x89PNG")
+    assert "dirichlet" in files["calibration.html"]
+
+
+def test_small_calibration_split_keeps_the_policy_and_says_why_conformal_is_missing() -> None:
+    z, labels = calibrated_logits(8, seed=11)
+    labels[:2] = [0, 1]
+    policy = fit_calibration_policy(z, labels, CalibrationConfig(method="dirichlet"))
+    assert policy.conformal is None and "too few for alpha=0.1" in policy.conformal_undefined_reason
+    assert "undefined" in str(policy.metadata()["conformal"])
+    with pytest.raises(ValueError, match="both classes"):
+        DirichletCalibrator.fit(z, np.ones(8, dtype=int))

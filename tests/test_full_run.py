@@ -32,6 +32,7 @@ EXPECTED_OUTPUTS = {
 def tiny_config(session_dir: Path) -> Path:
     document = yaml.safe_load((REPO / "pipelines" / "configs" / "tiny.yaml").read_text())
     document["parameters"]["data"] = {"path": str(session_dir / "tiny"), "image_store": str(session_dir / "tiny_images")}
+    document["parameters"]["evaluation"]["slices"]["truth_path"] = str(session_dir / "tiny" / "demo_truth.parquet")
     path = session_dir / "tiny.yaml"
     path.write_text(yaml.safe_dump(document))
     return path

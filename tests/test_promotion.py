@@ -1,3 +1,5 @@
+import os
+
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -21,14 +23,16 @@ def test_bars_and_champion_comparison() -> None:
 
 
 @pytest.fixture()
-def mlflow_client(tmp_path):
+def mlflow_client(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    yield MlflowClient()
+    client = MlflowClient()
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", client.create_experiment("promotion-test"))
+    yield client
     mlflow.set_tracking_uri(None)
 
 
 def _run_with_metric(mcc: float) -> tuple[str, str]:
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=os.environ["MLFLOW_EXPERIMENT_ID"]) as run:
         mlflow.log_metric("val_test_mcc", mcc)
         mlflow.log_text("model", "model/placeholder.txt")
     return f"runs:/{run.info.run_id}/model", run.info.run_id

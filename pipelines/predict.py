@@ -1,0 +1,137 @@
+"""Score images with the exported model: ``python -m pipelines.predict IMAGE_OR_DIR... [--model champion|PATH] [--json]``.
+
+Every input is reported: a score per image, or which input failed and why (empty, not an image,
+corrupt, too small, too large). The rest are still scored; the exit code is 1 when any input
+failed and 2 when the model cannot be loaded. Folders contribute their files with an image
+extension (recursively); their other files are listed as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from stage1_core.predictor import BadImageError, ModelLoadError, Prediction, Predictor, PredictorConfig, decode_image
+
+IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
+CHUNK = 64  # decoded images held in memory at once
+
+
+class Failure(BaseModel):
+    source: str
+    error: str
+
+
+class PredictReport(BaseModel):
+    """What ``--json`` prints."""
+
+    model: str
+    mode: str
+    predictions: list[Prediction]
+    failures: list[Failure]
+    skipped: list[str]
+    views_per_image: float | None
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """(files to score, files skipped in folders for their extension). Named files are always scored."""
+    files: list[Path] = []
+    skipped: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.is_dir():
+            files.append(path)
+            continue
+        for child in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            if child.suffix.lower() in IMAGE_EXTENSIONS:
+                files.append(child)
+            else:
+                skipped.append(str(child))
+    return files, skipped
+
+
+def _tracking_uri(explicit: str | None) -> str | None:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the active ZenML stack's MLflow tracker (when ZenML has one)."""
+    if explicit or os.environ.get("MLFLOW_TRACKING_URI"):
+        return explicit or os.environ["MLFLOW_TRACKING_URI"]
+    try:
+        from stacks.local import mlflow_tracking_uri
+
+        return mlflow_tracking_uri() or None
+    except Exception as error:  # noqa: BLE001 - any ZenML failure only means "no URI from ZenML"; the predictor then says what to pass
+        logging.getLogger(__name__).info("no MLflow tracking URI from the active ZenML stack: %s", error)
+        return None
+
+
+def _decoded(files: list[Path], config: PredictorConfig, failures: list[Failure]) -> Iterator[list[tuple[str, np.ndarray]]]:
+    """Chunks of (source, uint8 image) for the readable inputs; failures are appended as they occur."""
+    chunk: list[tuple[str, np.ndarray]] = []
+    for path in tqdm(files, desc="predict", unit="img", disable=len(files) < CHUNK):
+        try:
+            chunk.append((str(path), _read(path, config)))
+        except (BadImageError, OSError) as error:
+            failures.append(Failure(source=str(path), error=str(error).removeprefix(f"{path}: ")))
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _read(path: Path, config: PredictorConfig) -> np.ndarray:
+    if not path.exists():
+        raise BadImageError(f"{path}: no such file or folder")
+    return decode_image(path.read_bytes(), source=str(path), config=config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    parser.add_argument("--model", default="champion", help="an exported bundle folder (model.onnx + metadata.json) or an MLflow registry alias (default: champion)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else the active ZenML stack's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    parser.add_argument("--no-adaptive", action="store_true", help="always run the fixed multi-view graph")
+    parser.add_argument("--max-pixels", type=int, default=PredictorConfig().max_pixels, help="refuse larger images (pixels)")
+    parser.add_argument("--min-side", type=int, default=PredictorConfig().min_side, help="refuse images with a smaller side (px)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = PredictorConfig(max_pixels=args.max_pixels, min_side=args.min_side, adaptive=not args.no_adaptive)
+    try:
+        is_path = Path(args.model).expanduser().exists()
+        predictor = Predictor.load(args.model, tracking_uri=None if is_path else _tracking_uri(args.tracking_uri), config=config)
+    except ModelLoadError as error:
+        print(f"error: cannot load the model: {error}", file=sys.stderr)
+        return 2
+    files, skipped = expand_inputs(args.inputs)
+    failures: list[Failure] = []
+    predictions: list[Prediction] = []
+    for chunk in _decoded(files, config, failures):
+        predictions += predictor.predict_arrays([image for _, image in chunk], [source for source, _ in chunk])
+    views = sum(p.views for p in predictions) / len(predictions) if predictions else None
+    report = PredictReport(model=predictor.origin, mode=predictor.mode, predictions=predictions, failures=failures, skipped=skipped, views_per_image=views)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        for prediction in predictions:
+            print(f"{prediction.source}\t{prediction.p_roadwork:.4f}\tviews={prediction.views}" + (f"\twarning: {prediction.warning}" if prediction.warning else ""))
+        for failure in failures:
+            print(f"FAILED {failure.source}: {failure.error}", file=sys.stderr)
+        for name in skipped:
+            print(f"skipped {name}: not an image file extension", file=sys.stderr)
+        summary = f"{len(predictions)} scored, {len(failures)} failed, {len(skipped)} skipped; model {predictor.origin} ({predictor.mode})"
+        print(summary + (f", {views:.2f} views/image" if views is not None else ""), file=sys.stderr)
+    return 1 if failures or not files else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Serve P(roadwork) from an exported model: a bundle directory or the registered champion.
+
+The predictor needs ONNX Runtime only (no PyTorch model code at serving time). It decodes images
+the way the training data was read (EXIF orientation applied, every colour mode turned into 8-bit
+RGB), and runs the adaptive two-graph path when the bundle has it (see ``adaptive.py``), else the
+fixed multi-view graph. ``predict_base64_jpeg`` is the miner's entry point: one base64 image in,
+one float in [0, 1] out, never an exception for an image that decodes (the subnet validator scores
+an answer outside [0, 1] or no answer as 0).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import mlflow.artifacts
+import numpy as np
+import onnx
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, Field
+
+from stage1_core.adaptive import AdaptiveExport, AdaptivePolicy, AdaptiveSessions
+from stage1_core.export import INPUT_NAME, ExportedModel, ExportMetadata, cpu_session
+from stage1_core.promotion import CHAMPION, PromotionConfig
+
+logger = logging.getLogger(__name__)
+
+MODEL_ENV = "ROADWORK_MODEL"  # what the miner function loads: a bundle path or a registry alias
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_TRANSPARENT_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+class PredictorConfig(BaseModel):
+    """Input bounds and runtime settings of the predictor."""
+
+    min_side: int = Field(16, ge=1, description="smallest image side accepted, in px (the exported graph's lower bound)")
+    max_pixels: int = Field(50_000_000, ge=1, description="largest image accepted, in pixels; the miner shrinks bigger ones instead")
+    batch_size: int = Field(16, ge=1, description="images per ONNX Runtime call (images of one size are batched)")
+    adaptive: bool = Field(True, description="use the adaptive two-graph path when the model has it")
+    threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (None: its default)")
+
+
+class BadImageError(ValueError):
+    """An input that cannot be scored; the message names the input and the reason."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded; the message says from where and what to do."""
+
+
+class Prediction(BaseModel):
+    """P(roadwork) of one image and how it was obtained."""
+
+    source: str
+    p_roadwork: float = Field(ge=0.0, le=1.0)
+    views: int  # backbone views spent on the image (1 = global view only)
+    warning: str | None = None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any Pillow mode: 16-bit grey scaled (not clipped), transparency over white, CMYK/palette/grey converted."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        grey = np.clip(np.round(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "F":
+        return Image.fromarray(np.clip(np.nan_to_num(np.asarray(image)), 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in _TRANSPARENT_MODES or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(data: bytes, *, source: str, config: PredictorConfig, fit_to_bounds: bool = False) -> np.ndarray:
+    """Encoded image bytes -> uint8 RGB ``[3, H, W]`` with EXIF orientation applied.
+
+    Args:
+        fit_to_bounds: resize an image outside ``[min_side, max_pixels]`` into the bounds instead of
+            refusing it (the miner must answer every image it can decode).
+
+    Raises:
+        BadImageError: empty, not an image, corrupt or truncated, too large for Pillow's decompression-bomb
+            guard, or (unless ``fit_to_bounds``) outside the configured size bounds.
+    """
+    if not data:
+        raise BadImageError(f"{source}: empty file (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadImageError(f"{source}: not an image Pillow can read ({len(data)} bytes starting {data[:8]!r})") from None
+    except Image.DecompressionBombError as error:
+        raise BadImageError(f"{source}: refused by Pillow's decompression-bomb guard ({error})") from None
+    width, height = image.size
+    if width * height > config.max_pixels:
+        if not fit_to_bounds:
+            raise BadImageError(
+                f"{source}: {width}x{height} = {width * height / 1e6:.1f} Mpx is over the bound of {config.max_pixels / 1e6:.1f} Mpx "
+                "(PredictorConfig.max_pixels); downscale the image or raise the bound"
+            )
+        scale = math.sqrt(config.max_pixels / (width * height))
+        image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))  # JPEG: decode at a reduced scale
+    try:
+        image.load()
+        image = to_rgb(ImageOps.exif_transpose(image))
+    except (OSError, SyntaxError, ValueError) as error:
+        raise BadImageError(f"{source}: corrupt or truncated image data ({error})") from None
+    image = _fit(image, source, config, fit_to_bounds)
+    return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))
+
+
+def _fit(image: Image.Image, source: str, config: PredictorConfig, fit_to_bounds: bool) -> Image.Image:
+    """Check (or, with ``fit_to_bounds``, enforce by resizing) the size bounds on the decoded, upright image."""
+    width, height = image.size
+    if min(width, height) < config.min_side:
+        if not fit_to_bounds:
+            raise BadImageError(f"{source}: {width}x{height} px is below the smallest side of {config.min_side} px (PredictorConfig.min_side)")
+        scale = config.min_side / min(width, height)
+        logger.warning("%s: %dx%d px upscaled to a %d px short side to be scored", source, width, height, config.min_side)
+        return image.resize((math.ceil(width * scale), math.ceil(height * scale)), Image.Resampling.BILINEAR)
+    if width * height > config.max_pixels:
+        scale = math.sqrt(config.max_pixels / (width * height))
+        logger.warning("%s: %dx%d px shrunk to fit %d pixels", source, width, height, config.max_pixels)
+        return image.resize((max(config.min_side, int(width * scale)), max(config.min_side, int(height * scale))), Image.Resampling.BILINEAR)
+    return image
+
+
+def _probability(value: float, source: str) -> tuple[float, str | None]:
+    """Clip to [0, 1]; NaN becomes 0.5 (no decision either way). Either case is logged and reported."""
+    if math.isnan(value):
+        message = "the model returned NaN; answered 0.5"
+        logger.warning("%s: %s", source, message)
+        return 0.5, message
+    if not 0.0 <= value <= 1.0:
+        message = f"the model returned {value!r}, outside [0, 1]; clipped"
+        logger.warning("%s: %s", source, message)
+        return min(max(value, 0.0), 1.0), message
+    return value, None
+
+
+class Predictor:
+    """P(roadwork) per image from an exported model (adaptive two-graph path when available)."""
+
+    def __init__(self, exported: ExportedModel, adaptive: AdaptiveExport | None = None, config: PredictorConfig | None = None, origin: str = "") -> None:
+        self.config = config or PredictorConfig()
+        self.metadata: ExportMetadata = exported.metadata
+        self.origin = origin
+        self.session = cpu_session(exported.onnx_bytes, self.config.threads)
+        use_adaptive = adaptive is not None and self.config.adaptive
+        self.adaptive_policy: AdaptivePolicy | None = adaptive.metadata.policy if use_adaptive else None
+        self.adaptive_sessions: AdaptiveSessions | None = adaptive.sessions(self.config.threads) if use_adaptive else None
+
+    @classmethod
+    def from_bundle(cls, directory: Path, config: PredictorConfig | None = None) -> Predictor:
+        """Load ``model.onnx`` + ``metadata.json`` (and the adaptive graphs when present) from an exported bundle."""
+        directory = Path(directory)
+        missing = [name for name in ("model.onnx", "metadata.json") if not (directory / name).is_file()]
+        if missing:
+            raise ModelLoadError(f"{directory}: not an exported model bundle (missing {', '.join(missing)}); pass the folder written by the export step")
+        adaptive = AdaptiveExport.load(directory) if AdaptiveExport.present(directory) else None
+        return cls(ExportedModel.load(directory), adaptive, config, origin=str(directory))
+
+    @classmethod
+    def from_registry(
+        cls, alias: str = CHAMPION, *, tracking_uri: str | None = None, registered_model_name: str | None = None, config: PredictorConfig | None = None
+    ) -> Predictor:
+        """Load the model version behind an MLflow registry alias (``champion`` by default).
+
+        Raises:
+            ModelLoadError: no tracking URI, registry unreachable or unreadable, or no version holds the alias.
+        """
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise ModelLoadError("no MLflow tracking URI: pass tracking_uri (CLI: --tracking-uri) or set MLFLOW_TRACKING_URI, or load an exported bundle path instead")
+        name = registered_model_name or PromotionConfig().registered_model_name
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise ModelLoadError(
+                    f"the MLflow registry at {uri} has no {name!r} version with alias {alias!r} ({error.message}); run the pipeline until a "
+                    "model passes the promotion gate, or pass an exported bundle path"
+                ) from None
+            raise ModelLoadError(f"cannot read the MLflow registry at {uri}: {error.message}; check the URI and that the server is up") from None
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = Path(tmp)
+            try:
+                location = client.get_model_version_download_uri(name, version.version)  # a plain artifact URI: no default-store lookup
+                model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(bundle / "model")))
+                metadata = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="model_metadata.json", dst_path=tmp, tracking_uri=uri)
+                artifacts = {item.path for item in client.list_artifacts(version.run_id)}
+                adaptive_dir = None
+                if "model_adaptive" in artifacts:
+                    adaptive_dir = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="model_adaptive", dst_path=tmp, tracking_uri=uri))
+            except (MlflowException, OSError) as error:
+                raise ModelLoadError(f"{name} v{version.version} ({alias}) at {uri}: cannot download its files ({error})") from None
+            onnx_bytes = onnx.load(str(model_dir / "model.onnx")).SerializeToString()  # mlflow.onnx stores weights as external data
+            exported = ExportedModel(onnx_bytes, ExportMetadata.model_validate(json.loads(Path(metadata).read_text())))
+            adaptive = AdaptiveExport.load(adaptive_dir) if adaptive_dir and AdaptiveExport.present(adaptive_dir) else None
+        logger.info("loaded %s v%s (%s) from %s%s", name, version.version, alias, uri, " with adaptive multi-view" if adaptive else "")
+        return cls(exported, adaptive, config, origin=f"{name}@{alias} (v{version.version}, {uri})")
+
+    @classmethod
+    def load(cls, model: str = CHAMPION, *, tracking_uri: str | None = None, config: PredictorConfig | None = None) -> Predictor:
+        """``model`` is an exported bundle path, or else a registry alias such as ``champion``."""
+        path = Path(model).expanduser()
+        if path.exists():
+            return cls.from_bundle(path, config)
+        if os.sep in model or model.startswith("."):
+            raise ModelLoadError(f"{model}: no such model bundle folder")
+        return cls.from_registry(model, tracking_uri=tracking_uri, config=config)
+
+    @property
+    def mode(self) -> str:
+        return "adaptive" if self.adaptive_sessions else f"fixed {self.metadata.views_per_image}-view"
+
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.adaptive_sessions and self.adaptive_policy:
+            return self.adaptive_sessions.predict(batch, self.adaptive_policy)
+        probabilities = self.session.run(None, {INPUT_NAME: batch})[0]
+        return probabilities, np.full(len(batch), self.metadata.views_per_image)
+
+    def predict_arrays(self, images: Sequence[np.ndarray], sources: Sequence[str]) -> list[Prediction]:
+        """Score uint8 RGB ``[3, H, W]`` images; images of one size share ONNX Runtime calls."""
+        if len(images) != len(sources):
+            raise ValueError(f"{len(images)} images but {len(sources)} sources: pass one source name per image")
+        by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            by_size[image.shape].append(index)
+        results: dict[int, Prediction] = {}
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.config.batch_size):
+                chunk = indices[start : start + self.config.batch_size]
+                probabilities, views = self._run(np.stack([images[i] for i in chunk]))
+                for index, p, n_views in zip(chunk, probabilities, views, strict=True):
+                    value, warning = _probability(float(p), sources[index])
+                    results[index] = Prediction(source=sources[index], p_roadwork=value, views=int(n_views), warning=warning)
+        return [results[index] for index in range(len(images))]
+
+    def predict_bytes(self, data: bytes, source: str = "image", *, fit_to_bounds: bool = False) -> Prediction:
+        """Score one encoded image (JPEG, PNG, ...)."""
+        return self.predict_arrays([decode_image(data, source=source, config=self.config, fit_to_bounds=fit_to_bounds)], [source])[0]
+
+    def predict_base64(self, b64: str) -> float:
+        """The miner's answer for one base64 image (a ``data:`` URL prefix is accepted): a float in [0, 1].
+
+        Raises:
+            BadImageError: the text is not base64 or the bytes are not a decodable image.
+        """
+        payload = b64.split(",", 1)[1] if b64.startswith("data:") else b64
+        try:
+            data = base64.b64decode(payload, validate=False)
+        except (binascii.Error, ValueError) as error:
+            raise BadImageError(f"base64 input: cannot decode ({error})") from None
+        return self.predict_bytes(data, "base64 image", fit_to_bounds=True).p_roadwork
+
+
+@lru_cache(maxsize=1)
+def default_predictor() -> Predictor:
+    """The miner's predictor: ``$ROADWORK_MODEL`` (a bundle path or a registry alias), by default the champion."""
+    return Predictor.load(os.environ.get(MODEL_ENV, CHAMPION))
+
+
+def predict_base64_jpeg(b64: str) -> float:
+    """Miner entry point: P(roadwork) in [0, 1] of a base64-encoded JPEG (or any image Pillow reads)."""
+    return default_predictor().predict_base64(b64)

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import matthews_corrcoef
+
+from stage1_core.adaptive import (
+    AdaptiveConfig,
+    GlobalViewGraph,
+    TilesGraph,
+    evaluate_adaptive,
+    fit_adaptive_policy,
+    logit_margin,
+    run_adaptive,
+    skip_tiles,
+)
+from stage1_core.backbone import load_backbone
+from stage1_core.export import ExportConfig, ServingGraph
+from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
+
+TEMPERATURE = 1.3
+
+
+def _scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, a noisy global-view P (rounded: tied margins) and a better multi-view P."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.6).astype(int)
+    signal = np.where(labels == 1, 1.0, -1.0)
+    p_global = np.round(1 / (1 + np.exp(-(signal * 0.8 + rng.normal(0, 1.2, n)))), 2)
+    p_full = 1 / (1 + np.exp(-(signal * 1.5 + rng.normal(0, 1.0, n))))
+    return labels, p_global, p_full
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fitted_bound_is_the_smallest_one_within_the_mcc_budget(seed: int) -> None:
+    labels, p_global, p_full = _scores(300, seed)
+    config = AdaptiveConfig(max_mcc_drop=0.02)
+    policy = fit_adaptive_policy(p_global, p_full, labels, 0.5, 10, config)
+
+    margin = logit_margin(p_global, 0.5)
+    mcc_full = matthews_corrcoef(labels, p_full > 0.5)
+    feasible = [np.inf]
+    for bound in np.unique(margin):
+        adaptive = np.where(margin >= bound, p_global, p_full) > 0.5
+        if matthews_corrcoef(labels, adaptive) >= mcc_full - config.max_mcc_drop - 1e-12:
+            feasible.append(bound)
+    assert policy.margin_threshold == pytest.approx(min(feasible))
+    outcome = policy.fitted_on
+    assert outcome.mcc_full == pytest.approx(mcc_full)
+    assert outcome.mcc_drop <= config.max_mcc_drop + 1e-12
+    assert outcome.skip_rate == pytest.approx(np.mean(margin >= min(feasible)))
+    assert outcome.views_per_image == pytest.approx(1 + 9 * (1 - outcome.skip_rate))
+    assert 0 < outcome.skip_rate < 1
+
+
+def test_zero_budget_on_a_useless_global_view_never_skips_and_one_class_labels_are_refused() -> None:
+    labels, _, p_full = _scores(200, 5)
+    p_global = np.where(labels == 1, 0.01, 0.99)  # confidently wrong everywhere
+    policy = fit_adaptive_policy(p_global, p_full, labels, 0.5, 10, AdaptiveConfig(max_mcc_drop=0.0))
+    assert policy.margin_threshold == np.inf and policy.fitted_on.skip_rate == 0.0
+    assert evaluate_adaptive(p_global, p_full, labels, policy).mcc_drop == 0.0
+    with pytest.raises(ValueError, match="both classes"):
+        fit_adaptive_policy(p_global, p_full, np.ones_like(labels), 0.5, 10, AdaptiveConfig())
+
+
+def test_adaptive_path_equals_the_full_result_for_uncertain_images_and_the_global_result_for_confident_ones() -> None:
+    model = RoadworkClassifier(load_backbone("dinov2-demo", seed=1), ClassifierConfig(multiview=MultiViewConfig(view_size=28))).eval()
+    global_graph, tiles_graph = GlobalViewGraph(model, TEMPERATURE), TilesGraph(model, TEMPERATURE)
+    batch = torch.randint(0, 256, (12, 3, 64, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        full = ServingGraph(model, TEMPERATURE)(batch).numpy()
+        global_logit, p_global, canvas = global_graph(batch)
+        np.testing.assert_allclose(tiles_graph(canvas, global_logit).numpy(), full, atol=1e-6)
+        labels = np.arange(12) % 2
+        policy = fit_adaptive_policy(p_global.numpy(), full, labels, 0.5, 10, AdaptiveConfig())
+        policy.margin_threshold = float(np.median(logit_margin(p_global.numpy(), 0.5)))
+
+        def global_pass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return tuple(output.numpy() for output in global_graph(torch.from_numpy(images)))
+
+        def tiles_pass(canvas: np.ndarray, global_logit: np.ndarray) -> np.ndarray:
+            assert len(canvas) < len(batch)  # only the uncertain images reach the tiles
+            return tiles_graph(torch.from_numpy(canvas), torch.from_numpy(global_logit)).numpy()
+
+        probabilities, views = run_adaptive(global_pass, tiles_pass, batch.numpy(), policy)
+    confident = skip_tiles(p_global.numpy(), policy)
+    assert 0 < confident.sum() < len(batch)
+    np.testing.assert_allclose(probabilities[~confident], full[~confident], atol=1e-6)
+    np.testing.assert_allclose(probabilities[confident], p_global.numpy()[confident], atol=1e-6)
+    assert (views == np.where(confident, 1, 10)).all()
+    assert not np.allclose(full[confident], p_global.numpy()[confident], atol=1e-5)  # the two paths really differ

@@ -1,0 +1,183 @@
+"""Split-conformal sets (LAC, APS, RAPS), conformal risk control and SCRC: guarantees, reference parity, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from stage1_core.conformal import (
+    ConformalConfig,
+    ConformalPolicy,
+    ConformalPredictor,
+    SCRCConfig,
+    SCRCPolicy,
+    TooFewCalibrationSamples,
+    class_probabilities,
+    class_scores,
+    conformal_quantile,
+    conformal_risk_control,
+    evaluate_scrc,
+    evaluate_sets,
+    fit_conformal_policy,
+)
+
+
+def synthetic(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from a probability the model only partly knows (its p is a noisy, overconfident version)."""
+    z = rng.normal(0.0, 1.5, n)
+    labels = (rng.random(n) < expit(z)).astype(int)
+    return labels, expit(2.0 * z + rng.normal(0.0, 0.7, n))
+
+
+def reference_sets(probs: np.ndarray, labels: np.ndarray, test: np.ndarray, alpha: float, score: str, u_cal, u_test) -> tuple[float, np.ndarray]:
+    """A plain per-sample loop: scores by the definitions in methods.md, q_hat as the ceil((n+1)(1-alpha))-th smallest."""
+
+    def score_of(row: np.ndarray, label: int, u: float) -> float:
+        if score == "lac":
+            return 1.0 - row[label]
+        above = sum(row[j] for j in range(len(row)) if row[j] > row[label] or (row[j] == row[label] and j < label))
+        return above + (1.0 if u is None else u) * row[label]
+
+    scores = sorted(score_of(row, int(y), None if u_cal is None else u_cal[i]) for i, (row, y) in enumerate(zip(probs, labels)))
+    q_hat = scores[math.ceil((len(scores) + 1) * (1 - alpha)) - 1]
+    sets = np.array([[score_of(row, k, None if u_test is None else u_test[i]) <= q_hat for k in range(row.size)] for i, row in enumerate(test)])
+    return q_hat, sets
+
+
+@pytest.mark.parametrize("name", ["lac", "aps", "aps_randomized"])
+def test_binary_predictor_matches_a_direct_reference_computation(name: str) -> None:
+    labels, p = synthetic(300, np.random.default_rng(0))
+    probs = class_probabilities(p)
+    predictor = ConformalPredictor.fit(name, labels[:200], probs[:200], 0.1, rng=np.random.default_rng(5))
+    randomized = name.endswith("randomized")
+    u_cal = np.random.default_rng(5).random(200) if randomized else None
+    u_test = np.random.default_rng(6).random(100) if randomized else None
+    expected_q, expected_sets = reference_sets(probs[:200], labels[:200], probs[200:], 0.1, name.split("_")[0], u_cal, u_test)
+    assert predictor.q_hat == pytest.approx(expected_q, abs=1e-12)
+    np.testing.assert_array_equal(predictor.prediction_sets(probs[200:], np.random.default_rng(6)), expected_sets)
+
+
+@pytest.mark.parametrize("score", ["lac", "aps"])
+def test_k_class_scores_match_the_definition(score: str) -> None:
+    rng = np.random.default_rng(1)
+    probs = np.round(rng.dirichlet(np.ones(4), 50), 2)  # rounding makes ties
+    u = rng.random(50)
+    _, sets = reference_sets(probs, np.zeros(50, dtype=int), probs, 0.5, score, u, u)
+    scores = class_scores(probs, score, u=u)
+    q_hat = conformal_quantile(scores[:, 0], 0.5)
+    np.testing.assert_array_equal(scores <= q_hat, sets)
+
+
+def test_quantile_is_the_exact_order_statistic_and_needs_enough_samples() -> None:
+    scores = np.random.default_rng(1).random(99)
+    rank = math.ceil(100 * 0.9)  # 90th smallest of 99
+    assert conformal_quantile(scores, 0.1) == np.sort(scores)[rank - 1]
+    assert conformal_quantile(scores, 0.1) == np.quantile(scores, rank / 99, method="inverted_cdf")
+    assert conformal_quantile(np.arange(9.0), 0.1) == 8.0  # n = 1/alpha - 1 is just enough: the largest score
+    with pytest.raises(TooFewCalibrationSamples, match="8 calibration samples are too few for alpha=0.1.*n >= 1/alpha - 1 = 9.0"):
+        conformal_quantile(np.arange(8.0), 0.1)
+    with pytest.raises(ValueError, match="empty calibration split"):
+        conformal_quantile(np.array([]), 0.1)
+
+
+@pytest.mark.parametrize("name", ["lac", "aps_randomized", "raps_randomized"])
+def test_coverage_is_at_least_one_minus_alpha_over_random_splits(name: str) -> None:
+    alpha, n_cal, trials = 0.1, 100, 300
+    rng = np.random.default_rng(2)
+    labels, p = synthetic(n_cal * 2 * trials, rng)
+    coverages = []
+    for trial in range(trials):
+        rows = rng.permutation(np.arange(trial * 2 * n_cal, (trial + 1) * 2 * n_cal))
+        calib, test = rows[:n_cal], rows[n_cal:]
+        predictor = ConformalPredictor.fit(name, labels[calib], class_probabilities(p[calib]), alpha, rng=rng, raps_lambda=0.2, raps_k_reg=1)
+        coverages.append(evaluate_sets(predictor.prediction_sets(class_probabilities(p[test]), rng), labels[test]).coverage)
+    mean = float(np.mean(coverages))
+    standard_error = float(np.std(coverages) / np.sqrt(trials))
+    assert mean >= 1 - alpha - 3 * standard_error
+    assert mean <= 1 - alpha + 1 / (n_cal + 1) + 3 * standard_error  # not trivially conservative either
+
+
+def test_raps_with_k_reg_two_equals_aps_for_two_classes_but_not_with_k_reg_one() -> None:
+    labels, p = synthetic(500, np.random.default_rng(3))
+    probs = class_probabilities(p)
+    aps = ConformalPredictor.fit("aps_randomized", labels, probs, 0.1, rng=np.random.default_rng(4))
+    raps = ConformalPredictor.fit("raps_randomized", labels, probs, 0.1, rng=np.random.default_rng(4), raps_lambda=0.5, raps_k_reg=2)
+    assert raps.q_hat == aps.q_hat
+    np.testing.assert_array_equal(raps.prediction_sets(probs, np.random.default_rng(7)), aps.prediction_sets(probs, np.random.default_rng(7)))
+    penalised = class_scores(probs, "raps", raps_lambda=0.5, raps_k_reg=1)
+    np.testing.assert_allclose(penalised - class_scores(probs, "aps"), np.where(probs < probs[:, ::-1], 0.5, 0.0))
+
+
+def test_crc_with_the_miscoverage_loss_is_split_conformal() -> None:
+    labels, p = synthetic(400, np.random.default_rng(5))
+    scores = 1.0 - class_probabilities(p)[np.arange(400), labels]
+    lambdas = np.unique(np.r_[0.0, scores])
+    losses = (scores[:, None] > lambdas[None, :]).astype(float)
+    for alpha in (0.05, 0.1, 0.2):
+        assert conformal_risk_control(losses, lambdas, alpha) == conformal_quantile(scores, alpha)
+    with pytest.raises(ValueError, match="non-increasing"):
+        conformal_risk_control(losses[:, ::-1], lambdas, 0.1)
+    with pytest.raises(TooFewCalibrationSamples, match="no lambda reaches risk 0.1 with 5 samples"):
+        conformal_risk_control(losses[:5], lambdas, 0.1)
+
+
+def test_scrc_controls_the_risk_among_selected_images_and_hits_the_selection_rate() -> None:
+    config = SCRCConfig(target_selection_rate=0.7, alpha=0.05)
+    rng = np.random.default_rng(6)
+    risks, rates, accepted_errors = [], [], []
+    for _ in range(200):
+        labels, p = synthetic(600, rng)
+        policy = SCRCPolicy.fit(labels[:300], class_probabilities(p[:300]), config)
+        result = evaluate_scrc(policy.decide(class_probabilities(p[300:])), labels[300:])
+        risks.append(result.selective_risk)
+        rates.append(result.selection_rate)
+        accepted_errors.append(result.accepted_error_rate)
+        assert result.accepted_error_rate <= 1.0 and 0.0 <= result.accept_rate <= result.selection_rate
+    assert np.mean(risks) <= config.alpha + 3 * np.std(risks) / np.sqrt(len(risks))
+    assert np.mean(rates) == pytest.approx(0.7, abs=0.02)
+    # without the selection the same alpha needs larger sets: selection buys singletons
+    full = ConformalPredictor.fit("lac", labels[:300], class_probabilities(p[:300]), config.alpha, rng=rng)
+    assert evaluate_sets(full.prediction_sets(class_probabilities(p[300:]), rng), labels[300:]).mean_size > result.selective_mean_size
+
+
+def test_decisions_accept_only_selected_single_class_sets() -> None:
+    policy = SCRCPolicy(target_selection_rate=0.5, alpha=0.1, selection_threshold=0.8, risk_threshold=0.3, n_calibration=10, n_selected=5)
+    decisions = policy.decide(class_probabilities(np.array([0.95, 0.6, 0.1, 0.75])))
+    np.testing.assert_array_equal(decisions.selected, [True, False, True, False])
+    np.testing.assert_array_equal(decisions.accept, [True, False, True, False])
+    np.testing.assert_array_equal(decisions.prediction, [1, 1, 0, 1])
+
+
+def test_policy_fits_every_predictor_round_trips_and_reports_small_splits() -> None:
+    labels, p = synthetic(200, np.random.default_rng(8))
+    policy = fit_conformal_policy(labels, p, ConformalConfig())
+    assert [predictor.name for predictor in policy.predictors] == ["lac", "aps", "aps_randomized", "raps"]
+    assert ConformalPolicy.model_validate_json(policy.model_dump_json()) == policy
+    assert set(policy.thresholds()) >= {"conformal_lac_q_hat", "scrc_selection_threshold", "scrc_risk_threshold"}
+    evaluation = policy.evaluate(labels, p)
+    assert evaluation.sets["lac"].coverage >= 0.9 and evaluation.scrc is not None
+    assert "conformal_lac_coverage" in evaluation.to_flat_dict()
+
+    small = fit_conformal_policy(labels[:12], p[:12], ConformalConfig(alpha=0.1, scrc=SCRCConfig(target_selection_rate=0.5, alpha=0.1)))
+    assert small.scrc is None and "no lambda reaches risk 0.1" in small.scrc_undefined_reason
+    with pytest.raises(TooFewCalibrationSamples):
+        fit_conformal_policy(labels[:5], p[:5], ConformalConfig(alpha=0.1))
+
+
+@pytest.mark.parametrize(
+    ("labels", "probs", "message"),
+    [
+        ([0, 1, 1], [0.2, np.nan, 0.9], "NaN or infinite.*row 1"),
+        ([0, 1, 1], [0.2, np.inf, 0.9], "NaN or infinite.*row 1"),
+        ([0, 1, 1], [0.2, 1.5, 0.9], "outside \\[0, 1\\].*row 1"),
+        ([0, 2, 1], [0.2, 0.5, 0.9], "not 0 or 1"),
+        ([], [], "empty"),
+        ([0, 1], [0.2, 0.5, 0.9], "length 3 does not match the 2 labels"),
+    ],
+)
+def test_bad_input_names_the_problem(labels: list, probs: list, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fit_conformal_policy(np.array(labels, dtype=float), np.array(probs, dtype=float), ConformalConfig())
