@@ -9,7 +9,6 @@ extension (recursively); their other files are listed as skipped.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

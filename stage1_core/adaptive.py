@@ -10,7 +10,7 @@ Networks", Kaya et al. 2019) applied to views instead of layers.
 Serving uses two ONNX graphs: the global graph (uint8 image -> global logit, P(roadwork) from the
 global view, and the canvas) and the tiles graph (canvas + global logit -> the full multi-view
 P(roadwork)), so an uncertain image gets exactly the fixed 10-view result and a confident one the
-global-view result, both calibrated with the model's temperature. The margin bound is the
+global-view result, both calibrated by the model's calibration policy. The margin bound is the
 smallest one whose MCC on ``val_select`` is at most ``max_mcc_drop`` below the fixed multi-view MCC.
 """
 
@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import logit
 from tqdm import tqdm
 
-from stage1_core.export import ExportConfig, ParityReport, ServingGraph, cpu_session, image_dims, image_to_canvas, module_to_onnx
+from stage1_core.calibration import LogitMap
+from stage1_core.export import CalibrationLayer, ExportConfig, ParityReport, ServingGraph, cpu_session, image_dims, image_to_canvas, module_to_onnx
 from stage1_core.metrics import as_binary_labels, as_probabilities, decision_metrics_from_counts
 from stage1_core.model import RoadworkClassifier, aggregate_view_logits, make_views
 
@@ -81,7 +82,7 @@ class AdaptiveMetadata(BaseModel):
 
     opset: int
     canvas_size: int
-    temperature: float
+    calibration: LogitMap
     policy: AdaptivePolicy
     parity: list[ParityReport]
 
@@ -184,28 +185,28 @@ def run_adaptive(global_pass: GlobalPass, tiles_pass: TilesPass, images: np.ndar
 class GlobalViewGraph(torch.nn.Module):
     """uint8 ``[B, 3, H, W]`` -> (global-view logit ``[B]``, calibrated P(roadwork) from it ``[B]``, canvas ``[B, 3, S, S]``)."""
 
-    def __init__(self, classifier: RoadworkClassifier, temperature: float) -> None:
+    def __init__(self, classifier: RoadworkClassifier, calibration: LogitMap) -> None:
         super().__init__()
         self.classifier = classifier.eval()
-        self.temperature = float(temperature)
+        self.calibrate = CalibrationLayer(calibration)
         self.canvas_size = classifier.config.multiview.canvas_size
         self.global_only = classifier.config.multiview.model_copy(update={"aggregation": "global_only"})
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         canvas = image_to_canvas(image, self.canvas_size)
         global_logit = self.classifier.view_logits(canvas, self.global_only)[:, 0]
-        return global_logit, torch.sigmoid(global_logit / self.temperature), canvas
+        return global_logit, self.calibrate(global_logit), canvas
 
 
 class TilesGraph(torch.nn.Module):
     """(canvas ``[B, 3, S, S]``, global logit ``[B]``) -> calibrated multi-view P(roadwork) ``[B]`` (same as ``ServingGraph``)."""
 
-    def __init__(self, classifier: RoadworkClassifier, temperature: float) -> None:
+    def __init__(self, classifier: RoadworkClassifier, calibration: LogitMap) -> None:
         super().__init__()
         if classifier.config.multiview.aggregation == "global_only":
             raise ValueError("adaptive multi-view needs a multi-view classifier; this one is configured global_only")
         self.classifier = classifier.eval()
-        self.temperature = float(temperature)
+        self.calibrate = CalibrationLayer(calibration)
         self.multiview = classifier.config.multiview
 
     def forward(self, canvas: torch.Tensor, global_logit: torch.Tensor) -> torch.Tensor:
@@ -213,7 +214,7 @@ class TilesGraph(torch.nn.Module):
         batch, n_tiles = tiles.shape[:2]
         tile_logits = self.classifier.head(self.classifier.embed(tiles.flatten(0, 1))).view(batch, n_tiles)
         view_logits = torch.cat([global_logit.unsqueeze(1), tile_logits], dim=1)
-        return torch.sigmoid(aggregate_view_logits(view_logits, self.multiview) / self.temperature)
+        return self.calibrate(aggregate_view_logits(view_logits, self.multiview))
 
 
 class AdaptiveSessions:
@@ -283,11 +284,11 @@ def score_both(sessions: AdaptiveSessions, images: list[torch.Tensor], desc: str
 
 
 def _check_parity(
-    classifier: RoadworkClassifier, temperature: float, sessions: AdaptiveSessions, images: list[torch.Tensor], tolerance: float
+    classifier: RoadworkClassifier, calibration: LogitMap, sessions: AdaptiveSessions, images: list[torch.Tensor], tolerance: float
 ) -> ParityReport:
     """Both ONNX passes against PyTorch: the global P against the global view, the tiles P against ``ServingGraph``."""
-    full_graph = ServingGraph(classifier, temperature).eval()
-    global_graph = GlobalViewGraph(classifier, temperature).eval()
+    full_graph = ServingGraph(classifier, calibration).eval()
+    global_graph = GlobalViewGraph(classifier, calibration).eval()
     diffs = []
     with torch.inference_mode():
         for image in images:
@@ -304,7 +305,7 @@ def _check_parity(
 
 def export_adaptive(
     classifier: RoadworkClassifier,
-    temperature: float,
+    calibration: LogitMap,
     decision_threshold: float,
     select_images: list[torch.Tensor],
     select_labels: np.ndarray,
@@ -323,8 +324,8 @@ def export_adaptive(
     """
     if not select_images:
         raise ValueError("adaptive export needs val_select images to fit the margin bound and check parity")
-    global_graph = GlobalViewGraph(classifier, temperature).eval()
-    tiles_graph = TilesGraph(classifier, temperature).eval()
+    global_graph = GlobalViewGraph(classifier, calibration).eval()
+    tiles_graph = TilesGraph(classifier, calibration).eval()
     example = select_images[0].unsqueeze(0)
     with torch.inference_mode():  # a batch of two: an example batch of one would be specialised to a fixed size
         global_logit, _, canvas = global_graph(example.expand(2, -1, -1, -1))
@@ -334,10 +335,10 @@ def export_adaptive(
         tiles_graph, (canvas, global_logit), ["canvas", "global_logit"], ["p_roadwork"], {"canvas": {0: batch}, "global_logit": {0: batch}}, export_config.opset
     )
     sessions = AdaptiveSessions(global_onnx, tiles_onnx)
-    parity = _check_parity(classifier, temperature, sessions, select_images[: export_config.parity_images], export_config.parity_tolerance)
+    parity = _check_parity(classifier, calibration, sessions, select_images[: export_config.parity_images], export_config.parity_tolerance)
     if not parity.passed:
         raise RuntimeError(f"adaptive ONNX graphs differ from PyTorch by {parity.max_abs_diff:.2e} > {parity.tolerance:.0e} on {parity.n_images} images")
     p_global, p_full = score_both(sessions, select_images)
     policy = fit_adaptive_policy(p_global, p_full, select_labels, decision_threshold, classifier.config.multiview.views_per_image, config)
-    metadata = AdaptiveMetadata(opset=export_config.opset, canvas_size=global_graph.canvas_size, temperature=float(temperature), policy=policy, parity=[parity])
+    metadata = AdaptiveMetadata(opset=export_config.opset, canvas_size=global_graph.canvas_size, calibration=calibration, policy=policy, parity=[parity])
     return AdaptiveExport(global_onnx, tiles_onnx, metadata)

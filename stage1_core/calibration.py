@@ -61,6 +61,11 @@ class LogitMap(BaseModel):
     b: float
     c: float
 
+    @classmethod
+    def from_temperature(cls, temperature: float) -> LogitMap:
+        """Temperature scaling z / T in this form: a = b = 1 / T, c = 0 (T = 1 leaves the logit unchanged)."""
+        return cls(a=1.0 / temperature, b=1.0 / temperature, c=0.0)
+
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """The calibrated logit of each z, any shape."""
         z = _finite_logits(logits)
@@ -128,7 +133,7 @@ class TemperatureScaler(BaseModel):
     @property
     def logit_map(self) -> LogitMap:
         """z / T = (ln p - ln(1 - p)) / T: the beta form with a = b = 1 / T, c = 0."""
-        return LogitMap(a=1.0 / self.temperature, b=1.0 / self.temperature, c=0.0)
+        return LogitMap.from_temperature(self.temperature)
 
     @property
     def parameters(self) -> dict[str, float]:

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -126,6 +126,9 @@ class DemoDataConfig(BaseModel):
     rows_per_shard: int = Field(default=400, ge=1, description="parquet rows per shard file")
     # "night_fog_city": mostly night and fog, in a city style absent from the unshifted data (drift demos).
     shift: Literal["none", "night_fog_city"] = "none"
+    # "mapillary": single images (frames_per_sequence is not used) with v2.0 polygons; "roadwork": positives
+    # only (positive_rate is not used), in ROADWork's COCO layout. Each layout draws its own scenes.
+    layout: Literal["natix", "mapillary", "roadwork"] = "natix"
 
 
 def size_class_of(px_224: float) -> str:
@@ -231,6 +234,7 @@ _PROFILES: dict[str, _Profile] = {
     ),
 }
 _SHIFT_CODES = {"none": 0, "night_fog_city": 1}
+_LAYOUT_CODES = {"mapillary": 1, "roadwork": 2}
 _ENVIRONMENT_P = {"urban": 0.4, "suburban": 0.25, "highway": 0.2, "rural": 0.15}
 _SIZE_CLASS_P = {"large": 0.3, "medium": 0.3, "small": 0.2, "tiny": 0.2}
 _KIND_P = {"cone": 0.32, "barrier": 0.2, "sign": 0.16, "worker": 0.16, "arrow_board": 0.16}
@@ -307,13 +311,19 @@ class _SequencePlan:
     hard_negative: str
 
 
+def _seed(config: DemoDataConfig, *parts: int) -> list[int]:
+    """RNG seed of one stream; NATIX keeps its historical seeds, other layouts draw other scenes."""
+    layout = [] if config.layout == "natix" else [_LAYOUT_CODES[config.layout]]
+    return [config.seed, _SHIFT_CODES[config.shift], *parts, *layout]
+
+
 def _plan_sequences(config: DemoDataConfig) -> list[_SequencePlan]:
     """Labels, splits and scene settings of every sequence; whole sequences go to one split."""
-    rng = np.random.default_rng([config.seed, _SHIFT_CODES[config.shift], 0])
+    rng = np.random.default_rng(_seed(config, 0))
     profile = _PROFILES[config.shift]
-    fps = config.frames_per_sequence
+    fps = 1 if config.layout == "mapillary" else config.frames_per_sequence
     n_seq = math.ceil(config.n_images / fps)
-    n_pos = round(n_seq * config.positive_rate)
+    n_pos = n_seq if config.layout == "roadwork" else round(n_seq * config.positive_rate)
     labels = rng.permutation(np.array([1] * n_pos + [0] * (n_seq - n_pos)))
     splits = ["train"] * n_seq
     for label in (0, 1):
@@ -845,9 +855,10 @@ def _roadwork_cluster(
 ) -> tuple[list[_Sprite], str, str]:
     """The roadwork objects of a sequence, placed so the largest one has the planned size class.
 
-    Negatives plan a cluster too but never draw it (see ``_Street``). The anchor (the largest kind) sits at the depth that gives it the target size and inside the
-    centre square crop, so the label survives the validator's centre-crop preprocessing; the rest of
-    the cluster lies farther along a line (parallel to the road or tapering to its edge).
+    Negatives plan a cluster too but never draw it (see ``_Street``). The anchor (the largest kind)
+    sits at the depth that gives it the target size and inside the centre square crop, so the label
+    survives the validator's centre-crop preprocessing; the rest of the cluster lies farther along a
+    line (parallel to the road or tapering to its edge).
     """
     n_kinds = int(rng.choice([1, 2, 3, 4], p=[0.3, 0.35, 0.25, 0.1]))
     probs = np.array(list(_KIND_P.values()))
@@ -1136,6 +1147,8 @@ class _FrameTruth:
     kinds: tuple[str, ...]
     n_objects: int
     max_px: int
+    objects: tuple[tuple[str, Box], ...]  # every visible sprite: kind, box clipped to the image
+    regions: tuple[tuple[str, tuple[Point, ...]], ...]  # ground surfaces and edges: region name, polygon
 
 
 def _base_images(scene: _Scene, view: _View, want_depth: bool) -> tuple[Image.Image, Image.Image | None]:
@@ -1387,15 +1400,38 @@ def _render_frame(scene: _Scene, t: int, width: int, height: int, rng: np.random
         cv.at(rel, light=lamp_light + _beam_light(sprite.x - view.cam_x, rel))
         boxes.append((sprite, _SPRITES[sprite.kind](cv, x, y, k, rel, sprite.params)))
     image = _finish(cv, scene, rng)
-    sizes, kinds = [], set()
+    sizes, kinds, objects = [], set(), []
     for sprite, (x0, y0, x1, y1) in boxes:
-        if not sprite.roadwork:
+        clipped = (max(x0, 0.0), max(y0, 0.0), min(x1, width), min(y1, height))
+        cw, ch = clipped[2] - clipped[0], clipped[3] - clipped[1]
+        if cw < 1 or ch < 1:
             continue
-        cw, ch = min(x1, width) - max(x0, 0.0), min(y1, height) - max(y0, 0.0)
-        if cw >= 1 and ch >= 1:
+        objects.append((sprite.kind, clipped))
+        if sprite.roadwork:
             sizes.append(max(cw, ch))
             kinds.add(sprite.kind)
-    return image, _FrameTruth(tuple(sorted(kinds)), len(sizes), round(max(sizes, default=0.0)))
+    truth = _FrameTruth(tuple(sorted(kinds)), len(sizes), round(max(sizes, default=0.0)), tuple(objects), _regions(scene, view))
+    return image, truth
+
+
+def _regions(scene: _Scene, view: _View) -> tuple[tuple[str, tuple[Point, ...]], ...]:
+    """Ground polygons of one frame: road, sidewalks or shoulders, curbs, and the roadside barrier of the environment."""
+    road, near, far = scene.road, view.cam_z + 0.8, view.cam_z + 150.0
+    regions = [
+        ("road", view.quad(road.left, road.right, near, far)),
+        ("sidewalk", view.quad(road.left - scene.walk, road.left - 0.15, near, far)),
+        ("sidewalk", view.quad(road.right + 0.15, road.right + scene.walk, near, far)),
+        ("curb", view.quad(road.left - 0.15, road.left, near, far)),
+        ("curb", view.quad(road.right, road.right + 0.15, near, far)),
+    ]
+    edge = {"highway": "guard_rail", "rural": "fence"}.get(scene.plan.environment)
+    if edge:
+        x = road.right + scene.walk
+        regions.append((edge, (view.point(x, near, 0.0), view.point(x, far, 0.0), view.point(x, far, 1.0), view.point(x, near, 1.0))))
+    def clamp(px: float, py: float) -> Point:  # Vistas polygons lie inside the image
+        return (round(min(max(px, 0.0), view.width), 1), round(min(max(py, 0.0), view.height), 1))
+
+    return tuple((name, tuple(clamp(px, py) for px, py in polygon)) for name, polygon in regions)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1408,64 +1444,207 @@ def _shard_names(split: str, n_rows: int, rows_per_shard: int) -> list[str]:
     return [f"{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
 
 
-def _check_no_stale_shards(data_dir: Path, planned: set[str]) -> None:
-    stale = sorted(p.name for p in data_dir.glob("*.parquet") if p.name not in planned)
+def _check_no_stale_files(folder: Path, pattern: str, planned: set[str]) -> None:
+    stale = sorted(p.name for p in folder.glob(pattern) if p.name not in planned)
     if stale:
         raise FileExistsError(
-            f"{data_dir} already holds parquet shards this run would not overwrite: {stale}; readers that glob "
-            "train-*/test-* would mix them with the new data. Remove them or choose another output directory."
+            f"{folder} already holds files this run would not overwrite: {stale[:5]} ({len(stale)} in all); readers "
+            "that list the folder would mix them with the new data. Remove them or choose another output directory."
         )
 
 
-def generate_demo_dataset(out_dir: Path, config: DemoDataConfig) -> Path:
-    """Draw the demo dataset into ``out_dir`` (NATIX parquet layout plus ``demo_truth.parquet``).
+@dataclass(frozen=True)
+class _Frame:
+    split: str  # "train" or "test"
+    scene: _Scene
+    t: int
+    image_id: int
+    jpeg: bytes
+    truth: _FrameTruth
 
-    Same config -> byte-identical files. Rows are sorted by label within a split, like the real data;
-    whole sequences stay in one split, and a split without rows (``test_fraction=0``) gets no shard.
 
-    Raises:
-        FileExistsError: ``out_dir/data`` holds other shards that would mix with this run's.
-    """
-    out_dir = Path(out_dir)
-    data_dir = out_dir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    plans = _plan_sequences(config)
-    by_split = {split: sorted((p for p in plans if p.split == split), key=lambda p: (p.label, p.seq_id))
-                for split in ("train", "test")}
-    shards = {split: _shard_names(split, sum(p.n_frames for p in seqs), config.rows_per_shard)
-              for split, seqs in by_split.items() if seqs}
-    _check_no_stale_shards(data_dir, {name for names in shards.values() for name in names})
+def _frames(config: DemoDataConfig, by_split: dict[str, list[_SequencePlan]]) -> Iterator[_Frame]:
+    """Render every planned frame, split by split, sequence by sequence (one image in memory at a time)."""
     width, height = config.image_width, config.image_height
-    truth_rows: list[dict[str, Any]] = []
-    start = time.perf_counter()
-    with tqdm(total=config.n_images, desc="demo images", unit="img") as progress:
-        for split, names in shards.items():
-            rows: list[dict[str, Any]] = []
-            shard = 0
-            for plan in by_split[split]:
-                rng = np.random.default_rng([config.seed, _SHIFT_CODES[config.shift], 1, plan.seq_id])
+    with tqdm(total=config.n_images, desc=f"demo images ({config.layout})", unit="img") as progress:
+        for split, plans in by_split.items():
+            for plan in plans:
+                rng = np.random.default_rng(_seed(config, 1, plan.seq_id))
                 scene = _build_scene(plan, width, height, rng)
                 for t in range(plan.n_frames):
                     image, truth = _render_frame(scene, t, width, height, rng)
                     buffer = io.BytesIO()
                     image.save(buffer, format="JPEG", quality=config.jpeg_quality)
-                    image_id = plan.first_id + t
-                    rows.append(_natix_row(scene, t, image_id, buffer.getvalue(), width, height))
-                    truth_rows.append(_truth_row(scene, image_id, truth, min(width, height)))
+                    yield _Frame(split, scene, t, plan.first_id + t, buffer.getvalue(), truth)
                     progress.update(1)
-                    if len(rows) == config.rows_per_shard:
-                        _write(rows, data_dir / names[shard], NATIX_SCHEMA)
-                        rows, shard = [], shard + 1
-            if rows:
-                _write(rows, data_dir / names[shard], NATIX_SCHEMA)
+
+
+def generate_demo_dataset(out_dir: Path, config: DemoDataConfig) -> Path:
+    """Draw the demo dataset into ``out_dir`` in ``config.layout``, plus ``demo_truth.parquet``.
+
+    Same config -> byte-identical files. Rows are sorted by label within a split, like the real data;
+    whole sequences stay in one split, and a split without rows (``test_fraction=0``) gets no files.
+    NATIX: parquet shards; Mapillary v2.0: images, polygons (with the trap labels of road surfaces and
+    permanent structures) and ``config_v2.0.json``; ROADWork: images and COCO annotations.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds other data files that would mix with this run's.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plans = _plan_sequences(config)
+    by_split = {split: sorted((p for p in plans if p.split == split), key=lambda p: (p.label, p.seq_id))
+                for split in ("train", "test")}
+    by_split = {split: seqs for split, seqs in by_split.items() if seqs}
+    writer = {"natix": _write_natix, "mapillary": _write_mapillary, "roadwork": _write_roadwork}[config.layout]
+    start = time.perf_counter()
+    truth_rows = writer(out_dir, config, by_split)
     _write(truth_rows, out_dir / "demo_truth.parquet", TRUTH_SCHEMA)
     elapsed = time.perf_counter() - start
-    logger.info(
-        "demo dataset: %d images (%s) in %.1f s (%.1f images/s) -> %s",
-        config.n_images, ", ".join(f"{split}: {len(names)} shard(s)" for split, names in shards.items()),
-        elapsed, config.n_images / elapsed, out_dir,
-    )
+    logger.info("demo dataset (%s layout): %d images in %.1f s (%.1f images/s) -> %s",
+                config.layout, config.n_images, elapsed, config.n_images / elapsed, out_dir)
     return out_dir
+
+
+def generate_fused_demo(out_dir: Path, config: DemoDataConfig, layouts: Sequence[str] = ("natix", "mapillary", "roadwork")) -> Path:
+    """One demo dataset per layout in ``out_dir/<layout>/``: the multi-source layout that ingest fuses."""
+    for layout in layouts:
+        generate_demo_dataset(Path(out_dir) / layout, config.model_copy(update={"layout": layout}))
+    return Path(out_dir)
+
+
+def _write_natix(out_dir: Path, config: DemoDataConfig, by_split: dict[str, list[_SequencePlan]]) -> list[dict[str, Any]]:
+    data_dir = out_dir / "data"
+    data_dir.mkdir(exist_ok=True)
+    shards = {split: _shard_names(split, sum(p.n_frames for p in seqs), config.rows_per_shard) for split, seqs in by_split.items()}
+    _check_no_stale_files(data_dir, "*.parquet", {name for names in shards.values() for name in names})
+    remaining = {split: sum(p.n_frames for p in seqs) for split, seqs in by_split.items()}
+    shard = dict.fromkeys(by_split, 0)
+    truth_rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for frame in _frames(config, by_split):
+        rows.append(_natix_row(frame.scene, frame.t, frame.image_id, frame.jpeg, config.image_width, config.image_height))
+        truth_rows.append(_truth_row(frame, config))
+        remaining[frame.split] -= 1
+        if len(rows) == config.rows_per_shard or remaining[frame.split] == 0:
+            _write(rows, data_dir / shards[frame.split][shard[frame.split]], NATIX_SCHEMA)
+            rows, shard[frame.split] = [], shard[frame.split] + 1
+    return truth_rows
+
+
+# Demo sprite kind -> Mapillary Vistas v2.0 label. Vistas has no worker label, so a frame whose only
+# visible roadwork is workers reads as a negative, as it would in the real data.
+_MAPILLARY_OBJECT_LABELS: dict[str, str] = {
+    "cone": "object--traffic-cone",
+    "barrier": "construction--barrier--temporary",
+    "sign": "object--traffic-sign--temporary-front",
+    "arrow_board": "object--traffic-sign--temporary-front",
+    "worker": "human--person--individual",
+    "person": "human--person--individual",
+    "car": "object--vehicle--car",
+    "tree": "nature--vegetation",
+    "lamp": "object--street-light",
+    "traffic_sign": "object--traffic-sign--front",
+    "roadside_sign": "object--sign--advertisement",
+}
+_MAPILLARY_REGION_LABELS: dict[str, str] = {
+    "road": "construction--flat--road",
+    "sidewalk": "construction--flat--sidewalk",
+    "curb": "construction--barrier--curb",
+    "guard_rail": "construction--barrier--guard-rail",
+    "fence": "construction--barrier--fence",
+}
+_MAPILLARY_EXTRA_LABELS = ("nature--sky", "object--pothole", "construction--barrier--concrete-block",
+                           "object--traffic-sign--temporary-back")
+MAPILLARY_SPLITS = {"train": "training", "test": "validation"}
+
+
+def _mapillary_config() -> dict[str, Any]:
+    names = sorted({*_MAPILLARY_OBJECT_LABELS.values(), *_MAPILLARY_REGION_LABELS.values(), *_MAPILLARY_EXTRA_LABELS})
+    labels = []
+    for index, name in enumerate(names):
+        colour = [(index * 67) % 256, (index * 131) % 256, (index * 199) % 256]
+        labels.append({"name": name, "readable": name.rsplit("--", 1)[-1].replace("-", " ").title(), "color": colour,
+                       "instances": name.startswith(("object--", "human--")), "evaluate": True})
+    return {"labels": labels, "version": "2.0", "mapping": "public", "folder_structure": "{split}/{content}/{key:.{22}}.{ext}"}
+
+
+def _box_polygon(box: Box) -> list[list[float]]:
+    x0, y0, x1, y1 = (round(value, 1) for value in box)
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
+def _write_mapillary(out_dir: Path, config: DemoDataConfig, by_split: dict[str, list[_SequencePlan]]) -> list[dict[str, Any]]:
+    folders = {split: (out_dir / MAPILLARY_SPLITS[split] / "images", out_dir / MAPILLARY_SPLITS[split] / "v2.0" / "polygons")
+               for split in by_split}
+    for split, (images, polygons) in folders.items():
+        images.mkdir(parents=True, exist_ok=True)
+        polygons.mkdir(parents=True, exist_ok=True)
+        ids = [f"demo{plan.first_id + t:07d}" for plan in by_split[split] for t in range(plan.n_frames)]
+        _check_no_stale_files(images, "*.jpg", {f"{key}.jpg" for key in ids})
+        _check_no_stale_files(polygons, "*.json", {f"{key}.json" for key in ids})
+    (out_dir / "config_v2.0.json").write_text(json.dumps(_mapillary_config(), indent=1))
+    truth_rows = []
+    for frame in _frames(config, by_split):
+        images, polygons = folders[frame.split]
+        key = f"demo{frame.image_id:07d}"
+        (images / f"{key}.jpg").write_bytes(frame.jpeg)
+        objects = [{"label": _MAPILLARY_REGION_LABELS[name], "polygon": [list(point) for point in polygon]}
+                   for name, polygon in frame.truth.regions]
+        objects += [{"label": _MAPILLARY_OBJECT_LABELS[kind], "polygon": _box_polygon(box)} for kind, box in frame.truth.objects]
+        document = {"width": config.image_width, "height": config.image_height,
+                    "objects": [{"id": index, **item} for index, item in enumerate(objects)]}
+        (polygons / f"{key}.json").write_text(json.dumps(document))
+        truth_rows.append(_truth_row(frame, config))
+    return truth_rows
+
+
+# Demo roadwork kinds -> ROADWork COCO category names (a subset of its 19 classes).
+ROADWORK_CATEGORIES: dict[str, str] = {
+    "cone": "Cone",
+    "barrier": "Barrier",
+    "sign": "Temporary Traffic Control Sign",
+    "worker": "Worker",
+    "arrow_board": "Arrow Board",
+}
+ROADWORK_SPLITS = {"train": "train", "test": "val"}
+
+
+def roadwork_file_name(city: str, seq_id: int, t: int) -> str:
+    """ROADWork's ``<city>_<seq>_<frame>.jpg`` naming: the sequence is in the name."""
+    return f"{city.lower()}_{seq_id:04d}_{t:06d}.jpg"
+
+
+def _write_roadwork(out_dir: Path, config: DemoDataConfig, by_split: dict[str, list[_SequencePlan]]) -> list[dict[str, Any]]:
+    images_dir, annotations_dir = out_dir / "scene" / "images", out_dir / "scene" / "annotations"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    annotations_dir.mkdir(parents=True, exist_ok=True)
+    planned = {roadwork_file_name(plan.city, plan.seq_id, t) for plans in by_split.values() for plan in plans for t in range(plan.n_frames)}
+    _check_no_stale_files(images_dir, "*.jpg", planned)
+    _check_no_stale_files(annotations_dir, "*.json", {f"instances_{ROADWORK_SPLITS[split]}_gps_split.json" for split in by_split})
+    categories = [{"id": index + 1, "name": name, "supercategory": "roadwork"} for index, name in enumerate(ROADWORK_CATEGORIES.values())]
+    category_ids = {category["name"]: category["id"] for category in categories}
+    documents = {split: {"images": [], "annotations": [], "categories": categories} for split in by_split}
+    truth_rows = []
+    for frame in _frames(config, by_split):
+        name = roadwork_file_name(frame.scene.plan.city, frame.scene.plan.seq_id, frame.t)
+        (images_dir / name).write_bytes(frame.jpeg)
+        lat, lon = frame.scene.gps
+        document = documents[frame.split]
+        document["images"].append({"id": frame.image_id, "file_name": name, "width": config.image_width,
+                                   "height": config.image_height, "gps": [round(lat, 6), round(lon, 6)],
+                                   "scene_description": frame.scene.description})
+        for kind, (x0, y0, x1, y1) in frame.truth.objects:
+            if kind in ROADWORK_CATEGORIES:
+                document["annotations"].append({
+                    "id": len(document["annotations"]) + 1, "image_id": frame.image_id,
+                    "category_id": category_ids[ROADWORK_CATEGORIES[kind]],
+                    "bbox": [round(x0, 1), round(y0, 1), round(x1 - x0, 1), round(y1 - y0, 1)],
+                    "area": round((x1 - x0) * (y1 - y0), 1), "iscrowd": 0, "attributes": {}})
+        truth_rows.append(_truth_row(frame, config))
+    for split, document in documents.items():
+        (annotations_dir / f"instances_{ROADWORK_SPLITS[split]}_gps_split.json").write_text(json.dumps(document))
+    return truth_rows
 
 
 def _natix_row(scene: _Scene, t: int, image_id: int, jpeg: bytes, width: int, height: int) -> dict[str, Any]:
@@ -1494,10 +1673,11 @@ def _natix_row(scene: _Scene, t: int, image_id: int, jpeg: bytes, width: int, he
     }
 
 
-def _truth_row(scene: _Scene, image_id: int, truth: _FrameTruth, short_side: int) -> dict[str, Any]:
-    px_224 = truth.max_px * 224.0 / short_side
+def _truth_row(frame: _Frame, config: DemoDataConfig) -> dict[str, Any]:
+    scene, truth = frame.scene, frame.truth
+    px_224 = truth.max_px * 224.0 / min(config.image_width, config.image_height)
     return {
-        "id": image_id,
+        "id": frame.image_id,
         "split": scene.plan.split,
         "seq_id": scene.plan.seq_id,
         "label": scene.plan.label,
@@ -1516,16 +1696,22 @@ def _write(rows: list[dict[str, Any]], path: Path, schema: pa.Schema) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: ``python -m stage1_core.demo_data OUT_DIR [--n-images N] [--seed S] [--shift night_fog_city]``."""
+    """CLI: ``python -m stage1_core.demo_data OUT_DIR [--n-images N] [--seed S] [--shift night_fog_city] [--layout L]``."""
     defaults = DemoDataConfig()
     parser = argparse.ArgumentParser(description="Draw the procedural demo dataset in the NATIX parquet layout.")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--n-images", type=int, default=defaults.n_images)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--shift", choices=get_args(DemoDataConfig.model_fields["shift"].annotation), default=defaults.shift)
+    parser.add_argument("--layout", choices=[*get_args(DemoDataConfig.model_fields["layout"].annotation), "fused"],
+                        default=defaults.layout, help="fused: one subfolder per layout (a multi-source dataset)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    generate_demo_dataset(args.out_dir, DemoDataConfig(seed=args.seed, n_images=args.n_images, shift=args.shift))
+    config = DemoDataConfig(seed=args.seed, n_images=args.n_images, shift=args.shift)
+    if args.layout == "fused":
+        generate_fused_demo(args.out_dir, config)
+    else:
+        generate_demo_dataset(args.out_dir, config.model_copy(update={"layout": args.layout}))
 
 
 if __name__ == "__main__":

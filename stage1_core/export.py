@@ -1,7 +1,7 @@
 """Export of the whole serving path to ONNX, checked against PyTorch with ONNX Runtime.
 
 The exported graph goes from a uint8 RGB image tensor of any size to P(roadwork): resize to the
-canvas, normalisation, multi-view crops, backbone, head, top-K aggregation and temperature
+canvas, normalisation, multi-view crops, backbone, head, top-K aggregation and calibration
 calibration are all inside, so a server needs nothing but ONNX Runtime.
 """
 
@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel
 from torch.nn import functional as F
 
+from stage1_core.calibration import LogitMap
 from stage1_core.images import clamp_unit
 from stage1_core.model import RoadworkClassifier
 
@@ -59,7 +60,7 @@ class ExportMetadata(BaseModel):
     output_spec: str
     canvas_size: int
     views_per_image: int
-    temperature: float
+    calibration: LogitMap
     decision_threshold: float
     parity: list[ParityReport]
     tensorrt: str
@@ -96,17 +97,31 @@ class ExportedModel:
         return onnxruntime.InferenceSession(self.onnx_bytes, providers=["CPUExecutionProvider"])
 
 
+class CalibrationLayer(torch.nn.Module):
+    """Any calibrator of ``stage1_core.calibration`` in the graph: sigmoid(a * logsigmoid(z) - b * logsigmoid(-z) + c).
+
+    Temperature scaling is a = b = 1/T, c = 0; Dirichlet (ODIR) calibration reduces to this beta form for two classes.
+    """
+
+    def __init__(self, calibration: LogitMap) -> None:
+        super().__init__()
+        self.a, self.b, self.c = float(calibration.a), float(calibration.b), float(calibration.c)
+
+    def forward(self, logit: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.a * F.logsigmoid(logit) - self.b * F.logsigmoid(-logit) + self.c)
+
+
 class ServingGraph(torch.nn.Module):
     """uint8 ``[B, 3, H, W]`` RGB -> calibrated P(roadwork) ``[B]``."""
 
-    def __init__(self, classifier: RoadworkClassifier, temperature: float) -> None:
+    def __init__(self, classifier: RoadworkClassifier, calibration: LogitMap) -> None:
         super().__init__()
         self.classifier = classifier.eval()
-        self.temperature = float(temperature)
+        self.calibrate = CalibrationLayer(calibration)
         self.canvas_size = classifier.config.multiview.canvas_size
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.classifier(image_to_canvas(image, self.canvas_size)) / self.temperature)
+        return self.calibrate(self.classifier(image_to_canvas(image, self.canvas_size)))
 
 
 def image_to_canvas(image: torch.Tensor, canvas_size: int) -> torch.Tensor:
@@ -168,7 +183,7 @@ def tensorrt_status() -> str:
     return "available: build an FP16 engine with trtexec --onnx=model.onnx --fp16 (engine build not part of this run)"
 
 
-def export_onnx(classifier: RoadworkClassifier, temperature: float, decision_threshold: float, images: list[torch.Tensor], config: ExportConfig) -> ExportedModel:
+def export_onnx(classifier: RoadworkClassifier, calibration: LogitMap, decision_threshold: float, images: list[torch.Tensor], config: ExportConfig) -> ExportedModel:
     """Export the serving graph, check ONNX Runtime against PyTorch on ``images`` (uint8 ``[3, H, W]``).
 
     Raises:
@@ -177,7 +192,7 @@ def export_onnx(classifier: RoadworkClassifier, temperature: float, decision_thr
     if not images:
         raise ValueError("export needs at least one real image for the parity check")
     images = images[: config.parity_images]
-    graph = ServingGraph(classifier, temperature).eval()
+    graph = ServingGraph(classifier, calibration).eval()
     onnx_bytes = _onnx_bytes(graph, images[0].unsqueeze(0), config.opset)
     session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     parity = check_parity(graph, session, images, config.parity_tolerance)
@@ -189,7 +204,7 @@ def export_onnx(classifier: RoadworkClassifier, temperature: float, decision_thr
         output_spec=f"{OUTPUT_NAME}: float32 [batch], calibrated P(roadwork) in [0, 1]",
         canvas_size=graph.canvas_size,
         views_per_image=classifier.config.multiview.views_per_image,
-        temperature=float(temperature),
+        calibration=calibration,
         decision_threshold=float(decision_threshold),
         parity=[parity],
         tensorrt=tensorrt_status(),

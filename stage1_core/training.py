@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from stage1_core.backbone import transformer_blocks
+from stage1_core.fusion import FusionConfig, sampling_weights
 from stage1_core.images import AugmentationConfig, ManifestImageDataset, canvas_transform
 from stage1_core.model import MultiViewConfig, RoadworkClassifier
 
@@ -41,7 +42,7 @@ class TrainConfig(BaseModel):
     label_smoothing: float = 0.1
     trainable_blocks: int = 2
     train_views: Literal["global", "multi"] = "global"
-    balanced_sampling: bool = True
+    sampling: FusionConfig = FusionConfig()
     early_stopping_patience: int = 3
     augmentation: AugmentationConfig = AugmentationConfig()
     num_workers: int = 0
@@ -138,12 +139,11 @@ class ClassifierModule(L.LightningModule):
 
 def _loader(manifest: pd.DataFrame, canvas_size: int, config: TrainConfig, train: bool) -> DataLoader:
     dataset = ManifestImageDataset(manifest, canvas_transform(canvas_size, config.augmentation if train else None))
-    sampler = None
-    if train and config.balanced_sampling:
-        counts = manifest["label"].value_counts()
-        weights = manifest["label"].map(lambda label: 1.0 / counts[label]).to_numpy()
-        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(manifest), replacement=True, generator=torch.Generator().manual_seed(config.seed))
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=train and sampler is None, sampler=sampler, num_workers=config.num_workers)
+    if not train:
+        return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+    weights = torch.as_tensor(sampling_weights(manifest, config.sampling).to_numpy(), dtype=torch.double)
+    sampler = WeightedRandomSampler(weights, num_samples=len(manifest), replacement=True, generator=torch.Generator().manual_seed(config.seed))
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers)
 
 
 def train_classifier(model: RoadworkClassifier, train: pd.DataFrame, val_select: pd.DataFrame, config: TrainConfig) -> tuple[RoadworkClassifier, TrainSummary]:

@@ -13,6 +13,7 @@ duplicate ids are one of the failures we look for, and an ambiguous key cannot p
 from __future__ import annotations
 
 import html
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -38,6 +39,7 @@ CLASS_BALANCE_CHECK = "class_balance"
 ID_UNIQUE_CHECK = "id_unique"
 SHA256_UNIQUE_CHECK = "sha256_unique"
 DECODABLE_CHECK = "decodable"
+INGEST_ERROR_CHECK = "ingest_error"
 DATASET_CHECKS = frozenset({SCHEMA_CHECK, NOT_EMPTY_CHECK, CLASS_BALANCE_CHECK})
 
 
@@ -149,6 +151,11 @@ def _build_suite(config: ValidationConfig) -> gx.ExpectationSuite:
             f"positive rate outside [{config.min_positive_rate:g}, {config.max_positive_rate:g}]",
         ),
         _check(gxe.ExpectColumnValuesToBeInSet(column="decode_error", value_set=[""]), DECODABLE_CHECK, "image not decodable"),
+        _check(
+            gxe.ExpectColumnValuesToNotMatchRegex(column="extras", regex=r'"ingest_error"\s*:'),
+            INGEST_ERROR_CHECK,
+            "source adapter reported a problem",
+        ),
         _check(
             gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$"),
             "sha256_format",
@@ -281,6 +288,8 @@ def _row_reasons(frame: pd.DataFrame, results: list[ExpectationValidationResult]
             row_reason = _keep_first(frame, rows, "sha256", lambda kept: f"{description} of kept id {frame.at[kept, 'id']}")
         elif name == DECODABLE_CHECK:
             row_reason = {row: f"{description}: {frame.at[row, 'decode_error']}" for row in rows}
+        elif name == INGEST_ERROR_CHECK:
+            row_reason = {row: f"{description}: {json.loads(frame.at[row, 'extras'])['ingest_error']}" for row in rows}
         else:
             row_reason = {row: description for row in rows}
         for row, reason in row_reason.items():

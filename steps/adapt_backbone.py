@@ -10,9 +10,10 @@ from stage1_core.backbone import load_backbone
 from stage1_core.explora import ExploraConfig, ExploraSummary, run_explora
 from stage1_core.images import UnlabeledImageDataset
 from stage1_core.splits import Consumer, take_split
+from stage1_core.tracking import log_config, log_metrics
 
 
-@step
+@step(experiment_tracker=True)
 def adapt_backbone(manifest: pd.DataFrame, backbone_name: str, config: ExploraConfig, image_side: int) -> tuple[
     Annotated[PreTrainedModel, "adapted_backbone"],
     Annotated[ExploraSummary, "explora_summary"],
@@ -20,5 +21,9 @@ def adapt_backbone(manifest: pd.DataFrame, backbone_name: str, config: ExploraCo
     """Load the backbone and adapt it with ExPLoRA on the (unlabeled) train split; LoRA is merged."""
     train = take_split(manifest, "train", Consumer.SELF_SUPERVISED)
     backbone, summary = run_explora(load_backbone(backbone_name, seed=config.seed), UnlabeledImageDataset(train, image_side), config)
+    log_config(config, "explora")
+    for loss in summary.loss_curve:
+        log_metrics({"total": loss.total, "dino": loss.dino, "ibot": loss.ibot, "koleo": loss.koleo}, prefix="explora_loss_", step=loss.step)
+    log_metrics({"explora_trainable_share": summary.trainable_share})
     log_metadata({"trainable_share": summary.trainable_share, "steps": summary.steps, "final_loss": summary.loss_curve[-1].total if summary.loss_curve else float("nan")})
     return backbone, summary

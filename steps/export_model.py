@@ -16,6 +16,6 @@ from stage1_core.splits import Consumer, take_split
 def export_model(manifest: pd.DataFrame, classifier: RoadworkClassifier, policy: CalibrationPolicy, config: ExportConfig) -> Annotated[ExportedModel, "exported_model"]:
     """Export classifier + calibration; fails if ONNX Runtime and PyTorch disagree beyond the tolerance."""
     images = load_uint8_images(take_split(manifest, "val_test", Consumer.EVALUATION).head(config.parity_images))
-    exported = export_onnx(classifier, policy.calibrator.temperature, policy.threshold, images, config)
+    exported = export_onnx(classifier, policy.logit_map, policy.threshold, images, config)
     log_metadata({"onnx_max_abs_diff": exported.metadata.parity[0].max_abs_diff, "tensorrt": exported.metadata.tensorrt, "opset": exported.metadata.opset})
     return exported

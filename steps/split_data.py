@@ -5,7 +5,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
-from stage1_core.splits import SplitConfig, assign_splits, split_counts
+from stage1_core.splits import SplitConfig, assign_splits, check_groups_within_one_split, split_counts
 from stage1_core.validation import ValidationReport, raise_on_critical_failure
 
 
@@ -14,5 +14,6 @@ def split_data(manifest: pd.DataFrame, validation_report: ValidationReport, conf
     """Assign every valid row to one split; stops the run if validation failed critically."""
     raise_on_critical_failure(validation_report)
     split = assign_splits(manifest, config)
+    check_groups_within_one_split(split)
     log_metadata({"split_counts": split_counts(split), "seed": config.seed})
     return split

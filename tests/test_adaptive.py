@@ -14,10 +14,11 @@ from stage1_core.adaptive import (
     skip_tiles,
 )
 from stage1_core.backbone import load_backbone
-from stage1_core.export import ExportConfig, ServingGraph
+from stage1_core.calibration import LogitMap
+from stage1_core.export import ServingGraph
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 
-TEMPERATURE = 1.3
+CALIBRATION = LogitMap.from_temperature(1.3)
 
 
 def _scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -64,10 +65,10 @@ def test_zero_budget_on_a_useless_global_view_never_skips_and_one_class_labels_a
 
 def test_adaptive_path_equals_the_full_result_for_uncertain_images_and_the_global_result_for_confident_ones() -> None:
     model = RoadworkClassifier(load_backbone("dinov2-demo", seed=1), ClassifierConfig(multiview=MultiViewConfig(view_size=28))).eval()
-    global_graph, tiles_graph = GlobalViewGraph(model, TEMPERATURE), TilesGraph(model, TEMPERATURE)
+    global_graph, tiles_graph = GlobalViewGraph(model, CALIBRATION), TilesGraph(model, CALIBRATION)
     batch = torch.randint(0, 256, (12, 3, 64, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        full = ServingGraph(model, TEMPERATURE)(batch).numpy()
+        full = ServingGraph(model, CALIBRATION)(batch).numpy()
         global_logit, p_global, canvas = global_graph(batch)
         np.testing.assert_allclose(tiles_graph(canvas, global_logit).numpy(), full, atol=1e-6)
         labels = np.arange(12) % 2

@@ -4,6 +4,7 @@ rendered daytime/weather, and that the roadwork objects are the only difference 
 from __future__ import annotations
 
 import dataclasses
+import json
 import io
 import math
 from pathlib import Path
@@ -249,3 +250,52 @@ def test_config_rejects_bad_values() -> None:
         DemoDataConfig(shift="sunny")  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         DemoDataConfig(positive_rate=1.5)
+
+
+def test_mapillary_layout_has_config_images_and_polygons_with_traps(tmp_path: Path) -> None:
+    root = generate_demo_dataset(tmp_path / "vistas", TINY.model_copy(update={"layout": "mapillary"}))
+    config = json.loads((root / "config_v2.0.json").read_text())
+    names = {label["name"] for label in config["labels"]}
+    assert all(set(label) >= {"name", "readable", "color", "instances", "evaluate"} for label in config["labels"])
+    assert {"object--traffic-cone", "construction--flat--road", "construction--barrier--curb", "object--pothole"} <= names
+    truth = pq.read_table(root / "demo_truth.parquet").to_pandas().set_index("id")
+    images = sorted(root.glob("*/images/*.jpg"))
+    assert len(images) == TINY.n_images and truth["seq_id"].is_unique, "Vistas images are single frames"
+    for image in images:
+        document = json.loads((image.parent.parent / "v2.0" / "polygons" / f"{image.stem}.json").read_text())
+        assert (document["width"], document["height"]) == (WIDTH, HEIGHT) == Image.open(image).size
+        labels = [item["label"] for item in document["objects"]]
+        assert set(labels) <= names and "construction--flat--road" in labels
+        for item in document["objects"]:
+            xs, ys = zip(*item["polygon"])
+            assert len(xs) >= 3 and 0 <= min(xs) <= max(xs) <= WIDTH and 0 <= min(ys) <= max(ys) <= HEIGHT
+        kinds = set(filter(None, truth.at[int(image.stem[4:]), "object_kinds"].split(",")))
+        assert ("object--traffic-cone" in labels) == ("cone" in kinds)
+        assert ("construction--barrier--temporary" in labels) == ("barrier" in kinds)
+
+
+def test_roadwork_layout_is_coco_positives_named_by_sequence(tmp_path: Path) -> None:
+    root = generate_demo_dataset(tmp_path / "roadwork", TINY.model_copy(update={"layout": "roadwork"}))
+    truth = pq.read_table(root / "demo_truth.parquet").to_pandas().set_index("id")
+    assert (truth["label"] == 1).all()
+    documents = {path.name: json.loads(path.read_text()) for path in (root / "scene" / "annotations").glob("*.json")}
+    assert sorted(documents) == ["instances_train_gps_split.json", "instances_val_gps_split.json"]
+    for document in documents.values():
+        categories = {category["id"]: category["name"] for category in document["categories"]}
+        for image in document["images"]:
+            city, seq, frame = image["file_name"][:-4].split("_")
+            assert int(seq) == truth.at[image["id"], "seq_id"] and (root / "scene" / "images" / image["file_name"]).is_file()
+            assert len(image["gps"]) == 2 and image["scene_description"]
+        for annotation in document["annotations"]:
+            x, y, w, h = annotation["bbox"]
+            assert categories[annotation["category_id"]] in {"Cone", "Barrier", "Temporary Traffic Control Sign", "Worker", "Arrow Board"}
+            assert x >= 0 and y >= 0 and w >= 1 and h >= 1 and x + w <= WIDTH + 0.1 and y + h <= HEIGHT + 0.1
+        annotated = {annotation["image_id"] for annotation in document["annotations"]}
+        visible = {image["id"] for image in document["images"] if truth.at[image["id"], "n_roadwork_objects"] > 0}
+        assert annotated == visible
+
+
+def test_cli_writes_a_fused_dataset(tmp_path: Path) -> None:
+    main([str(tmp_path), "--n-images", "4", "--layout", "fused"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mapillary", "natix", "roadwork"]
+    assert (tmp_path / "mapillary" / "config_v2.0.json").is_file() and (tmp_path / "roadwork" / "scene").is_dir()

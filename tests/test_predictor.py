@@ -8,7 +8,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import onnx
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -19,12 +18,13 @@ from pipelines import predict as predict_cli
 from stage1_core import predictor as predictor_module
 from stage1_core.adaptive import AdaptiveConfig, AdaptiveExport, GlobalViewGraph, export_adaptive
 from stage1_core.backbone import load_backbone
+from stage1_core.calibration import LogitMap
 from stage1_core.export import ExportConfig, ExportedModel, ExportMetadata, ServingGraph, export_onnx
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 from stage1_core.predictor import BadImageError, ModelLoadError, Predictor, PredictorConfig, decode_image, predict_base64_jpeg
 from stage1_core.promotion import PromotionConfig, register_and_promote
 
-TEMPERATURE = 1.5
+CALIBRATION = LogitMap.from_temperature(1.5)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -48,8 +48,8 @@ def bundle(tiny_model: RoadworkClassifier, tmp_path_factory: pytest.TempPathFact
     """A tiny exported model with its adaptive graphs, saved as one bundle folder."""
     generator = torch.Generator().manual_seed(1)
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in [(48, 64), (64, 48), (50, 50), (40, 90)]]
-    exported = export_onnx(tiny_model, TEMPERATURE, 0.5, images, ExportConfig(parity_images=2))
-    adaptive = export_adaptive(tiny_model, TEMPERATURE, 0.5, images, np.array([1, 0, 1, 0]), ExportConfig(parity_images=2), AdaptiveConfig())
+    exported = export_onnx(tiny_model, CALIBRATION, 0.5, images, ExportConfig(parity_images=2))
+    adaptive = export_adaptive(tiny_model, CALIBRATION, 0.5, images, np.array([1, 0, 1, 0]), ExportConfig(parity_images=2), AdaptiveConfig())
     directory = tmp_path_factory.mktemp("bundle")
     exported.save(directory)
     adaptive.save(directory)
@@ -111,8 +111,8 @@ def test_bundle_predictor_matches_pytorch_and_adaptive_uses_one_or_all_views(bun
     sources = [f"img{i}" for i in range(len(images))]
     arrays = [image.numpy() for image in images]
     with torch.inference_mode():
-        full = np.array([ServingGraph(tiny_model, TEMPERATURE)(image.unsqueeze(0)).item() for image in images])
-        p_global = np.array([GlobalViewGraph(tiny_model, TEMPERATURE)(image.unsqueeze(0))[1].item() for image in images])
+        full = np.array([ServingGraph(tiny_model, CALIBRATION)(image.unsqueeze(0)).item() for image in images])
+        p_global = np.array([GlobalViewGraph(tiny_model, CALIBRATION)(image.unsqueeze(0))[1].item() for image in images])
 
     fixed = Predictor.from_bundle(directory, PredictorConfig(adaptive=False, batch_size=3)).predict_arrays(arrays, sources)
     assert [p.source for p in fixed] == sources and all(p.views == 10 for p in fixed)
@@ -167,7 +167,7 @@ def _constant_graph_bundle(directory: Path, scale: float, offset: float) -> Path
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     metadata = ExportMetadata(
-        opset=18, input_spec="image", output_spec="p_roadwork", canvas_size=16, views_per_image=1, temperature=1.0, decision_threshold=0.5,
+        opset=18, input_spec="image", output_spec="p_roadwork", canvas_size=16, views_per_image=1, calibration=LogitMap.from_temperature(1.0), decision_threshold=0.5,
         parity=[], tensorrt="skipped", torch_version=torch.__version__, onnxruntime_version="test",
     )
     return ExportedModel(model.SerializeToString(), metadata).save(directory)

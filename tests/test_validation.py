@@ -22,7 +22,8 @@ def _image_bytes(path: Path, size: tuple[int, int], colour: tuple[int, int, int]
 
 
 def _row(row_id: str, path: Path, data: bytes, label: int, source: str = "natix", description: str | None = None) -> dict:
-    width, height, phash, decode_error = describe_image(data)
+    facts = describe_image(data)
+    width, height, phash, decode_error = facts.width, facts.height, facts.phash, facts.decode_error
     if description is None:
         description = "cones on the right lane" if label == 1 else ""
     return {
