@@ -90,6 +90,10 @@ class PretrainConfig(BaseModel):
     augmentation: AugmentationConfig = AugmentationConfig(random_erasing=0.0)
     stream_seed_start: int = Field(FIRST_STREAM_SEED, ge=FIRST_STREAM_SEED, description="generator seed of the stream's first chunk")
     chunk_images: int = Field(64, ge=1, description="scenes drawn per generator call (one seed each)")
+    chunk_repeats: int = Field(2, ge=1, description="passes over each drawn chunk, each with fresh augmentation: drawing is the bottleneck")
+    global_only_fraction: float = Field(
+        0.7, ge=0.0, le=1.0, description="first share of the steps on the global view alone (views-per-image times cheaper), then all views"
+    )
     frames_per_sequence: int = Field(2, ge=1)
     image_width: int = 640
     image_height: int = 480
@@ -176,9 +180,9 @@ class SceneStream(IterableDataset):
         for chunk in itertools.count(first, step):
             with tempfile.TemporaryDirectory(prefix="pretrain-chunk-") as tmp:
                 rows = draw_scenes(Path(tmp), self.config.chunk_seed(chunk), self.config.chunk_images, self.config)
-            order = np.random.default_rng([self.config.seed, chunk]).permutation(len(rows))
-            for index in order:
-                yield _sample(rows.iloc[int(index)], self.transform)
+            for repeat in range(self.config.chunk_repeats):
+                for index in np.random.default_rng([self.config.seed, chunk, repeat]).permutation(len(rows)):
+                    yield _sample(rows.iloc[int(index)], self.transform)
 
 
 class MultiTaskHeads(nn.Module):
@@ -194,19 +198,23 @@ class MultiTaskHeads(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def features(self, canvas: torch.Tensor) -> torch.Tensor:
+    def features(self, canvas: torch.Tensor, multiview: MultiViewConfig | None = None) -> torch.Tensor:
         """``[B, V, D]`` cls features of every view, cut exactly as the classifier cuts them."""
-        views = make_views(canvas, self.multiview)
+        views = make_views(canvas, multiview or self.multiview)
         batch, n_views = views.shape[:2]
         pixels = (views.flatten(0, 1) - self.mean) / self.std
         return self.backbone(pixel_values=pixels).pooler_output.view(batch, n_views, -1)
 
-    def forward(self, canvas: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits per task: ``roadwork`` [B] (top-K over views), ``roadwork_global`` [B], ``kinds`` [B, 5], scene tasks [B, C]."""
-        features = self.features(canvas)
+    def forward(self, canvas: torch.Tensor, multiview: MultiViewConfig | None = None) -> dict[str, torch.Tensor]:
+        """Logits per task: ``roadwork`` [B] (top-K over views), ``roadwork_global`` [B], ``kinds`` [B, 5], scene tasks [B, C].
+
+        ``multiview`` overrides the configured views (the global-only phase of the curriculum).
+        """
+        multiview = multiview or self.multiview
+        features = self.features(canvas, multiview)
         per_view = self.roadwork(features)  # [B, V, 1 + kinds]
         batch, n_views, n_out = per_view.shape
-        pooled = aggregate_view_logits(per_view.permute(0, 2, 1).reshape(batch * n_out, n_views), self.multiview).view(batch, n_out)
+        pooled = aggregate_view_logits(per_view.permute(0, 2, 1).reshape(batch * n_out, n_views), multiview).view(batch, n_out)
         outputs = {"roadwork": pooled[:, 0], "roadwork_global": per_view[:, 0, 0], "kinds": pooled[:, 1:]}
         return outputs | {task: head(features[:, 0]) for task, head in self.scene.items()}
 
@@ -243,13 +251,17 @@ def pretrain_backbone(config: PretrainConfig) -> tuple[MultiTaskHeads, ScenePret
         SceneStream(config), batch_size=config.batch_size, num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(config.seed),
     )
+    global_only = config.multiview.model_copy(update={"aggregation": "global_only"})
+    global_steps = int(config.global_only_fraction * config.steps)
     history: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
     started = time.perf_counter()
     steps_run, stopped_early = 0, False
     with tqdm(total=config.steps, desc="pretrain demo backbone", unit="step") as progress:
         for images, targets in loader:
-            outputs = model(images)
+            if steps_run == global_steps:
+                logger.info("step %d: from the global view alone to all %d views", steps_run, config.multiview.views_per_image)
+            outputs = model(images, global_only if steps_run < global_steps else None)
             losses = multitask_loss(outputs, targets, config)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
@@ -275,11 +287,11 @@ def pretrain_backbone(config: PretrainConfig) -> tuple[MultiTaskHeads, ScenePret
                 logger.warning("stopped at step %d of %d: the %.1f-minute cap was reached (the schedule did not finish)", steps_run, config.steps, config.max_minutes)
                 break
     seconds = time.perf_counter() - started
-    n_chunks = math.ceil(steps_run * config.batch_size / config.chunk_images)
+    n_chunks = math.ceil(steps_run * config.batch_size / (config.chunk_images * config.chunk_repeats))
     summary = ScenePretrainSummary(
         config=config,
         steps_run=steps_run,
-        scenes_seen=steps_run * config.batch_size,
+        scenes_seen=math.ceil(steps_run * config.batch_size / config.chunk_repeats),
         chunk_seeds=(config.chunk_seed(0), config.chunk_seed(max(0, n_chunks - 1))),
         seconds=seconds,
         stopped_early=stopped_early,
@@ -395,7 +407,8 @@ Made by (seeded: same seed and steps give the same weights on the same machine a
 - Each step: {config.batch_size} scenes, each resized to a {views.canvas_size} px canvas (random resized crop, scale
   {config.augmentation.scale_min}-{config.augmentation.scale_max}, horizontal flip, no colour jitter, no erasing: erasing would
   hide the only roadwork object of a positive), cut into the classifier's views (1 global + {views.grid}x{views.grid} tiles,
-  overlap {views.overlap}) by `stage1_core.model.make_views`.
+  overlap {views.overlap}) by `stage1_core.model.make_views`. Curriculum: the first {config.global_only_fraction:.0%} of the steps
+  use the global view alone ({views.views_per_image}x cheaper, large objects first), the rest all {views.views_per_image} views.
 - Supervised multi-task objective on the generator's truth (Caruana 1997): roadwork present and the 5 visible roadwork
   kinds, scored per view and pooled by top-{views.top_k} mean as multiple-instance learning (WELDON, Durand et al. 2016),
   plus roadwork present on the global view alone (weight 1 each, kinds {config.kinds_weight}); daytime, weather,
@@ -404,7 +417,8 @@ Made by (seeded: same seed and steps give the same weights on the same machine a
 
 ## Data
 - {summary.scenes_seen} scenes drawn on the fly by `generate_demo_dataset` ({config.image_width}x{config.image_height} JPEG,
-  {config.frames_per_sequence} frames per sequence, no distribution shift), {config.chunk_images} per generator call, generator
+  {config.frames_per_sequence} frames per sequence, no distribution shift), {config.chunk_images} per generator call, each chunk
+  passed {config.chunk_repeats} time(s) with fresh augmentation ({summary.steps_run * config.batch_size} samples), generator
   seeds {summary.chunk_seeds[0]}..{summary.chunk_seeds[1]}. Every dataset the pipeline, its configs and the tests draw uses a seed
   below {FIRST_STREAM_SEED}: no evaluation image was seen.
 - Held-out probe set: {config.probe_images} scenes with seed {config.probe_seed} (its generator split by sequence:
@@ -457,6 +471,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--chunk-images", type=int, default=defaults.chunk_images)
+    parser.add_argument("--chunk-repeats", type=int, default=defaults.chunk_repeats)
+    parser.add_argument("--global-only-fraction", type=float, default=defaults.global_only_fraction)
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"), default=(defaults.image_width, defaults.image_height))
     parser.add_argument("--view-size", type=int, default=defaults.multiview.view_size)
     parser.add_argument("--probe-images", type=int, default=defaults.probe_images, help="held-out scenes for the figures (0: no probe)")
@@ -467,7 +483,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.getLogger("stage1_core.demo_data").setLevel(logging.WARNING)  # one line per chunk otherwise
     config = PretrainConfig(
         seed=args.seed, steps=args.steps, max_minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, chunk_images=args.chunk_images, image_width=args.image_size[0],
+        warmup_steps=args.warmup_steps, chunk_images=args.chunk_images, chunk_repeats=args.chunk_repeats,
+        global_only_fraction=args.global_only_fraction, image_width=args.image_size[0],
         image_height=args.image_size[1], multiview=MultiViewConfig(view_size=args.view_size),
         probe_images=args.probe_images, num_workers=args.num_workers, log_every=args.log_every,
     )
