@@ -47,6 +47,7 @@ def full_run(
     validation: ValidationConfig,
     split: SplitConfig,
     backbone: str,
+    backbone_fingerprint: str,
     seed: int,
     explora_enabled: bool,
     explora: ExploraConfig,
@@ -63,9 +64,9 @@ def full_run(
     valid_manifest, _, validation_report = validate_data(raw_manifest, validation)
     split_manifest = split_data(valid_manifest, validation_report, split)
     if explora_enabled:
-        adapted_backbone, _ = adapt_backbone(split_manifest, backbone, explora, classifier.multiview.canvas_size)
+        adapted_backbone, _ = adapt_backbone(split_manifest, backbone, backbone_fingerprint, explora, classifier.multiview.canvas_size)
     else:
-        adapted_backbone = load_pretrained_backbone(backbone, seed)
+        adapted_backbone = load_pretrained_backbone(backbone, backbone_fingerprint, seed)
     trained_classifier, _ = train_model(split_manifest, adapted_backbone, classifier, train)
     policy = calibrate_model(split_manifest, trained_classifier, calibration)
     evaluation_report = evaluate_model(split_manifest, trained_classifier, policy, evaluation)

@@ -68,7 +68,9 @@ def prepare_run(settings: RunSettings) -> dict[str, Any]:
         raise ConfigError(str(error)) from None
     ensure_local_stack()
     kwargs = {name: getattr(config, name) for name in RunConfig.model_fields if name != "demo"}
-    return kwargs | {"data_fingerprint": dataset_fingerprint(data_path)}
+    backbone_path = Path(config.backbone).expanduser()
+    backbone_fingerprint = dataset_fingerprint(backbone_path) if backbone_path.is_dir() else config.backbone
+    return kwargs | {"data_fingerprint": dataset_fingerprint(data_path), "backbone_fingerprint": backbone_fingerprint}
 
 
 def print_summary(run: Any) -> None:

@@ -1,10 +1,9 @@
 """Load a DINOv2 / DINOv3 vision transformer from Hugging Face transformers.
 
 One loader serves every case, so the demo run and a user's real weights go through the same
-code: a demo name (``dinov2-demo``: the project's own pretrained demo weights, a directory shipped
-with the package; ``*-random`` / ``dinov3-demo``: small configs of the real architecture at random
-init, nothing downloaded), a local directory written by ``save_pretrained`` (real weights copied onto
-the machine), or a hub id (only on a machine that can reach the hub or has it cached).
+code: a demo name (small config of the real architecture, nothing downloaded), a local directory
+written by ``save_pretrained`` (real weights copied onto the machine, or the project's own demo
+weights), or a hub id (only on a machine that can reach the hub or has it cached).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("dinov2", "dinov2_with_registers", "dinov3_vit")
 
 DEMO_CONFIGS = {
-    "dinov2-demo-random": lambda: Dinov2Config(
+    "dinov2-demo": lambda: Dinov2Config(
         hidden_size=192,
         num_hidden_layers=4,
         num_attention_heads=3,
@@ -39,11 +38,6 @@ DEMO_CONFIGS = {
     ),
 }
 
-# Demo names backed by weights this project pre-trains and ships (stage1_core/pretrain_demo.py), with the
-# random-init config each was pre-trained from: the ablation "no pre-training" and the fallback when absent.
-DEMO_WEIGHTS_DIR = Path(__file__).parent / "weights"
-PRETRAINED_DEMOS: dict[str, str] = {"dinov2-demo": "dinov2-demo-random"}
-
 HUB_EXAMPLES = (
     "facebook/dinov2-small",
     "facebook/dinov2-base",
@@ -58,7 +52,7 @@ class BackboneLoadError(ValueError):
 
 def _usage() -> str:
     return (
-        f"supported: a demo name {sorted([*PRETRAINED_DEMOS, *DEMO_CONFIGS])}, a local directory written by save_pretrained "
+        f"supported: a demo name {sorted(DEMO_CONFIGS)}, a local directory written by save_pretrained "
         f"(config.json + weights) of model type {list(SUPPORTED_MODEL_TYPES)}, or a hub id such as "
         f"{', '.join(HUB_EXAMPLES)} on a machine that can reach the hub or has it in its cache "
         "(copy the weights to a local directory and pass its path for offline machines)"
@@ -69,24 +63,13 @@ def load_backbone(name_or_path: str, *, seed: int = 0) -> PreTrainedModel:
     """Return the backbone as a transformers model (``Dinov2Model``, ``DINOv3ViTModel`` ...).
 
     Args:
-        name_or_path: a demo name, a local directory, or a hub id. ``dinov2-demo`` is the project's
-            pretrained demo directory (``stage1_core/weights/dinov2-demo``), read like any local directory.
-        seed: seed of the random initialisation of random-init demo configs (deterministic demo runs).
+        name_or_path: a demo name, a local directory, or a hub id.
+        seed: seed of the random initialisation of demo configs (deterministic demo runs).
 
     Raises:
         BackboneLoadError: unknown name, unreadable directory or unsupported architecture,
             with a message listing what is supported and how to pass local weights.
     """
-    if name_or_path in PRETRAINED_DEMOS:
-        weights = DEMO_WEIGHTS_DIR / name_or_path
-        if (weights / "config.json").is_file():
-            name_or_path = str(weights)
-        else:
-            logger.warning(
-                "backbone %s: no pretrained weights in %s; falling back to the random-init %s (MCC near 0 on the demo). "
-                "Make them with `python -m stage1_core.pretrain_demo %s`.", name_or_path, weights, PRETRAINED_DEMOS[name_or_path], weights,
-            )
-            name_or_path = PRETRAINED_DEMOS[name_or_path]
     if name_or_path in DEMO_CONFIGS:
         torch.manual_seed(seed)
         model = AutoModel.from_config(DEMO_CONFIGS[name_or_path]())

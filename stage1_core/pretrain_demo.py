@@ -1,4 +1,4 @@
-"""Pre-train the ``dinov2-demo`` backbone on a stream of generated street scenes.
+"""Pre-train a ``dinov2-demo``-architecture backbone on a stream of generated street scenes.
 
 Why: the demo run cannot download DINOv2 / DINOv3 weights, and a ViT trained from random init on the
 demo's 800 images learns too slowly on a CPU to show what the pipeline does. This module makes the
@@ -15,7 +15,10 @@ Only the backbone is kept (``save_pretrained``); the heads are discarded.
 
 ``python -m stage1_core.pretrain_demo OUT_DIR [--seed S] [--steps N] [--minutes M]`` writes the backbone,
 its training history, a curves figure and ``MODEL_CARD.md``. Same seed and steps, same weights (on the
-same machine and thread count).
+same machine and thread count). Pass the folder as ``--backbone OUT_DIR`` to the pipeline.
+
+Status: the recipe runs, but a 15-minute CPU run did not yet learn roadwork (held-out probe MCC about
+0), so no weights are shipped and ``dinov2-demo`` stays a random-init config until a longer run does.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ SCENE_TASKS: dict[str, tuple[str, ...]] = {
 
 
 class PretrainConfig(BaseModel):
-    """Recipe of the demo backbone's pre-training (defaults: the committed ``dinov2-demo`` weights)."""
+    """Recipe of the demo backbone's pre-training."""
 
     seed: int = Field(0, ge=0, description="random init, augmentation and scene order")
     steps: int = Field(1500, ge=1, description="optimiser steps; the cosine schedule spans them")
@@ -85,7 +88,7 @@ class PretrainConfig(BaseModel):
     grad_clip: float = 1.0
     kinds_weight: float = Field(0.5, ge=0, description="weight of the roadwork-kind losses")
     scene_weight: float = Field(0.25, ge=0, description="weight of each scene-tag loss (daytime, weather, ...)")
-    base_backbone: str = Field("dinov2-demo-random", description="randomly initialised architecture to pre-train")
+    base_backbone: str = Field("dinov2-demo", description="randomly initialised architecture to pre-train")
     multiview: MultiViewConfig = MultiViewConfig()
     augmentation: AugmentationConfig = AugmentationConfig(random_erasing=0.0)
     stream_seed_start: int = Field(FIRST_STREAM_SEED, ge=FIRST_STREAM_SEED, description="generator seed of the stream's first chunk")
@@ -391,8 +394,8 @@ def write_model_card(summary: ScenePretrainSummary, path: Path, command: str) ->
 
 A {config.base_backbone!r}-architecture model (DINOv2, 4 blocks, width 192, patch 14, views of {views.view_size} px),
 pre-trained by this project's own code. It stands in for the DINOv2 / DINOv3 weights a user downloads:
-`load_backbone("dinov2-demo")` reads this directory through the same local-directory path as real weights,
-and the run's ExPLoRA step then adapts it to the run's data. Not a general-purpose image model: it has
+pass this directory as `--backbone DIR` and it is read through the same local-directory path as real
+weights; the run's ExPLoRA step then adapts it to the run's data. Not a general-purpose image model: it has
 only ever seen the procedural scenes of `stage1_core/demo_data.py`.
 
 Made by (seeded: same seed and steps give the same weights on the same machine and thread count):

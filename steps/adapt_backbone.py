@@ -14,11 +14,14 @@ from stage1_core.tracking import log_config, log_metrics
 
 
 @step(experiment_tracker=True)
-def adapt_backbone(manifest: pd.DataFrame, backbone_name: str, config: ExploraConfig, image_side: int) -> tuple[
+def adapt_backbone(manifest: pd.DataFrame, backbone_name: str, backbone_fingerprint: str, config: ExploraConfig, image_side: int) -> tuple[
     Annotated[PreTrainedModel, "adapted_backbone"],
     Annotated[ExploraSummary, "explora_summary"],
 ]:
-    """Load the backbone and adapt it with ExPLoRA on the (unlabeled) train split; LoRA is merged."""
+    """Load the backbone and adapt it with ExPLoRA on the (unlabeled) train split; LoRA is merged.
+
+    ``backbone_fingerprint`` (a hash of a local weights directory) is only here so the step cache notices new weights.
+    """
     train = take_split(manifest, "train", Consumer.SELF_SUPERVISED)
     backbone, summary = run_explora(load_backbone(backbone_name, seed=config.seed), UnlabeledImageDataset(train, image_side), config)
     log_config(config, "explora")

@@ -1,11 +1,9 @@
 import json
-import logging
 
 import pytest
 import torch
 from pydantic import ValidationError
 
-from stage1_core import backbone as backbone_module
 from stage1_core.backbone import load_backbone
 from stage1_core.model import MultiViewConfig
 from stage1_core.pretrain_demo import FIRST_STREAM_SEED, MultiTaskHeads, PretrainConfig, main, multitask_loss, pretrain_backbone
@@ -32,7 +30,7 @@ def test_command_writes_a_loadable_backbone_summary_and_card(tmp_path) -> None:
     main([str(out), *TINY_ARGS, "--probe-images", "24"])
     loaded = load_backbone(str(out))
     assert type(loaded).__name__ == "Dinov2Model" and loaded.config.hidden_size == 192
-    assert not same(state(loaded), state(load_backbone("dinov2-demo-random", seed=0))), "training must change the initial weights"
+    assert not same(state(loaded), state(load_backbone("dinov2-demo", seed=0))), "training must change the initial weights"
     assert not any("roadwork" in name or "scene" in name for name in loaded.state_dict()), "heads are not part of the backbone"
     summary = json.loads((out / "pretrain_summary.json").read_text())
     assert summary["steps_run"] == 3 and summary["scenes_seen"] == 3 and len(summary["history"]) == 3  # each scene twice
@@ -55,7 +53,7 @@ def test_pretraining_is_deterministic_for_a_seed() -> None:
 
 def test_multitask_heads_pool_views_and_losses_cover_every_task() -> None:
     config = tiny_config(seed=0)
-    model = MultiTaskHeads(load_backbone("dinov2-demo-random"), config.multiview)
+    model = MultiTaskHeads(load_backbone("dinov2-demo"), config.multiview)
     side = config.multiview.canvas_size
     outputs = model(torch.rand(3, 3, side, side))
     assert outputs["roadwork"].shape == (3,) and outputs["kinds"].shape == (3, 5) and outputs["weather"].shape == (3, 4)
@@ -76,20 +74,3 @@ def test_scene_stream_never_uses_evaluation_seeds() -> None:
     assert config.chunk_seed(9) == FIRST_STREAM_SEED + 9
     with pytest.raises(ValueError, match="probe seed"):
         config.chunk_seed(10)
-
-
-def test_dinov2_demo_loads_the_committed_pretrained_weights() -> None:
-    weights = backbone_module.DEMO_WEIGHTS_DIR / "dinov2-demo"
-    assert (weights / "model.safetensors").is_file() and (weights / "MODEL_CARD.md").is_file()
-    demo = state(load_backbone("dinov2-demo", seed=0))
-    assert same(demo, state(load_backbone("dinov2-demo", seed=1))), "pretrained weights do not depend on the seed"
-    assert same(demo, state(load_backbone(str(weights))))
-    assert not same(demo, state(load_backbone("dinov2-demo-random", seed=0)))
-
-
-def test_missing_demo_weights_fall_back_to_random_init_with_a_warning(tmp_path, monkeypatch, caplog) -> None:
-    monkeypatch.setattr(backbone_module, "DEMO_WEIGHTS_DIR", tmp_path)
-    with caplog.at_level(logging.WARNING, logger="stage1_core.backbone"):
-        fallback = load_backbone("dinov2-demo", seed=2)
-    assert "python -m stage1_core.pretrain_demo" in caplog.text
-    assert same(state(fallback), state(load_backbone("dinov2-demo-random", seed=2)))
