@@ -14,14 +14,13 @@ import pandas as pd
 from pydantic import BaseModel
 from scipy.special import expit
 
-from stage1_core.calibration import CalibrationPolicy
+from stage1_core.calibration import VALIDATOR_THRESHOLD, CalibrationPolicy
 from stage1_core.conformal import ConformalEvaluation
 from stage1_core.metrics import METRIC_NAMES, MetricsReport, MetricValue, compute_metrics
 from stage1_core.plots import confusion_matrix_png, reliability_diagram_png, risk_coverage_png
 from stage1_core.reports import Report
 from stage1_core.slices import SLICE_METRICS, RobustnessConfig, SliceConfig, SliceMetrics, slice_table
 
-VALIDATOR_THRESHOLD = 0.5
 HEADLINE = ("mcc", "accuracy", "reward", "balanced_accuracy", "auroc", "ece", "brier")
 
 
