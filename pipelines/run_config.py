@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from stage1_core.config import RunConfig
-from stage1_core.demo_data import generate_demo_dataset
+from stage1_core.demo_data import generate_demo_dataset, generate_fused_demo
 from stage1_core.ingest import DataLayoutError, dataset_fingerprint, detect_layout
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
@@ -40,6 +40,7 @@ def load_run_config(path: Path | None, *, data: str | None = None, backbone: str
     if data is not None:
         parameters["data"] = {**parameters.get("data", {}), "path": data}
         parameters["demo"] = None
+        parameters["demo_sources"] = None
         slices = parameters.setdefault("evaluation", {}).setdefault("slices", {})
         slices["truth_path"] = None  # object sizes are known only for the generated demo data
     if backbone is not None:
@@ -61,13 +62,16 @@ def prepare_run(settings: RunSettings) -> dict[str, Any]:
     config = settings.config
     data_path = Path(config.data.path).expanduser()
     if config.demo is not None and not data_path.exists():
-        generate_demo_dataset(data_path, config.demo)
+        if config.demo_sources:
+            generate_fused_demo(data_path, config.demo, config.demo_sources)
+        else:
+            generate_demo_dataset(data_path, config.demo)
     try:
         detect_layout(data_path)
     except DataLayoutError as error:
         raise ConfigError(str(error)) from None
     ensure_local_stack()
-    kwargs = {name: getattr(config, name) for name in RunConfig.model_fields if name != "demo"}
+    kwargs = {name: getattr(config, name) for name in RunConfig.model_fields if name not in ("demo", "demo_sources")}
     backbone_path = Path(config.backbone).expanduser()
     backbone_fingerprint = dataset_fingerprint(backbone_path) if backbone_path.is_dir() else config.backbone
     return kwargs | {"data_fingerprint": dataset_fingerprint(data_path), "backbone_fingerprint": backbone_fingerprint}

@@ -6,7 +6,9 @@ validated here before anything runs, so a typo fails at start with the field's n
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from stage1_core.calibration import CalibrationConfig
 from stage1_core.demo_data import DemoDataConfig
@@ -29,6 +31,9 @@ class RunConfig(BaseModel):
 
     data: IngestConfig = IngestConfig()
     demo: DemoDataConfig | None = DemoDataConfig()
+    demo_sources: dict[Literal["natix", "mapillary", "roadwork"], int] | None = Field(
+        None, description="draw the demo as several sources (layout -> images), one subfolder each; None: NATIX layout only"
+    )
     validation: ValidationConfig = ValidationConfig()
     split: SplitConfig = SplitConfig()
     backbone: str = "dinov2-demo"

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -1506,10 +1506,15 @@ def generate_demo_dataset(out_dir: Path, config: DemoDataConfig) -> Path:
     return out_dir
 
 
-def generate_fused_demo(out_dir: Path, config: DemoDataConfig, layouts: Sequence[str] = ("natix", "mapillary", "roadwork")) -> Path:
-    """One demo dataset per layout in ``out_dir/<layout>/``: the multi-source layout that ingest fuses."""
-    for layout in layouts:
-        generate_demo_dataset(Path(out_dir) / layout, config.model_copy(update={"layout": layout}))
+def generate_fused_demo(out_dir: Path, config: DemoDataConfig, images_per_layout: Mapping[str, int] | None = None) -> Path:
+    """One demo dataset per layout in ``out_dir/<layout>/``: the multi-source layout that ingest fuses.
+
+    ``images_per_layout`` (layout -> number of images) sets the sources and their sizes; by default
+    each of the three layouts gets ``config.n_images``. Each layout draws its own scenes from ``config.seed``.
+    """
+    counts = images_per_layout or {layout: config.n_images for layout in ("natix", "mapillary", "roadwork")}
+    for layout, n_images in counts.items():
+        generate_demo_dataset(Path(out_dir) / layout, config.model_copy(update={"layout": layout, "n_images": n_images}))
     return Path(out_dir)
 
 

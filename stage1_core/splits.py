@@ -192,14 +192,18 @@ def check_groups_within_one_split(manifest: pd.DataFrame) -> None:
 def take_split(manifest: pd.DataFrame, split: str, consumer: Consumer) -> pd.DataFrame:
     """The rows of ``split`` for ``consumer``; any split outside the consumer's contract raises.
 
+    The group contract is checked again here, so a manifest edited after splitting (a sequence moved
+    into another split) is caught by every consumer, not only by the split step.
+
     Raises:
-        LeakageError: naming the split and the consumer.
+        LeakageError: naming the split and the consumer, or a group that spans several splits.
     """
     if split not in ALLOWED_SPLITS[consumer]:
         allowed = sorted(ALLOWED_SPLITS[consumer])
         raise LeakageError(f"{consumer.value} may not read split {split!r} (its contract allows only {allowed})")
     if "split" not in manifest.columns:
         raise LeakageError(f"{consumer.value} was given a manifest without a split column: split it before use")
+    check_groups_within_one_split(manifest)
     rows = manifest[manifest["split"] == split].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"split {split!r} is empty: the dataset is too small for the configured fractions")
