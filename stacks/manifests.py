@@ -1,0 +1,154 @@
+"""The Kubernetes manifests the orchestrator submits for the scheduled run, built offline and checked against the API schemas.
+
+The CronJob of the orchestrator pod is assembled as ``KubernetesOrchestrator._submit_orchestrator_job`` does (its
+own ``_prepare_job_manifest``, then ``build_cron_job_manifest``); each step's Job as the in-cluster entrypoint does
+(``apply_default_resource_requests``, ``build_pod_manifest``, ``build_job_manifest``). Settings come from a pipeline
+compiled by ZenML's ``Compiler`` on the registered stack, so the GPU request is the one a run would get after
+ZenML's own settings merge. Nothing here contacts a cluster; the image, snapshot id and environment (the ZenML
+server URL and token) are only known at submission and are placeholders here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID, uuid4
+
+import kubernetes_validate
+import yaml
+from kubernetes.client import ApiClient
+from zenml.client import Client
+from zenml.config.compiler import Compiler
+from zenml.entrypoints.step_entrypoint_configuration import StepEntrypointConfiguration
+from zenml.integrations.kubernetes import kube_utils
+from zenml.integrations.kubernetes.constants import ORCHESTRATOR_ANNOTATION_KEY, STEP_NAME_ANNOTATION_KEY
+from zenml.integrations.kubernetes.flavors.kubernetes_orchestrator_flavor import KubernetesOrchestratorSettings
+from zenml.integrations.kubernetes.manifest_utils import (
+    build_cron_job_manifest,
+    build_job_manifest,
+    build_pod_manifest,
+    job_template_manifest_from_job,
+    pod_template_manifest_from_pod,
+)
+from zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator import KubernetesOrchestrator
+from zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator_entrypoint_configuration import KubernetesOrchestratorEntrypointConfiguration
+from zenml.models import PipelineSnapshotBase
+from zenml.stack import Stack
+
+from stacks.kubernetes import RemoteStackConfig, StackConfigError, prepared_scheduled_pipeline
+
+
+class ManifestError(ValueError):
+    """A manifest the API server would reject: names the object, the field path and the schema's complaint."""
+
+
+def to_api_dict(obj: Any) -> dict[str, Any]:
+    """The JSON body the kubernetes client sends (camelCase keys, no nulls); ``to_dict()`` would give snake_case."""
+    return cast(dict[str, Any], ApiClient().sanitize_for_serialization(obj))
+
+
+def validate_manifest(manifest: dict[str, Any], kubernetes_version: str) -> None:
+    """Check against the Kubernetes OpenAPI schema of that version (strict: unknown fields are errors, as typos)."""
+    name = f"{manifest.get('kind')}/{manifest.get('metadata', {}).get('name')}"
+    try:
+        kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        path = ".".join(str(part) for part in error.path)
+        raise ManifestError(f"{name}: {path or '(root)'}: {error.message} (Kubernetes {error.version} schema)") from None
+    except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as error:
+        raise ManifestError(f"{name}: {error.message}") from None
+
+
+def orchestrator_image(config: RemoteStackConfig, pipeline_name: str) -> str:
+    """The image name ZenML gives the pipeline's build (``<registry>/zenml:<pipeline>-orchestrator``)."""
+    return f"{config.container_registry.uri}/zenml:{pipeline_name}-orchestrator"
+
+
+def cron_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase, cron_expression: str, image: str, snapshot_id: UUID) -> dict[str, Any]:
+    """The CronJob that starts the orchestrator pod on each firing; that pod then starts one Job per step."""
+    settings = cast(KubernetesOrchestratorSettings, orchestrator.get_settings(snapshot))
+    pipeline_name = snapshot.pipeline_configuration.name
+    labels = {
+        "project_id": kube_utils.sanitize_label_value(str(Client().active_project.id)),
+        "pipeline": kube_utils.sanitize_label_value(pipeline_name),
+    }
+    job = orchestrator._prepare_job_manifest(
+        name=orchestrator._get_job_name(settings, pipeline_name=pipeline_name),
+        command=KubernetesOrchestratorEntrypointConfiguration.get_entrypoint_command(),
+        args=KubernetesOrchestratorEntrypointConfiguration.get_entrypoint_arguments(snapshot_id=snapshot_id),
+        image=image,
+        environment={},
+        labels=labels,
+        annotations={ORCHESTRATOR_ANNOTATION_KEY: str(orchestrator.id)},
+        settings=settings,
+        pod_settings=settings.orchestrator_pod_settings,
+        backoff_limit=settings.orchestrator_job_backoff_limit,
+    )
+    cron_job = build_cron_job_manifest(
+        job_template=job_template_manifest_from_job(job),
+        cron_expression=cron_expression,
+        successful_jobs_history_limit=settings.successful_jobs_history_limit,
+        failed_jobs_history_limit=settings.failed_jobs_history_limit,
+        concurrency_policy=settings.concurrency_policy,
+        starting_deadline_seconds=settings.starting_deadline_seconds,
+    )
+    return to_api_dict(cron_job)
+
+
+def step_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase, step_name: str, image: str, snapshot_id: UUID) -> dict[str, Any]:
+    """The Job the orchestrator pod creates for one step (the GPU request lands here)."""
+    step = snapshot.step_configurations[step_name]
+    settings = cast(KubernetesOrchestratorSettings, orchestrator.get_settings(step))
+    labels = {"pipeline": kube_utils.sanitize_label_value(snapshot.pipeline_configuration.name), "step_name": kube_utils.sanitize_label_value(step_name)}
+    pod = build_pod_manifest(
+        pod_name=None,
+        image_name=image,
+        command=StepEntrypointConfiguration.get_entrypoint_command(),
+        args=StepEntrypointConfiguration.get_entrypoint_arguments(step_name=step_name, snapshot_id=snapshot_id),
+        privileged=settings.privileged,
+        pod_settings=kube_utils.apply_default_resource_requests(memory="400Mi", pod_settings=settings.pod_settings),
+        service_account_name=settings.step_pod_service_account_name or settings.service_account_name,
+        termination_grace_period_seconds=settings.pod_stop_grace_period,
+        labels=labels,
+    )
+    retry = step.config.retry
+    job = build_job_manifest(
+        job_name=kube_utils.sanitize_label(f"{settings.job_name_prefix or ''}-{step_name}-{snapshot.pipeline_configuration.name}"),
+        pod_template=pod_template_manifest_from_pod(pod),
+        backoff_limit=(retry.max_retries if retry else 0) + settings.backoff_limit_margin,
+        ttl_seconds_after_finished=settings.ttl_seconds_after_finished,
+        active_deadline_seconds=settings.active_deadline_seconds,
+        pod_failure_policy=settings.pod_failure_policy,
+        labels=labels,
+        annotations={STEP_NAME_ANNOTATION_KEY: step_name},
+    )
+    return to_api_dict(job) | {"apiVersion": "batch/v1", "kind": "Job"}
+
+
+def scheduled_manifests(config: RemoteStackConfig, client: Client) -> list[dict[str, Any]]:
+    """Compile the scheduled pipeline on the registered stack; its CronJob and one Job per step, each validated."""
+    if config.orchestrator != "kubernetes":
+        raise StackConfigError("manifests are rendered for the kubernetes orchestrator; Kubeflow compiles its own KFP YAML at submission")
+    stack = Stack.from_model(client.get_stack(config.name, allow_name_prefix_match=False))
+    orchestrator = cast(KubernetesOrchestrator, stack.orchestrator)
+    pipeline, run_configuration, _ = prepared_scheduled_pipeline(config)
+    snapshot = Compiler().compile(pipeline=pipeline, stack=stack, run_configuration=run_configuration)
+    image = orchestrator_image(config, pipeline.name)
+    snapshot_id = uuid4()
+    assert run_configuration.schedule is not None and run_configuration.schedule.cron_expression is not None
+    manifests = [cron_job_manifest(orchestrator, snapshot, run_configuration.schedule.cron_expression, image, snapshot_id)]
+    manifests += [step_job_manifest(orchestrator, snapshot, step_name, image, snapshot_id) for step_name in snapshot.step_configurations]
+    for manifest in manifests:
+        validate_manifest(manifest, config.cluster.kubernetes_version)
+    return manifests
+
+
+def render_manifests(config: RemoteStackConfig, client: Client, out: Path) -> list[Path]:
+    """Write the validated manifests as YAML for review (``kubectl apply --dry-run=server -f``); returns the files."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, manifest in enumerate(scheduled_manifests(config, client)):
+        path = out / f"{index:02d}-{manifest['kind'].lower()}-{manifest['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+        paths.append(path)
+    return paths
