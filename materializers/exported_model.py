@@ -1,19 +1,18 @@
-"""The exported ONNX model with its metadata (opset, input spec, parity figures)."""
+"""The exported model bundle: ONNX graphs (fixed and adaptive multi-view), metadata, TensorRT engine when built."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
 from zenml.enums import ArtifactType
-
 from zenml.materializers.base_materializer import BaseMaterializer
 
 from materializers.directory import load_directory, save_directory
-from stage1_core.export import ExportedModel
+from stage1_core.serving import ExportedModel
 
 
 class ExportedModelMaterializer(BaseMaterializer):
-    """Stores ``model.onnx`` + ``metadata.json``: the same folder the predictor loads."""
+    """Stores the bundle folder (``model.onnx``, ``metadata.json``, adaptive graphs, engine): the same folder the predictor loads."""
 
     ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (ExportedModel,)
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL
@@ -25,13 +24,4 @@ class ExportedModelMaterializer(BaseMaterializer):
         return load_directory(self, ExportedModel.load)
 
     def extract_metadata(self, data: ExportedModel) -> dict[str, Any]:
-        meta = data.metadata
-        parity = meta.parity[0]
-        return {
-            "opset": meta.opset,
-            "input_spec": meta.input_spec,
-            "onnx_max_abs_diff": parity.max_abs_diff,
-            "parity_images": parity.n_images,
-            "tensorrt": meta.tensorrt,
-            "size_mb": round(len(data.onnx_bytes) / 1e6, 2),
-        }
+        return data.summary()

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from zenml.enums import ArtifactType, VisualizationType
 
 from zenml.materializers.base_materializer import BaseMaterializer
+from materializers.directory import save_file
 from stage1_core.reports import Report
 
 VISUALIZATION_TYPES = {".html": VisualizationType.HTML, ".png": VisualizationType.IMAGE, ".md": VisualizationType.MARKDOWN, ".csv": VisualizationType.CSV}
@@ -22,8 +23,7 @@ class ReportMaterializer(BaseMaterializer):
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.DATA_ANALYSIS
 
     def save(self, data: Report) -> None:
-        with self.artifact_store.open(os.path.join(self.uri, DATA_FILE), "w") as handle:
-            handle.write(data.model_dump_json())
+        save_file(self, DATA_FILE, data.model_dump_json())
 
     def load(self, data_type: type[Report]) -> Report:
         with self.artifact_store.open(os.path.join(self.uri, DATA_FILE), "r") as handle:
@@ -32,10 +32,7 @@ class ReportMaterializer(BaseMaterializer):
     def save_visualizations(self, data: Report) -> dict[str, VisualizationType]:
         saved = {}
         for name, content in data.visualizations().items():
-            path = os.path.join(self.uri, name)
-            with self.artifact_store.open(path, "wb" if isinstance(content, bytes) else "w") as handle:
-                handle.write(content)
-            saved[path] = VISUALIZATION_TYPES[os.path.splitext(name)[1]]
+            saved[save_file(self, name, content)] = VISUALIZATION_TYPES[os.path.splitext(name)[1]]
         return saved
 
     def extract_metadata(self, data: Report) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field, field_validator
 from tqdm import tqdm
 
 from stage1_core.manifest import conform_manifest, empty_manifest
+from stage1_core.reliability import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -305,10 +306,10 @@ def store_image(image_bytes: bytes, image_store: str) -> tuple[str, str]:
     uri = f"{image_store.rstrip('/')}/{sha[:2]}/{sha}"
     fs, fs_path = fsspec.core.url_to_fs(uri)
     if not fs.exists(fs_path):
-        fs.makedirs(fs_path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(fs_path + ".tmp", "wb") as handle:
-            handle.write(image_bytes)
-        fs.mv(fs_path + ".tmp", fs_path)
+        if "file" in fs.protocol:  # a unique temporary name, then a rename: a crash or a concurrent ingest never leaves a torn image
+            write_atomic(Path(fs_path), image_bytes, durable=False)
+        else:  # object stores publish an object whole or not at all
+            fs.pipe_file(fs_path, image_bytes)
     return sha, uri
 
 

@@ -1,13 +1,16 @@
-"""Train step: supervised training with Lightning; selection on val_select only."""
+"""Train step: supervised training with Lightning; selection on val_select only; resumes an interrupted run."""
 
+from pathlib import Path
 from typing import Annotated
 
+import lightning as L
 import pandas as pd
 from transformers import PreTrainedModel
 from zenml import log_metadata, step
 
 from stage1_core.fusion import sampling_weights, summarize
 from stage1_core.model import ClassifierConfig, RoadworkClassifier
+from stage1_core.reliability import content_hash, manifest_data_hash, reproducibility_record
 from stage1_core.splits import Consumer, take_split
 from stage1_core.tracking import log_config, log_history
 from stage1_core.training import TrainConfig, TrainSummary, train_classifier
@@ -18,13 +21,32 @@ def train_model(manifest: pd.DataFrame, backbone: PreTrainedModel, classifier_co
     Annotated[RoadworkClassifier, "classifier"],
     Annotated[TrainSummary, "train_summary"],
 ]:
-    """Fine-tune the head (and last blocks) on train; keep the val_select-best checkpoint."""
+    """Fine-tune the head (and last blocks) on train; keep the val_select-best checkpoint.
+
+    Checkpoints go to ``config.checkpoint_root/<hash of the inputs and configs>``: a run killed during training
+    and started again (upstream steps cached) finds its folder and resumes from the last finished epoch.
+    """
     train = take_split(manifest, "train", Consumer.TRAINING)
     val_select = take_split(manifest, "val_select", Consumer.MODEL_SELECTION)
     log_config(config, "train")
     log_config(classifier_config, "classifier")
     log_metadata({"sampling": summarize(train, sampling_weights(train, config.sampling)).model_dump(mode="json")})
-    model, summary = train_classifier(RoadworkClassifier(backbone, classifier_config), train, val_select, config)
+    training_config = config.model_copy(update={"checkpoint_root": None})  # where checkpoints live does not change the result
+    fingerprint = content_hash(manifest, backbone, classifier_config, training_config)
+    record = reproducibility_record(config.seed, manifest_data_hash(manifest), fingerprint)
+    log_config(record, "reproducibility")
+    log_metadata({"reproducibility": record.model_dump(mode="json")})
+    L.seed_everything(config.seed, workers=True)  # the head's initialisation draws from the global RNG
+    checkpoint_dir = Path(config.checkpoint_root).expanduser() / fingerprint[:16] if config.checkpoint_root else None
+    model, summary = train_classifier(RoadworkClassifier(backbone, classifier_config), train, val_select, config, checkpoint_dir)
     log_history(summary.history, "")
-    log_metadata({"best_val_select_mcc": summary.best_val_select_mcc, "best_epoch": summary.best_epoch, "epochs_run": summary.epochs_run, "seconds": summary.seconds})
+    log_metadata(
+        {
+            "best_val_select_mcc": summary.best_val_select_mcc,
+            "best_epoch": summary.best_epoch,
+            "epochs_run": summary.epochs_run,
+            "resumed_after_epochs": summary.resumed_after_epochs,
+            "seconds": summary.seconds,
+        }
+    )
     return model, summary
