@@ -4,29 +4,38 @@ The model cannot be asked whether its inputs changed, so we compare cheap per-im
 features (brightness, contrast, colour, the orange of cones and barriers, edges, size) and the
 scene tags (daytime, weather) between the training reference and each new batch. Evidently
 picks the statistical test per column (by type and sample size) and decides per column whether
-it drifted; we turn its result into a typed report and a retrain recommendation. Any extra
-numeric columns (for example ``emb_0..emb_k``, a low-dimensional projection of backbone
-embeddings) are compared the same way. ZenML's Evidently integration wraps Evidently's legacy API
-and is not used.
+it drifted; we turn its result into a typed report and a retrain recommendation.
+
+Appearance statistics miss shifts the model sees (a new city style at the same brightness), so
+the classifier's own backbone features are compared too: the cls embedding of each image's
+global view, projected on the first principal components fitted on the reference (PCA keeps
+the directions the reference varies most along; each becomes a numeric column ``emb_i`` that
+Evidently tests like any other, in the spirit of Rabanser et al. 2019, "Failing Loudly", who
+found dimensionality reduction followed by univariate two-sample tests a strong shift detector).
+ZenML's Evidently integration wraps Evidently's legacy API and is not used.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from evidently import DataDefinition, Dataset, Report
 from evidently.legacy.tests.base_test import TestStatus
 from evidently.presets import DataDriftPreset
 from PIL import Image
 from pydantic import BaseModel, Field
+from sklearn.decomposition import PCA
 from tqdm import tqdm
 
 from stage1_core import reports
-from stage1_core.images import load_rgb
+from stage1_core.images import canvas_transform, load_rgb
+from stage1_core.model import RoadworkClassifier, make_views
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,7 @@ NUMERIC_FEATURES: tuple[str, ...] = (
     "aspect",
 )
 SCENE_TAGS: tuple[str, ...] = ("daytime", "weather")
+EMBEDDING_PREFIX = "emb_"
 # Evidently 0.7 names of the metrics behind DataDriftPreset's tests (pinned: evidently<0.8).
 VALUE_DRIFT_METRIC = "evidently:metric_v2:ValueDrift"
 DRIFTED_COLUMNS_METRIC = "evidently:metric_v2:DriftedColumnsCount"
@@ -122,7 +132,9 @@ class DriftConfig(BaseModel):
     distinct values such as width) is a goodness-of-fit test that takes the reference frequencies
     as exact: its false-alarm rate grows with current/reference size (about 22% per column at
     p < 0.05 for equal sizes, about 9% at 1:4). Keep the reference several times larger than a
-    batch, or set ``cat_method="TVD"`` (a two-sample permutation test).
+    batch, or set ``cat_method="TVD"`` (a two-sample permutation test). The tests also assume
+    independent images: frames of one sequence are near-copies, so a batch of a few long
+    sequences looks drifted by chance (demo batches for drift checks use one frame per sequence).
     """
 
     columns: list[str] | None = Field(
@@ -137,8 +149,97 @@ class DriftConfig(BaseModel):
         None, description="Evidently stattest for categorical columns (e.g. 'chisquare', 'TVD'); None: chosen by Evidently"
     )
     threshold: float | None = Field(None, description="stattest threshold for all columns; None: Evidently's default per test")
+    embedding_components: int = Field(4, ge=0, description="principal components of backbone embeddings compared as emb_0..; 0: off")
     retrain_drift_share: float = Field(0.3, gt=0, le=1, description="recommend retraining from this share of drifted columns")
     retrain_min_rows: int = Field(100, ge=1, description="no retraining advice from a batch smaller than this")
+
+
+class EmbeddingProjection(BaseModel):
+    """Principal axes of the reference's backbone embeddings: ``emb_i = (x - mean) . components[i]``."""
+
+    mean: list[float]
+    components: list[list[float]]  # n_components x embedding size
+    explained_variance_ratio: list[float]
+
+    @property
+    def columns(self) -> list[str]:
+        return [f"{EMBEDDING_PREFIX}{index}" for index in range(len(self.components))]
+
+    def transform(self, embeddings: np.ndarray, index: pd.Index) -> pd.DataFrame:
+        """Project ``[N, d]`` embeddings (rows of NaN, from unreadable images, stay NaN).
+
+        Raises:
+            ValueError: the embedding size differs from the reference's (another backbone).
+        """
+        if self.components and embeddings.shape[1] != len(self.mean):
+            raise ValueError(
+                f"embeddings have {embeddings.shape[1]} dimensions, the reference projection {len(self.mean)}: "
+                "embed the batch with the classifier of the run that built the reference"
+            )
+        values = (embeddings - np.asarray(self.mean)) @ np.asarray(self.components).T if self.components else np.empty((len(embeddings), 0))
+        return pd.DataFrame(values, index=index, columns=self.columns)
+
+
+@torch.inference_mode()
+def backbone_embeddings(classifier: RoadworkClassifier, manifest: pd.DataFrame, batch_size: int = 16) -> np.ndarray:
+    """Backbone cls features ``[N, d]`` of each image's global view (the view every image gets); NaN rows for unreadable images."""
+    classifier.eval()
+    transform = canvas_transform(classifier.config.multiview.canvas_size, None)
+    global_view = classifier.config.multiview.model_copy(update={"aggregation": "global_only"})
+    features = np.full((len(manifest), classifier.backbone.config.hidden_size), np.nan, dtype=np.float32)
+    uris = manifest["uri"].tolist()
+    failures: list[str] = []
+    for start in tqdm(range(0, len(uris), batch_size), desc="drift embeddings", unit="batch"):
+        rows, canvases = [], []
+        for row in range(start, min(start + batch_size, len(uris))):
+            try:
+                canvases.append(transform(load_rgb(uris[row])))
+                rows.append(row)
+            except (OSError, ValueError) as error:  # unreadable: keep the row as NaN, count it
+                failures.append(f"{uris[row]}: {type(error).__name__}: {error}")
+        if canvases:
+            views = make_views(torch.stack(canvases), global_view)[:, 0]
+            features[rows] = classifier.embed(views).float().numpy()
+    if failures:
+        logger.warning("%d of %d images could not be embedded; their emb_ columns are NaN (first: %s)", len(failures), len(uris), "; ".join(failures[:3]))
+    return features
+
+
+def fit_embedding_projection(embeddings: np.ndarray, n_components: int) -> EmbeddingProjection:
+    """PCA (scikit-learn) of the reference embeddings, on the readable rows; at most ``rows - 1`` components."""
+    finite = embeddings[np.isfinite(embeddings).all(axis=1)]
+    k = min(n_components, len(finite) - 1, embeddings.shape[1])
+    if k <= 0:
+        return EmbeddingProjection(mean=[], components=[], explained_variance_ratio=[])
+    pca = PCA(n_components=k, random_state=0).fit(finite)
+    return EmbeddingProjection(mean=pca.mean_.tolist(), components=pca.components_.tolist(), explained_variance_ratio=pca.explained_variance_ratio_.tolist())
+
+
+def drift_features(manifest: pd.DataFrame, classifier: RoadworkClassifier, projection: EmbeddingProjection) -> pd.DataFrame:
+    """Appearance features and scene tags (:func:`image_features`) plus the projected backbone embeddings."""
+    features = image_features(manifest)
+    if not projection.components:
+        return features
+    return features.join(projection.transform(backbone_embeddings(classifier, manifest), features.index))
+
+
+def build_reference(manifest: pd.DataFrame, classifier: RoadworkClassifier, config: DriftConfig) -> tuple[pd.DataFrame, EmbeddingProjection]:
+    """Drift features of the training images, with the embedding projection fitted on them."""
+    embeddings = backbone_embeddings(classifier, manifest) if config.embedding_components else np.empty((len(manifest), 0))
+    projection = fit_embedding_projection(embeddings, config.embedding_components)
+    features = image_features(manifest)
+    if projection.components:
+        features = features.join(projection.transform(embeddings, features.index))
+    return features, projection
+
+
+def batch_drift(batch: pd.DataFrame, reference: pd.DataFrame, projection: EmbeddingProjection, classifier: RoadworkClassifier, config: DriftConfig) -> DriftReport:
+    """Drift of a new batch (manifest rows) against a reference built by :func:`build_reference`.
+
+    Raises:
+        ValueError: the batch lacks manifest columns, is empty, or the reference does not match the projection.
+    """
+    return drift_report(reference, drift_features(batch, classifier, projection), config)
 
 
 class ColumnDrift(BaseModel):
@@ -301,3 +402,23 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, config: DriftCo
         retrain_reason=reason,
         html=snapshot.get_html_str(as_iframe=False),
     )
+
+
+def as_batch_source(batch: pd.DataFrame, name: str) -> pd.DataFrame:
+    """An incoming batch's manifest as its own data source ``name``, ready to be fused with the training data.
+
+    Ids and groups are prefixed with ``name`` (a batch drawn by the same adapter numbers its rows like
+    the training data, and would otherwise collide as duplicate ids or merge unrelated sequences); the
+    adapter's own source goes to ``extras.batch_of``. Being its own source, the batch is its own split
+    stratum, so every split, val_test included, gets its share of the new data. Unlabeled rows are
+    kept: validation quarantines them with their reason.
+
+    Raises:
+        ValueError: an empty name or one with ':'.
+    """
+    if not name or ":" in name:
+        raise ValueError(f"batch source name {name!r} must be non-empty and without ':'")
+    extras = [json.dumps(json.loads(text or "{}") | {"batch_of": source}, sort_keys=True) for text, source in zip(batch["extras"], batch["source"])]
+    return batch.assign(
+        id=name + ":" + batch["id"].astype(str), group_id=name + ":" + batch["group_id"].astype(str), source=name, extras=extras
+    ).reset_index(drop=True)

@@ -1,23 +1,71 @@
-"""Promotion step: log to MLflow, register the exported model, gate it to champion or challenger."""
+"""Promotion step: log the run's lineage to MLflow, register the exported model, gate it to champion or challenger."""
 
 from typing import Annotated
+from uuid import UUID
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 from zenml import get_step_context, log_metadata, step
+from zenml.client import Client
+from zenml.enums import ModelStages
 
+from stage1_core.config import RunConfig
 from stage1_core.evaluation import EvaluationReport
 from stage1_core.export import ExportedModel
-from stage1_core.promotion import PromotionConfig, PromotionDecision, register_and_promote
+from stage1_core.promotion import PromotionConfig, PromotionDecision, register_and_promote, val_test_evidence
+from stage1_core.splits import Consumer, take_split
+from stage1_core.tracking import log_files, log_lineage, log_run_parameters
 from stage1_core.validation import ValidationReport
 
 
+class ZenMLStageTransition:
+    """The ZenML model version stage that follows the MLflow alias: production (previous holder archived) or staging.
+
+    ``undo`` puts back the stages ``apply`` found: this version's, then the previous production version's.
+    """
+
+    def __init__(self, client: Client, model_name: str, version_id: UUID) -> None:
+        self.client = client
+        self.model_name = model_name
+        self.version_id = version_id
+        self._before: list[tuple[UUID, str]] = []
+
+    def apply(self, promoted: bool) -> None:
+        """Set production (force: the previous production version is archived) or staging."""
+        this = self.client.get_model_version(self.model_name, self.version_id)
+        self._before = [(this.id, this.stage or ModelStages.NONE.value)]
+        try:
+            production = self.client.get_model_version(self.model_name, ModelStages.PRODUCTION)
+        except KeyError:  # no production version yet
+            production = None
+        if production is not None and production.id != this.id:
+            self._before.append((production.id, ModelStages.PRODUCTION.value))
+        stage = ModelStages.PRODUCTION if promoted else ModelStages.STAGING
+        self.client.update_model_version(self.model_name, self.version_id, stage=stage, force=True)
+
+    def undo(self) -> None:
+        """Restore the stages found by ``apply`` (this version first, so the old production one can take its stage back)."""
+        for version_id, stage in self._before:
+            self.client.update_model_version(self.model_name, version_id, stage=stage, force=True)
+
+
 @step(experiment_tracker=True)
-def promote_model(evaluation_report: EvaluationReport, exported_model: ExportedModel, validation_report: ValidationReport, config: PromotionConfig) -> Annotated[PromotionDecision, "promotion_decision"]:
-    """Register the ONNX model in MLflow and set its alias; the ZenML model stage follows the alias."""
+def promote_model(
+    evaluation_report: EvaluationReport, exported_model: ExportedModel, validation_report: ValidationReport, manifest: pd.DataFrame, config: PromotionConfig
+) -> Annotated[PromotionDecision, "promotion_decision"]:
+    """Log params, lineage and the ONNX model to the run's MLflow run; register it; move alias and ZenML stage together."""
+    context = get_step_context()
+    log_run_parameters(context.pipeline_run.config.parameters or {}, RunConfig, exclude={"demo", "demo_sources"})
+    lineage = log_lineage(manifest)
     model_info = exported_model.log_to_mlflow()
+    evidence = val_test_evidence(take_split(manifest, "val_test", Consumer.EVALUATION), evaluation_report.labels, evaluation_report.calibrated_probs().tolist())
     blocking = [f"data validation failed critically: {reason}" for reason in validation_report.critical_reasons]
-    decision = register_and_promote(MlflowClient(), model_info.model_uri, mlflow.active_run().info.run_id, evaluation_report.gate_metrics(), config, blocking)
-    get_step_context().model.set_stage("production" if decision.promoted else "staging", force=True)
-    log_metadata({"promoted": decision.promoted, "registered_version": decision.version, "alias": decision.alias})
+    tags = {"manifest_sha256": lineage.manifest_sha256, "zenml_run": context.pipeline_run.name, "zenml_model_version": str(context.model.number)}
+    decision = register_and_promote(
+        MlflowClient(), model_info.model_uri, mlflow.active_run().info.run_id, evaluation_report.gate_metrics(), config, blocking,
+        evidence=evidence, stage=ZenMLStageTransition(Client(), context.model.name, context.model.id), tags=tags,
+    )
+    log_files(decision.visualizations(), "promotion")
+    log_metadata(decision.metadata() | {"manifest_sha256": lineage.manifest_sha256, "rows_per_source": lineage.rows_per_source, "split_sizes": lineage.split_sizes})
     return decision
