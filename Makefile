@@ -30,4 +30,4 @@ test: install-dev
 	$(PY) -m pytest
 
 clean-demo:
-	rm -rf data/demo data/demo_sources data/image_store
+	rm -rf data/demo data/demo_sources data/image_store data/checkpoints

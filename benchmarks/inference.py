@@ -2,6 +2,11 @@
 
     python -m benchmarks.inference [--json] [--images 120] [--requests 24] [--batch 8] [--threads N] [--no-compile]
 
+ONNX Runtime runs the exporter's graph (what the bundle serves) and, side by side, the same graph
+with onnxscript's ORT fusions (fused attention, GELU, skip-LayerNorm: ``ExportConfig.fuse_for_onnxruntime``).
+On a CUDA machine a ViT-B-sized config (hidden 768, 12 layers, 12 heads, 224 px views, random init)
+also runs in PyTorch FP16 (autocast) and as a TensorRT FP16 engine when ``tensorrt`` is installed.
+
 Images come from the demo generator (640x480 street scenes). The model is the demo backbone
 (``dinov2-demo``, random init, view 112) with its linear head fitted by logistic regression on the
 global-view features of a train share of the images, so that global-view confidence means something
@@ -26,25 +31,41 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel
 from sklearn.linear_model import LogisticRegression
+from transformers import AutoModel, Dinov2Config
 
-from stage1_core.adaptive import AdaptiveConfig, AdaptiveOutcome, AdaptivePolicy, GlobalViewGraph, TilesGraph, evaluate_adaptive, export_adaptive, run_adaptive, score_both
+from stage1_core.adaptive import AdaptiveOutcome, AdaptivePolicy, evaluate_adaptive, run_adaptive
 from stage1_core.backbone import load_backbone
 from stage1_core.calibration import LogitMap
 from stage1_core.demo_data import DemoDataConfig, generate_demo_dataset
-from stage1_core.export import ExportConfig, ServingGraph, cpu_session, export_onnx, image_to_canvas
-from stage1_core.model import ClassifierConfig, RoadworkClassifier
+from stage1_core.export import (
+    ExportConfig,
+    GlobalViewGraph,
+    ServingGraph,
+    TensorRTConfig,
+    TensorRTRunner,
+    TilesGraph,
+    build_tensorrt_engine,
+    export_adaptive,
+    export_onnx,
+    fuse_for_onnxruntime,
+    image_to_canvas,
+    score_both,
+    tensorrt_unavailable,
+)
+from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 from stage1_core.predictor import PredictorConfig, decode_image
+from stage1_core.serving import ADAPTIVE_SPEEDUP_TARGET, INPUT_NAME, cpu_session
 
 UNCALIBRATED = LogitMap.from_temperature(1.0)  # speed does not depend on the calibration
 
 logger = logging.getLogger(__name__)
 
 ONNX_TARGET = 1.5
-ADAPTIVE_TARGET = 3.0
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 [B, 3, H, W] -> (P(roadwork), views per image)
 
 
@@ -72,6 +93,8 @@ class BenchmarkResult(BaseModel):
     memory_note: str
     adaptive_policy: AdaptivePolicy
     adaptive_val_test: AdaptiveOutcome
+    onnxruntime_fusions: dict[str, int]
+    cuda: str  # the ViT-B FP16 / TensorRT branch: what ran, or why not
     measurements: list[Measurement]
     ratios: dict[str, float | None]
     verdicts: list[str]
@@ -199,14 +222,62 @@ def torch_runners(model: RoadworkClassifier, single: RoadworkClassifier, policy:
     def global_pass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return tuple(output.numpy() for output in global_graph(torch.from_numpy(images)))
 
-    def tiles_pass(canvas: np.ndarray, global_logit: np.ndarray) -> np.ndarray:
-        return tiles_graph(torch.from_numpy(canvas), torch.from_numpy(global_logit)).numpy()
+    def tiles_pass(canvas: np.ndarray, global_features: np.ndarray) -> np.ndarray:
+        return tiles_graph(torch.from_numpy(canvas), torch.from_numpy(global_features)).numpy()
 
     return {
         "single-view": lambda images: (one(torch.from_numpy(images)).numpy(), np.ones(len(images))),
         f"{full_views}-view": lambda images: (fixed(torch.from_numpy(images)).numpy(), np.full(len(images), full_views)),
         "adaptive": lambda images: run_adaptive(global_pass, tiles_pass, images, policy),
     }
+
+
+def _session_runner(session: onnxruntime.InferenceSession, views: int) -> Runner:
+    return lambda images: (session.run(None, {INPUT_NAME: images})[0], np.full(len(images), views))
+
+
+def _single_view(model: RoadworkClassifier) -> RoadworkClassifier:
+    """The same backbone and head scoring the global view only."""
+    single = RoadworkClassifier(model.backbone, model.config.model_copy(update={"multiview": model.config.multiview.model_copy(update={"aggregation": "global_only"})})).eval()
+    single.head = model.head
+    return single
+
+
+def cuda_runners(images: list[np.ndarray]) -> tuple[dict[tuple[str, str], Runner], str]:
+    """A ViT-B-sized classifier (random init, 224 px views) in PyTorch FP16 on CUDA and as a TensorRT FP16 engine.
+
+    Returns the runners and what ran (or why not): no CUDA device, no tensorrt package, or the engine's error.
+    """
+    if not torch.cuda.is_available():
+        return {}, "skipped: no CUDA device"
+    config = Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=14, image_size=224)
+    torch.manual_seed(0)
+    model = RoadworkClassifier(AutoModel.from_config(config, attn_implementation="sdpa"), ClassifierConfig(multiview=MultiViewConfig(view_size=224))).eval()
+    classifiers = {"single-view": _single_view(model), f"{model.config.multiview.views_per_image}-view": model}
+    runners: dict[tuple[str, str], Runner] = {}
+    reason = tensorrt_unavailable()
+    status = f"TensorRT {reason}"
+    if reason is None:  # ONNX export on the CPU first: the eager runners below move the shared weights to the GPU
+        parity = [torch.from_numpy(image) for image in images[:2]]
+        try:
+            for name, classifier in classifiers.items():
+                exported = export_onnx(classifier, UNCALIBRATED, 0.5, parity, ExportConfig(parity_images=2, tensorrt=TensorRTConfig(enabled=False)))
+                engine = TensorRTRunner(build_tensorrt_engine(exported.onnx_bytes, TensorRTConfig()))
+                views = classifier.config.multiview.views_per_image
+                runners[("tensorrt fp16 ViT-B", name)] = lambda batch, engine=engine, views=views: (engine(batch), np.full(len(batch), views))
+            status = "TensorRT FP16 ran"
+        except Exception as error:  # noqa: BLE001 - the TensorRT branch reports its failure next to the figures that did run
+            status = f"TensorRT failed: {type(error).__name__}: {error}"
+    for name, classifier in classifiers.items():
+        graph = ServingGraph(classifier, UNCALIBRATED).eval().cuda()
+        views = classifier.config.multiview.views_per_image
+
+        def eager_fp16(batch: np.ndarray, graph: ServingGraph = graph, views: int = views) -> tuple[np.ndarray, np.ndarray]:
+            with torch.autocast("cuda", dtype=torch.float16):
+                return graph(torch.from_numpy(batch).cuda()).float().cpu().numpy(), np.full(len(batch), views)
+
+        runners[("cuda fp16 ViT-B", name)] = eager_fp16
+    return runners, f"PyTorch FP16 (autocast) ran on {torch.cuda.get_device_name()}; {status}"
 
 
 def run(n_images: int, requests: int, batch: int, threads: int, compile_models: bool, rounds: int = 3, seed: int = 0) -> BenchmarkResult:
@@ -219,31 +290,34 @@ def run(n_images: int, requests: int, batch: int, threads: int, compile_models: 
 
     model = RoadworkClassifier(load_backbone("dinov2-demo", seed=seed), ClassifierConfig()).eval()
     fit_head(model, train, y_train)
-    single = RoadworkClassifier(model.backbone, model.config.model_copy(update={"multiview": model.config.multiview.model_copy(update={"aggregation": "global_only"})})).eval()
-    single.head = model.head
+    single = _single_view(model)
     parity_images = [torch.from_numpy(image) for image in select[:4]]
-    export_config = ExportConfig(parity_images=4)
+    export_config = ExportConfig(parity_images=4, tensorrt=TensorRTConfig(enabled=False))
     fixed_onnx = export_onnx(model, UNCALIBRATED, 0.5, parity_images, export_config)
     single_onnx = export_onnx(single, UNCALIBRATED, 0.5, parity_images, export_config)
-    adaptive = export_adaptive(model, UNCALIBRATED, 0.5, [torch.from_numpy(image) for image in select], y_select, export_config, AdaptiveConfig())
+    fused_bytes, fusions = fuse_for_onnxruntime(fixed_onnx.onnx_bytes)
+    adaptive = export_adaptive(model, UNCALIBRATED, parity_images, select, y_select, export_config)
     policy = adaptive.metadata.policy
     sessions = adaptive.sessions(threads)
-    test_global, test_full = score_both(sessions, [torch.from_numpy(image) for image in test], desc="adaptive val_test")
+    test_global, test_full = score_both(sessions, test, desc="adaptive val_test")
     test_outcome = evaluate_adaptive(test_global, test_full, y_test, policy)
 
-    fixed_session, single_session = cpu_session(fixed_onnx.onnx_bytes, threads), cpu_session(single_onnx.onnx_bytes, threads)
     full_views = model.config.multiview.views_per_image
+    fixed = f"{full_views}-view"
     backends: dict[str, dict[str, Runner]] = {
         "eager": torch_runners(model, single, policy, lambda module: module),
         "onnxruntime": {
-            "single-view": lambda x: (single_session.run(None, {"image": x})[0], np.ones(len(x))),
-            f"{full_views}-view": lambda x: (fixed_session.run(None, {"image": x})[0], np.full(len(x), full_views)),
+            "single-view": _session_runner(cpu_session(single_onnx.onnx_bytes, threads), 1),
+            fixed: _session_runner(cpu_session(fixed_onnx.onnx_bytes, threads), full_views),
             "adaptive": lambda x: sessions.predict(x, policy),
         },
+        "onnxruntime-fused": {fixed: _session_runner(cpu_session(fused_bytes, threads), full_views)},
     }
     if compile_models:
         backends["torch.compile"] = torch_runners(model, single, policy, lambda module: torch.compile(module, dynamic=True))
     runners = {(backend, views): runner for backend, by_views in backends.items() for views, runner in by_views.items()}
+    cuda, cuda_status = cuda_runners(test)
+    runners |= cuda
     with torch.inference_mode():
         measurements = measure_all(runners, test, requests, batch, rounds)
     ratios, verdicts = _ratios(measurements, full_views)
@@ -256,6 +330,8 @@ def run(n_images: int, requests: int, batch: int, threads: int, compile_models: 
         memory_note="peak resident set while measuring (high-water mark reset per configuration and round; includes the process baseline); +MB: over the resident set at the start",
         adaptive_policy=policy,
         adaptive_val_test=test_outcome,
+        onnxruntime_fusions=fusions,
+        cuda=cuda_status,
         measurements=measurements,
         ratios=ratios,
         verdicts=verdicts,
@@ -269,13 +345,19 @@ def _ratios(measurements: list[Measurement], full_views: int) -> tuple[dict[str,
         return speed[a] / speed[b] if speed.get(a) and speed.get(b) else None
 
     fixed = f"{full_views}-view"
-    ratios = {f"onnxruntime / eager ({fixed})": ratio(("onnxruntime", fixed), ("eager", fixed))}
+    ratios = {
+        f"onnxruntime / eager ({fixed})": ratio(("onnxruntime", fixed), ("eager", fixed)),
+        f"onnxruntime-fused / eager ({fixed})": ratio(("onnxruntime-fused", fixed), ("eager", fixed)),
+        f"onnxruntime-fused / onnxruntime ({fixed})": ratio(("onnxruntime-fused", fixed), ("onnxruntime", fixed)),
+        f"tensorrt / cuda fp16 ViT-B ({fixed})": ratio(("tensorrt fp16 ViT-B", fixed), ("cuda fp16 ViT-B", fixed)),
+    }
     for backend in sorted({m.backend for m in measurements}):
-        ratios[f"adaptive / {fixed} ({backend})"] = ratio((backend, "adaptive"), (backend, fixed))
-        ratios[f"single-view / {fixed} ({backend})"] = ratio((backend, "single-view"), (backend, fixed))
+        for views in ("adaptive", "single-view"):
+            if (backend, views) in speed:
+                ratios[f"{views} / {fixed} ({backend})"] = ratio((backend, views), (backend, fixed))
     ratios[f"torch.compile / eager ({fixed})"] = ratio(("torch.compile", fixed), ("eager", fixed))
     verdicts = []
-    for name, target in [(f"onnxruntime / eager ({fixed})", ONNX_TARGET), (f"adaptive / {fixed} (onnxruntime)", ADAPTIVE_TARGET), (f"adaptive / {fixed} (eager)", ADAPTIVE_TARGET)]:
+    for name, target in [(f"onnxruntime / eager ({fixed})", ONNX_TARGET), (f"adaptive / {fixed} (onnxruntime)", ADAPTIVE_SPEEDUP_TARGET), (f"adaptive / {fixed} (eager)", ADAPTIVE_SPEEDUP_TARGET)]:
         value = ratios.get(name)
         if value is None:
             verdicts.append(f"{name}: not measured")
@@ -292,18 +374,19 @@ def _format(value: float | None, spec: str) -> str:
 
 def print_table(result: BenchmarkResult) -> None:
     print(f"threads {result.threads}, batch {result.batch}, {result.requests} single-image requests x {result.rounds} rounds; images: {result.n_images}")
-    print(f"{'backend':<14}{'views':<13}{'img/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'peak MB':>9}{'+MB':>7}{'views/img':>10}{'warmup s':>10}")
+    print(f"{'backend':<20}{'views':<13}{'img/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'peak MB':>9}{'+MB':>7}{'views/img':>10}{'warmup s':>10}")
     for m in result.measurements:
         if m.error:
-            print(f"{m.backend:<14}{m.views:<13}  failed: {m.error}")
+            print(f"{m.backend:<20}{m.views:<13}  failed: {m.error}")
             continue
         print(
-            f"{m.backend:<14}{m.views:<13}{_format(m.images_per_s, '8.2f')}{_format(m.p50_ms, '9.1f')}{_format(m.p99_ms, '9.1f')}"
+            f"{m.backend:<20}{m.views:<13}{_format(m.images_per_s, '8.2f')}{_format(m.p50_ms, '9.1f')}{_format(m.p99_ms, '9.1f')}"
             f"{_format(m.peak_rss_mb, '9.0f')}{_format(m.peak_over_start_mb, '7.0f')}{_format(m.views_per_image, '10.2f')}{_format(m.warmup_s, '10.1f')}"
         )
+    print(f"onnxruntime-fused: {result.onnxruntime_fusions or 'no fusion applied'}; CUDA branch: {result.cuda}")
     print("ratios (images/s):")
     for name, value in result.ratios.items():
-        print(f"  {name:<40} {_format(value, '.2f')}x")
+        print(f"  {name:<46} {_format(value, '.2f')}x")
     policy, outcome = result.adaptive_policy, result.adaptive_val_test
     fitted = policy.fitted_on
     print(

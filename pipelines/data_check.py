@@ -18,6 +18,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from stage1_core.ingest import DataLayoutError, IngestConfig, Source, ingest
+from stage1_core.reliability import atomic_file
 from stage1_core.splits import SplitConfig, assign_splits, check_groups_within_one_split
 from stage1_core.validation import DataValidationError, ValidationConfig, ValidationResult, validate_manifest
 
@@ -66,9 +67,11 @@ def run_data_check(
     counts = count_table(split_manifest)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        split_manifest.to_parquet(out, index=False)
+        with atomic_file(out) as partial:
+            split_manifest.to_parquet(partial, index=False)
         if len(result.quarantine):
-            result.quarantine.to_parquet(quarantine_path(out), index=False)
+            with atomic_file(quarantine_path(out)) as partial:
+                result.quarantine.to_parquet(partial, index=False)
     return DataCheckResult(
         ingested=report.n_ingested,
         valid=report.n_valid,

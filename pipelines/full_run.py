@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from zenml import Model, pipeline
 
@@ -40,6 +41,41 @@ from steps.validate_data import validate_data
 MODEL_NAME = "roadwork-classifier"
 
 
+def train_and_gate(
+    raw_manifest: Any,
+    validation: ValidationConfig,
+    split: SplitConfig,
+    backbone: str,
+    backbone_fingerprint: str,
+    seed: int,
+    explora_enabled: bool,
+    explora: ExploraConfig,
+    classifier: ClassifierConfig,
+    train: TrainConfig,
+    calibration: CalibrationConfig,
+    evaluation: EvaluationConfig,
+    export: ExportConfig,
+    drift: DriftConfig,
+    promotion: PromotionConfig,
+) -> None:
+    """Wire validate -> ... -> promote on an ingested manifest; shared by ``full_run`` and ``pipelines.retrain``.
+
+    Each step reads only its own section of the run config.
+    """
+    valid_manifest, _, validation_report = validate_data(raw_manifest, validation)
+    split_manifest = split_data(valid_manifest, validation_report, split)
+    if explora_enabled:
+        adapted_backbone, _ = adapt_backbone(split_manifest, backbone, backbone_fingerprint, explora, classifier.multiview.canvas_size)
+    else:
+        adapted_backbone = load_pretrained_backbone(backbone, backbone_fingerprint, seed)
+    trained_classifier, _ = train_model(split_manifest, adapted_backbone, classifier, train)
+    policy = calibrate_model(split_manifest, trained_classifier, calibration)
+    evaluation_report = evaluate_model(split_manifest, trained_classifier, policy, evaluation)
+    exported_model = export_model(split_manifest, trained_classifier, policy, export)
+    build_drift_reference(split_manifest, trained_classifier, drift)
+    promote_model(evaluation_report, exported_model, validation_report, split_manifest, promotion)
+
+
 @pipeline(model=Model(name=MODEL_NAME, description="P(roadwork) from a street-level photo"))
 def full_run(
     data: IngestConfig,
@@ -59,20 +95,11 @@ def full_run(
     drift: DriftConfig,
     promotion: PromotionConfig,
 ) -> None:
-    """Wire the stages; each step reads only its own section of the run config."""
-    raw_manifest = ingest_data(data, data_fingerprint)
-    valid_manifest, _, validation_report = validate_data(raw_manifest, validation)
-    split_manifest = split_data(valid_manifest, validation_report, split)
-    if explora_enabled:
-        adapted_backbone, _ = adapt_backbone(split_manifest, backbone, backbone_fingerprint, explora, classifier.multiview.canvas_size)
-    else:
-        adapted_backbone = load_pretrained_backbone(backbone, backbone_fingerprint, seed)
-    trained_classifier, _ = train_model(split_manifest, adapted_backbone, classifier, train)
-    policy = calibrate_model(split_manifest, trained_classifier, calibration)
-    evaluation_report = evaluate_model(split_manifest, trained_classifier, policy, evaluation)
-    exported_model = export_model(split_manifest, trained_classifier, policy, export)
-    build_drift_reference(split_manifest, drift)
-    promote_model(evaluation_report, exported_model, validation_report, promotion)
+    """Ingest the configured data, then train, evaluate, export and gate (:func:`train_and_gate`)."""
+    train_and_gate(
+        ingest_data(data, data_fingerprint), validation, split, backbone, backbone_fingerprint, seed, explora_enabled,
+        explora, classifier, train, calibration, evaluation, export, drift, promotion,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,15 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("onnxscript", "onnx_ir"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from pipelines.run_config import ConfigError, prepare_run, print_summary
+    from pipelines.run_config import ConfigError, exclusive_run, prepare_run, print_summary
 
     try:
         settings: RunSettings = load_run_config(args.config, data=args.data, backbone=args.backbone, no_cache=args.no_cache)
-        run_kwargs = prepare_run(settings)
+        with exclusive_run(settings):
+            run_kwargs = prepare_run(settings)
+            print_summary(full_run.with_options(**settings.zenml_options)(**run_kwargs))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print_summary(full_run.with_options(**settings.zenml_options)(**run_kwargs))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Score images with the exported model: ``python -m pipelines.predict IMAGE_OR_DIR... [--model champion|PATH] [--json]``.
+"""Score images with the exported model: ``python -m pipelines.predict IMAGE_OR_DIR... [--model champion|PATH] [--mode adaptive|full] [--json]``.
 
 Every input is reported: a score per image, or which input failed and why (empty, not an image,
 corrupt, too small, too large). The rest are still scored; the exit code is 1 when any input
@@ -99,12 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="champion", help="an exported bundle folder (model.onnx + metadata.json) or an MLflow registry alias (default: champion)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else the active ZenML stack's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
-    parser.add_argument("--no-adaptive", action="store_true", help="always run the fixed multi-view graph")
+    parser.add_argument(
+        "--mode", choices=["adaptive", "full"], default="adaptive",
+        help="adaptive: global view first, tiles only for uncertain images (when the model has the adaptive graphs); full: all views for every image",
+    )
     parser.add_argument("--max-pixels", type=int, default=PredictorConfig().max_pixels, help="refuse larger images (pixels)")
     parser.add_argument("--min-side", type=int, default=PredictorConfig().min_side, help="refuse images with a smaller side (px)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    config = PredictorConfig(max_pixels=args.max_pixels, min_side=args.min_side, adaptive=not args.no_adaptive)
+    config = PredictorConfig(max_pixels=args.max_pixels, min_side=args.min_side, mode=args.mode)
     try:
         is_path = Path(args.model).expanduser().exists()
         predictor = Predictor.load(args.model, tracking_uri=None if is_path else _tracking_uri(args.tracking_uri), config=config)

@@ -12,21 +12,21 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModel, Dinov2Config, DINOv3ViTConfig, PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = ("dinov2", "dinov2_with_registers", "dinov3_vit")
 
+
+def _dinov2_demo_config() -> Dinov2Config:
+    return Dinov2Config(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768, patch_size=14, image_size=112)
+
+
 DEMO_CONFIGS = {
-    "dinov2-demo": lambda: Dinov2Config(
-        hidden_size=192,
-        num_hidden_layers=4,
-        num_attention_heads=3,
-        intermediate_size=768,
-        patch_size=14,
-        image_size=112,
-    ),
+    "dinov2-demo": _dinov2_demo_config,
+    "dinov2-demo-random": _dinov2_demo_config,  # the demo architecture at random init: what pretrain_demo starts from
     "dinov3-demo": lambda: DINOv3ViTConfig(
         hidden_size=192,
         num_hidden_layers=4,
@@ -59,12 +59,14 @@ def _usage() -> str:
     )
 
 
-def load_backbone(name_or_path: str, *, seed: int = 0) -> PreTrainedModel:
+def load_backbone(name_or_path: str, *, seed: int = 0, attn_implementation: str = "sdpa") -> PreTrainedModel:
     """Return the backbone as a transformers model (``Dinov2Model``, ``DINOv3ViTModel`` ...).
 
     Args:
         name_or_path: a demo name, a local directory, or a hub id.
         seed: seed of the random initialisation of demo configs (deterministic demo runs).
+        attn_implementation: ``"sdpa"`` (PyTorch's fused scaled-dot-product attention: flash / memory-efficient
+            kernels on CUDA, and what the ONNX export traces) or ``"eager"`` (the reference implementation).
 
     Raises:
         BackboneLoadError: unknown name, unreadable directory or unsupported architecture,
@@ -72,7 +74,7 @@ def load_backbone(name_or_path: str, *, seed: int = 0) -> PreTrainedModel:
     """
     if name_or_path in DEMO_CONFIGS:
         torch.manual_seed(seed)
-        model = AutoModel.from_config(DEMO_CONFIGS[name_or_path]())
+        model = AutoModel.from_config(DEMO_CONFIGS[name_or_path](), attn_implementation=attn_implementation)
         logger.info("backbone %s: randomly initialised demo config", name_or_path)
         return model.eval()
     path = Path(name_or_path).expanduser()
@@ -88,8 +90,8 @@ def load_backbone(name_or_path: str, *, seed: int = 0) -> PreTrainedModel:
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise BackboneLoadError(f"backbone {name_or_path!r} has model type {config.model_type!r}; {_usage()}")
     try:
-        model = AutoModel.from_pretrained(str(path) if local else name_or_path, local_files_only=local)
-    except (OSError, ValueError) as error:
+        model = AutoModel.from_pretrained(str(path) if local else name_or_path, local_files_only=local, attn_implementation=attn_implementation)
+    except (OSError, ValueError, SafetensorError) as error:
         raise BackboneLoadError(f"cannot load backbone weights from {name_or_path!r} ({error}); {_usage()}") from error
     logger.info("backbone %s: %s loaded", name_or_path, config.model_type)
     return model.eval()

@@ -1463,10 +1463,10 @@ class _Frame:
     truth: _FrameTruth
 
 
-def _frames(config: DemoDataConfig, by_split: dict[str, list[_SequencePlan]]) -> Iterator[_Frame]:
+def _frames(config: DemoDataConfig, by_split: dict[str, list[_SequencePlan]], progress_bar: bool = True) -> Iterator[_Frame]:
     """Render every planned frame, split by split, sequence by sequence (one image in memory at a time)."""
     width, height = config.image_width, config.image_height
-    with tqdm(total=config.n_images, desc=f"demo images ({config.layout})", unit="img") as progress:
+    with tqdm(total=config.n_images, desc=f"demo images ({config.layout})", unit="img", disable=not progress_bar) as progress:
         for split, plans in by_split.items():
             for plan in plans:
                 rng = np.random.default_rng(_seed(config, 1, plan.seq_id))
@@ -1477,6 +1477,31 @@ def _frames(config: DemoDataConfig, by_split: dict[str, list[_SequencePlan]]) ->
                     image.save(buffer, format="JPEG", quality=config.jpeg_quality)
                     yield _Frame(split, scene, t, plan.first_id + t, buffer.getvalue(), truth)
                     progress.update(1)
+
+
+@dataclass(frozen=True)
+class DrawnFrame:
+    """One rendered frame with what the generator knows it drew: the truth that pre-training learns from."""
+
+    jpeg: bytes
+    label: int
+    roadwork_boxes: tuple[tuple[str, Box], ...]  # (roadwork kind, (x0, y0, x1, y1) in image pixels), clipped to the image
+    daytime: str
+    weather: str
+    environment: str
+    hard_negative: str
+
+
+def draw_frames(config: DemoDataConfig) -> Iterator[DrawnFrame]:
+    """Every frame ``config`` plans (both splits), in memory, one at a time, with its per-object truth.
+
+    Same frames and bytes as :func:`generate_demo_dataset` writes; nothing is written to disk.
+    """
+    by_split = {"all": sorted(_plan_sequences(config), key=lambda p: p.seq_id)}
+    for frame in _frames(config, by_split, progress_bar=False):
+        plan = frame.scene.plan
+        boxes = tuple((kind, box) for kind, box in frame.truth.objects if kind in ROADWORK_KINDS)
+        yield DrawnFrame(frame.jpeg, plan.label, boxes, plan.daytime, plan.weather, plan.environment, plan.hard_negative)
 
 
 def generate_demo_dataset(out_dir: Path, config: DemoDataConfig) -> Path:

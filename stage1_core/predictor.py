@@ -1,11 +1,12 @@
 """Serve P(roadwork) from an exported model: a bundle directory or the registered champion.
 
-The predictor needs ONNX Runtime only (no PyTorch model code at serving time). It decodes images
-the way the training data was read (EXIF orientation applied, every colour mode turned into 8-bit
-RGB), and runs the adaptive two-graph path when the bundle has it (see ``adaptive.py``), else the
-fixed multi-view graph. ``predict_base64_jpeg`` is the miner's entry point: one base64 image in,
-one float in [0, 1] out, never an exception for an image that decodes (the subnet validator scores
-an answer outside [0, 1] or no answer as 0).
+The predictor needs ONNX Runtime only: neither it nor ``serving.py`` imports PyTorch, so a miner
+starts in a fraction of the time. It decodes images the way the training data was read (EXIF
+orientation applied, every colour mode turned into 8-bit RGB), and runs the adaptive two-graph path
+when the bundle has it (``mode="adaptive"``, see ``adaptive.py``), else the fixed multi-view graph.
+``predict_base64_jpeg`` is the miner's entry point: one base64 image in, one float in [0, 1] out,
+never an exception for an image that decodes (the subnet validator scores an answer outside
+[0, 1] or no answer as 0).
 """
 
 from __future__ import annotations
@@ -22,18 +23,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-import mlflow.artifacts
 import numpy as np
-import onnx
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from stage1_core.adaptive import AdaptiveExport, AdaptivePolicy, AdaptiveSessions
-from stage1_core.export import INPUT_NAME, ExportedModel, ExportMetadata, cpu_session
-from stage1_core.promotion import CHAMPION, PromotionConfig
+from stage1_core.adaptive import AdaptivePolicy
+from stage1_core.serving import INPUT_NAME, METADATA_FILE, MODEL_FILE, AdaptiveExport, AdaptiveSessions, ExportedModel, ExportMetadata, cpu_session
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +42,14 @@ _TRANSPARENT_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 class PredictorConfig(BaseModel):
     """Input bounds and runtime settings of the predictor."""
 
+    model_config = ConfigDict(extra="forbid")
+
     min_side: int = Field(16, ge=1, description="smallest image side accepted, in px (the exported graph's lower bound)")
     max_pixels: int = Field(50_000_000, ge=1, description="largest image accepted, in pixels; the miner shrinks bigger ones instead")
     batch_size: int = Field(16, ge=1, description="images per ONNX Runtime call (images of one size are batched)")
-    adaptive: bool = Field(True, description="use the adaptive two-graph path when the model has it")
+    mode: Literal["adaptive", "full"] = Field(
+        "adaptive", description="adaptive: the two-graph path when the bundle has it (else full, with a warning); full: always all views"
+    )
     threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (None: its default)")
 
 
@@ -151,30 +152,34 @@ def _probability(value: float, source: str) -> tuple[float, str | None]:
 class Predictor:
     """P(roadwork) per image from an exported model (adaptive two-graph path when available)."""
 
-    def __init__(self, exported: ExportedModel, adaptive: AdaptiveExport | None = None, config: PredictorConfig | None = None, origin: str = "") -> None:
+    def __init__(self, exported: ExportedModel, config: PredictorConfig | None = None, origin: str = "") -> None:
         self.config = config or PredictorConfig()
         self.metadata: ExportMetadata = exported.metadata
         self.origin = origin
         self.session = cpu_session(exported.onnx_bytes, self.config.threads)
-        use_adaptive = adaptive is not None and self.config.adaptive
-        self.adaptive_policy: AdaptivePolicy | None = adaptive.metadata.policy if use_adaptive else None
-        self.adaptive_sessions: AdaptiveSessions | None = adaptive.sessions(self.config.threads) if use_adaptive else None
+        adaptive = exported.adaptive if self.config.mode == "adaptive" else None
+        if self.config.mode == "adaptive" and adaptive is None:
+            logger.warning("%s has no adaptive graphs (exported before they existed?): serving the fixed %d-view graph", origin or "the model", self.metadata.views_per_image)
+        self.adaptive_policy: AdaptivePolicy | None = adaptive.metadata.policy if adaptive else None
+        self.adaptive_sessions: AdaptiveSessions | None = adaptive.sessions(self.config.threads) if adaptive else None
 
     @classmethod
     def from_bundle(cls, directory: Path, config: PredictorConfig | None = None) -> Predictor:
         """Load ``model.onnx`` + ``metadata.json`` (and the adaptive graphs when present) from an exported bundle."""
         directory = Path(directory)
-        missing = [name for name in ("model.onnx", "metadata.json") if not (directory / name).is_file()]
+        missing = [name for name in (MODEL_FILE, METADATA_FILE) if not (directory / name).is_file()]
         if missing:
             raise ModelLoadError(f"{directory}: not an exported model bundle (missing {', '.join(missing)}); pass the folder written by the export step")
-        adaptive = AdaptiveExport.load(directory) if AdaptiveExport.present(directory) else None
-        return cls(ExportedModel.load(directory), adaptive, config, origin=str(directory))
+        return cls(ExportedModel.load(directory), config, origin=str(directory))
 
     @classmethod
     def from_registry(
-        cls, alias: str = CHAMPION, *, tracking_uri: str | None = None, registered_model_name: str | None = None, config: PredictorConfig | None = None
+        cls, alias: str | None = None, *, tracking_uri: str | None = None, registered_model_name: str | None = None, config: PredictorConfig | None = None
     ) -> Predictor:
-        """Load the model version behind an MLflow registry alias (``champion`` by default).
+        """Load the model version behind an MLflow registry alias (None: the champion).
+
+        MLflow and the promotion rules are imported here, not at module level: a miner serving a
+        bundle folder never pays their import time.
 
         Raises:
             ModelLoadError: no tracking URI, registry unreachable or unreadable, or no version holds the alias.
@@ -182,6 +187,14 @@ class Predictor:
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
             raise ModelLoadError("no MLflow tracking URI: pass tracking_uri (CLI: --tracking-uri) or set MLFLOW_TRACKING_URI, or load an exported bundle path instead")
+        import mlflow.artifacts
+        import onnx
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        from stage1_core.promotion import CHAMPION, PromotionConfig
+
+        alias = alias or CHAMPION
         name = registered_model_name or PromotionConfig().registered_model_name
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         try:
@@ -205,15 +218,17 @@ class Predictor:
                     adaptive_dir = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="model_adaptive", dst_path=tmp, tracking_uri=uri))
             except (MlflowException, OSError) as error:
                 raise ModelLoadError(f"{name} v{version.version} ({alias}) at {uri}: cannot download its files ({error})") from None
-            onnx_bytes = onnx.load(str(model_dir / "model.onnx")).SerializeToString()  # mlflow.onnx stores weights as external data
-            exported = ExportedModel(onnx_bytes, ExportMetadata.model_validate(json.loads(Path(metadata).read_text())))
+            onnx_bytes = onnx.load(str(model_dir / MODEL_FILE)).SerializeToString()  # mlflow.onnx stores weights as external data
             adaptive = AdaptiveExport.load(adaptive_dir) if adaptive_dir and AdaptiveExport.present(adaptive_dir) else None
+            exported = ExportedModel(onnx_bytes, ExportMetadata.model_validate(json.loads(Path(metadata).read_text())), adaptive)
         logger.info("loaded %s v%s (%s) from %s%s", name, version.version, alias, uri, " with adaptive multi-view" if adaptive else "")
-        return cls(exported, adaptive, config, origin=f"{name}@{alias} (v{version.version}, {uri})")
+        return cls(exported, config, origin=f"{name}@{alias} (v{version.version}, {uri})")
 
     @classmethod
-    def load(cls, model: str = CHAMPION, *, tracking_uri: str | None = None, config: PredictorConfig | None = None) -> Predictor:
-        """``model`` is an exported bundle path, or else a registry alias such as ``champion``."""
+    def load(cls, model: str | None = None, *, tracking_uri: str | None = None, config: PredictorConfig | None = None) -> Predictor:
+        """``model`` is an exported bundle path, or else a registry alias such as ``champion`` (None: the champion)."""
+        if model is None:
+            return cls.from_registry(None, tracking_uri=tracking_uri, config=config)
         path = Path(model).expanduser()
         if path.exists():
             return cls.from_bundle(path, config)
@@ -269,7 +284,7 @@ class Predictor:
 @lru_cache(maxsize=1)
 def default_predictor() -> Predictor:
     """The miner's predictor: ``$ROADWORK_MODEL`` (a bundle path or a registry alias), by default the champion."""
-    return Predictor.load(os.environ.get(MODEL_ENV, CHAMPION))
+    return Predictor.load(os.environ.get(MODEL_ENV))
 
 
 def predict_base64_jpeg(b64: str) -> float:

@@ -7,24 +7,24 @@ own code on scenes drawn on the fly by :mod:`stage1_core.demo_data` with seeds d
 dataset the pipeline or the tests evaluate on (those use seeds below 1,000,000).
 
 Objective: supervised multi-task learning on what the generator knows it drew (Caruana 1997, "Multitask
-Learning"): roadwork present and the visible roadwork kinds, scored per view over the global view and
-the 3x3 tiles and pooled by top-K mean as multiple-instance learning (the MIL pooling of WELDON,
-Durand et al. 2016, which the classifier itself uses), plus daytime, weather, environment and the
-hard-negative kind on the global view, so the features also encode the scene and the orange look-alikes.
-Only the backbone is kept (``save_pretrained``); the heads are discarded.
+Learning"), densely per view: the generator knows every roadwork object's box, so each of the classifier's
+views (the global view and the 3x3 tiles, cut exactly as the classifier cuts them) gets its own target,
+roadwork present and the roadwork kinds it shows. A tile holding at least half of an object is positive, a
+tile touching none is negative, a tile cutting an object is left out of the loss. Per-view targets give
+the tiles, where small objects are visible, a direct signal that image-level multiple-instance learning
+gives only weakly. Daytime, weather, environment and the hard-negative kind are learnt on the global view,
+so the features also encode the scene and the orange look-alikes. Only the backbone is kept
+(``save_pretrained``); the heads are discarded.
 
 ``python -m stage1_core.pretrain_demo OUT_DIR [--seed S] [--steps N] [--minutes M]`` writes the backbone,
 its training history, a curves figure and ``MODEL_CARD.md``. Same seed and steps, same weights (on the
 same machine and thread count). Pass the folder as ``--backbone OUT_DIR`` to the pipeline.
 
-Status: the recipe runs, but a 15-minute CPU run did not yet learn roadwork (held-out probe MCC about
-0), so no weights are shipped and ``dinov2-demo`` stays a random-init config until a longer run does.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import itertools
 import json
@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -44,7 +43,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -59,8 +57,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from stage1_core.backbone import load_backbone
-from stage1_core.demo_data import DAYTIMES, ENVIRONMENTS, HARD_NEGATIVE_KINDS, ROADWORK_KINDS, WEATHERS, DemoDataConfig, generate_demo_dataset
-from stage1_core.images import AugmentationConfig, canvas_transform
+from stage1_core.demo_data import DAYTIMES, ENVIRONMENTS, HARD_NEGATIVE_KINDS, ROADWORK_KINDS, WEATHERS, DemoDataConfig, DrawnFrame, draw_frames
+from stage1_core.images import canvas_transform
 from stage1_core.model import IMAGENET_MEAN, IMAGENET_STD, MultiViewConfig, aggregate_view_logits, make_views
 
 logger = logging.getLogger(__name__)
@@ -78,25 +76,21 @@ SCENE_TASKS: dict[str, tuple[str, ...]] = {
 class PretrainConfig(BaseModel):
     """Recipe of the demo backbone's pre-training."""
 
-    seed: int = Field(0, ge=0, description="random init, augmentation and scene order")
+    seed: int = Field(0, ge=0, description="random init, flips and scene order")
     steps: int = Field(1500, ge=1, description="optimiser steps; the cosine schedule spans them")
     max_minutes: float | None = Field(None, gt=0, description="wall-clock cap: stop early (and say so) when reached")
-    batch_size: int = Field(16, ge=1, description="images per step; each gives 1 + grid^2 views")
+    batch_size: int = Field(8, ge=1, description="scenes per step; each gives 1 + grid^2 views")
     lr: float = 5e-4
     weight_decay: float = 0.05
-    warmup_steps: int = Field(100, ge=0)
+    warmup_steps: int = Field(50, ge=0)
     grad_clip: float = 1.0
-    kinds_weight: float = Field(0.5, ge=0, description="weight of the roadwork-kind losses")
+    tile_positive_fraction: float = Field(0.5, gt=0, le=1, description="share of an object's box inside a tile that makes the tile positive")
+    kinds_weight: float = Field(0.5, ge=0, description="weight of the per-view roadwork-kind loss")
     scene_weight: float = Field(0.25, ge=0, description="weight of each scene-tag loss (daytime, weather, ...)")
-    base_backbone: str = Field("dinov2-demo", description="randomly initialised architecture to pre-train")
+    base_backbone: str = Field("dinov2-demo-random", description="randomly initialised architecture to pre-train")
     multiview: MultiViewConfig = MultiViewConfig()
-    augmentation: AugmentationConfig = AugmentationConfig(random_erasing=0.0)
     stream_seed_start: int = Field(FIRST_STREAM_SEED, ge=FIRST_STREAM_SEED, description="generator seed of the stream's first chunk")
     chunk_images: int = Field(64, ge=1, description="scenes drawn per generator call (one seed each)")
-    chunk_repeats: int = Field(2, ge=1, description="passes over each drawn chunk, each with fresh augmentation: drawing is the bottleneck")
-    global_only_fraction: float = Field(
-        0.7, ge=0.0, le=1.0, description="first share of the steps on the global view alone (views-per-image times cheaper), then all views"
-    )
     frames_per_sequence: int = Field(2, ge=1)
     image_width: int = 640
     image_height: int = 480
@@ -111,6 +105,10 @@ class PretrainConfig(BaseModel):
         if seed >= self.probe_seed >= self.stream_seed_start:
             raise ValueError(f"scene stream reached the probe seed {self.probe_seed}: lower steps or raise probe_seed")
         return seed
+
+    def demo_config(self, seed: int, n_images: int, test_fraction: float = 0.0) -> DemoDataConfig:
+        return DemoDataConfig(seed=seed, n_images=n_images, image_width=self.image_width, image_height=self.image_height,
+                              frames_per_sequence=self.frames_per_sequence, test_fraction=test_fraction)
 
 
 class ScenePretrainSummary(BaseModel):
@@ -128,68 +126,81 @@ class ScenePretrainSummary(BaseModel):
     finished_at: str
 
 
-def _targets(data_dir: Path) -> pd.DataFrame:
-    """NATIX rows of a generated chunk joined with its truth: image bytes plus every task's target."""
-    rows = pd.concat([pd.read_parquet(path) for path in sorted((data_dir / "data").glob("*.parquet"))], ignore_index=True)
-    truth = pd.read_parquet(data_dir / "demo_truth.parquet", columns=["id", "split", "object_kinds", "hard_negative_kind"])
-    rows = rows.merge(truth, on="id", how="left", validate="one_to_one")
-    if rows["object_kinds"].isna().any():
-        raise ValueError(f"{data_dir}: {int(rows['object_kinds'].isna().sum())} rows have no demo_truth row; regenerate the chunk")
-    return rows.sort_values("id", ignore_index=True)
+def view_targets(frame: DrawnFrame, config: PretrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-view targets ``[V, 1 + kinds]`` (roadwork present, then each kind) and their loss mask ``[V]``.
 
-
-def _sample(row: pd.Series, transform: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    image = transform(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"))
-    kinds = set(filter(None, row["object_kinds"].split(",")))
-    targets = {
-        "roadwork": torch.tensor(float(row["label"])),
-        "kinds": torch.tensor([float(kind in kinds) for kind in ROADWORK_KINDS]),
-        "daytime": torch.tensor(DAYTIMES.index(row["scene_level_tags.daytime"])),
-        "weather": torch.tensor(WEATHERS.index(row["scene_level_tags.weather"])),
-        "environment": torch.tensor(ENVIRONMENTS.index(row["scene_level_tags.scene_environment"])),
-        "hard_negative": torch.tensor(SCENE_TASKS["hard_negative"].index(row["hard_negative_kind"])),
-    }
-    return image, targets
-
-
-def draw_scenes(out_dir: Path, seed: int, n_images: int, config: PretrainConfig, test_fraction: float = 0.0) -> pd.DataFrame:
-    """Generate ``n_images`` demo scenes with ``seed`` and return their rows with targets.
-
-    The generator's own progress bar is swallowed: the pre-training bar counts scenes already.
+    View 0 (the whole canvas) takes the image's truth. A tile is positive for a kind when it holds at
+    least ``tile_positive_fraction`` of one of that kind's boxes, negative when it overlaps no roadwork box,
+    and masked out otherwise. The canvas is the image squashed to a square, as ``canvas_transform`` does.
     """
-    demo = DemoDataConfig(
-        seed=seed, n_images=n_images, image_width=config.image_width, image_height=config.image_height,
-        frames_per_sequence=config.frames_per_sequence, test_fraction=test_fraction, rows_per_shard=max(n_images, 1),
-    )
-    with contextlib.redirect_stderr(io.StringIO()):
-        generate_demo_dataset(out_dir, demo)
-    return _targets(out_dir)
+    views = config.multiview
+    scale = np.array([views.canvas_size / config.image_width, views.canvas_size / config.image_height] * 2)
+    targets = np.zeros((views.views_per_image, 1 + len(ROADWORK_KINDS)), np.float32)
+    mask = np.ones(views.views_per_image, np.float32)
+    targets[0, 0] = frame.label
+    for kind, _ in frame.roadwork_boxes:
+        targets[0, 1 + ROADWORK_KINDS.index(kind)] = 1.0
+    for tile in range(views.grid * views.grid):
+        x0, y0 = (tile % views.grid) * views.tile_stride, (tile // views.grid) * views.tile_stride
+        for kind, box in frame.roadwork_boxes:
+            bx0, by0, bx1, by1 = np.asarray(box) * scale
+            inside = max(0.0, min(bx1, x0 + views.view_size) - max(bx0, x0)) * max(0.0, min(by1, y0 + views.view_size) - max(by0, y0))
+            share = inside / max((bx1 - bx0) * (by1 - by0), 1e-6)
+            if share >= config.tile_positive_fraction:
+                targets[1 + tile, 0] = targets[1 + tile, 1 + ROADWORK_KINDS.index(kind)] = 1.0
+            elif share > 0:
+                mask[1 + tile] = 0.0
+    mask[1:][targets[1:, 0] > 0] = 1.0  # a tile that holds one object enough is positive even if it cuts another
+    return targets, mask
+
+
+def mirror_views(targets: np.ndarray, mask: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-view targets of the horizontally flipped canvas: the tile columns swap."""
+    order = np.concatenate([[0], 1 + np.arange(grid * grid).reshape(grid, grid)[:, ::-1].reshape(-1)])
+    return targets[order], mask[order]
+
+
+def _sample(frame: DrawnFrame, config: PretrainConfig, transform: torch.nn.Module, flip: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    canvas = transform(Image.open(io.BytesIO(frame.jpeg)).convert("RGB"))
+    views, mask = view_targets(frame, config)
+    if flip:
+        canvas = canvas.flip(-1)
+        views, mask = mirror_views(views, mask, config.multiview.grid)
+    targets = {
+        "views": torch.from_numpy(views),
+        "mask": torch.from_numpy(mask),
+        "daytime": torch.tensor(DAYTIMES.index(frame.daytime)),
+        "weather": torch.tensor(WEATHERS.index(frame.weather)),
+        "environment": torch.tensor(ENVIRONMENTS.index(frame.environment)),
+        "hard_negative": torch.tensor(SCENE_TASKS["hard_negative"].index(frame.hard_negative)),
+    }
+    return canvas, targets
 
 
 class SceneStream(IterableDataset):
-    """An endless, seeded stream of augmented canvases and their targets, drawn chunk by chunk.
+    """An endless, seeded stream of canvases and their per-view targets, drawn chunk by chunk in memory.
 
+    Every scene is new (no repeats, so no augmentation is needed beyond a seeded horizontal flip).
     Worker ``w`` of ``n`` draws chunks ``w, w + n, ...``; the DataLoader interleaves workers in a fixed
     order, so the stream is the same for a seed whatever the timing.
     """
 
     def __init__(self, config: PretrainConfig) -> None:
         self.config = config
-        self.transform = canvas_transform(config.multiview.canvas_size, config.augmentation)
+        self.transform = canvas_transform(config.multiview.canvas_size, None)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
         worker = torch.utils.data.get_worker_info()
         first, step = (worker.id, worker.num_workers) if worker else (0, 1)
         for chunk in itertools.count(first, step):
-            with tempfile.TemporaryDirectory(prefix="pretrain-chunk-") as tmp:
-                rows = draw_scenes(Path(tmp), self.config.chunk_seed(chunk), self.config.chunk_images, self.config)
-            for repeat in range(self.config.chunk_repeats):
-                for index in np.random.default_rng([self.config.seed, chunk, repeat]).permutation(len(rows)):
-                    yield _sample(rows.iloc[int(index)], self.transform)
+            frames = list(draw_frames(self.config.demo_config(self.config.chunk_seed(chunk), self.config.chunk_images)))
+            rng = np.random.default_rng([self.config.seed, chunk])
+            for index in rng.permutation(len(frames)):
+                yield _sample(frames[int(index)], self.config, self.transform, flip=bool(rng.random() < 0.5))
 
 
 class MultiTaskHeads(nn.Module):
-    """Per-view roadwork heads (present + kinds, MIL-pooled) and global-view scene heads around a backbone."""
+    """Per-view roadwork heads (present + kinds) and global-view scene heads around a backbone."""
 
     def __init__(self, backbone: PreTrainedModel, multiview: MultiViewConfig) -> None:
         super().__init__()
@@ -201,44 +212,38 @@ class MultiTaskHeads(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def features(self, canvas: torch.Tensor, multiview: MultiViewConfig | None = None) -> torch.Tensor:
+    def features(self, canvas: torch.Tensor) -> torch.Tensor:
         """``[B, V, D]`` cls features of every view, cut exactly as the classifier cuts them."""
-        views = make_views(canvas, multiview or self.multiview)
+        views = make_views(canvas, self.multiview)
         batch, n_views = views.shape[:2]
         pixels = (views.flatten(0, 1) - self.mean) / self.std
         return self.backbone(pixel_values=pixels).pooler_output.view(batch, n_views, -1)
 
-    def forward(self, canvas: torch.Tensor, multiview: MultiViewConfig | None = None) -> dict[str, torch.Tensor]:
-        """Logits per task: ``roadwork`` [B] (top-K over views), ``roadwork_global`` [B], ``kinds`` [B, 5], scene tasks [B, C].
-
-        ``multiview`` overrides the configured views (the global-only phase of the curriculum).
-        """
-        multiview = multiview or self.multiview
-        features = self.features(canvas, multiview)
-        per_view = self.roadwork(features)  # [B, V, 1 + kinds]
-        batch, n_views, n_out = per_view.shape
-        pooled = aggregate_view_logits(per_view.permute(0, 2, 1).reshape(batch * n_out, n_views), multiview).view(batch, n_out)
-        outputs = {"roadwork": pooled[:, 0], "roadwork_global": per_view[:, 0, 0], "kinds": pooled[:, 1:]}
-        return outputs | {task: head(features[:, 0]) for task, head in self.scene.items()}
+    def forward(self, canvas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits per task: ``views`` [B, V, 1 + kinds] and the scene tasks [B, C] (global view)."""
+        features = self.features(canvas)
+        return {"views": self.roadwork(features)} | {task: head(features[:, 0]) for task, head in self.scene.items()}
 
 
 def multitask_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], config: PretrainConfig) -> dict[str, torch.Tensor]:
-    """Per-task losses and their weighted ``total``."""
+    """Per-task losses and their weighted ``total``; the per-view losses skip masked views."""
+    per_view = F.binary_cross_entropy_with_logits(outputs["views"], targets["views"], reduction="none")  # [B, V, 1 + kinds]
+    mask = targets["mask"]
+    denominator = mask.sum().clamp_min(1.0)
     losses = {
-        "roadwork": F.binary_cross_entropy_with_logits(outputs["roadwork"], targets["roadwork"]),
-        "roadwork_global": F.binary_cross_entropy_with_logits(outputs["roadwork_global"], targets["roadwork"]),
-        "kinds": F.binary_cross_entropy_with_logits(outputs["kinds"], targets["kinds"]),
+        "roadwork": (per_view[..., 0] * mask).sum() / denominator,
+        "kinds": (per_view[..., 1:].mean(-1) * mask).sum() / denominator,
     } | {task: F.cross_entropy(outputs[task], targets[task]) for task in SCENE_TASKS}
-    total = losses["roadwork"] + losses["roadwork_global"] + config.kinds_weight * losses["kinds"]
-    losses["total"] = total + config.scene_weight * sum(losses[task] for task in SCENE_TASKS)
+    losses["total"] = losses["roadwork"] + config.kinds_weight * losses["kinds"] + config.scene_weight * sum(losses[task] for task in SCENE_TASKS)
     return losses
 
 
-def _accuracies(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, float]:
+def _accuracies(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor], multiview: MultiViewConfig) -> dict[str, float]:
+    logits, truth, mask = outputs["views"][..., 0], targets["views"][..., 0], targets["mask"] > 0
+    image = aggregate_view_logits(logits, multiview)
     accuracies = {
-        "roadwork": ((outputs["roadwork"] > 0).float() == targets["roadwork"]).float().mean().item(),
-        "roadwork_global": ((outputs["roadwork_global"] > 0).float() == targets["roadwork"]).float().mean().item(),
-        "kinds": ((outputs["kinds"] > 0).float() == targets["kinds"]).float().mean().item(),
+        "roadwork_views": ((logits > 0).float() == truth)[mask].float().mean().item(),
+        "roadwork_image": ((image > 0).float() == truth[:, 0]).float().mean().item(),
     }
     return accuracies | {task: (outputs[task].argmax(1) == targets[task]).float().mean().item() for task in SCENE_TASKS}
 
@@ -250,21 +255,14 @@ def pretrain_backbone(config: PretrainConfig) -> tuple[MultiTaskHeads, ScenePret
     model = MultiTaskHeads(backbone, config.multiview).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    loader = DataLoader(
-        SceneStream(config), batch_size=config.batch_size, num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    global_only = config.multiview.model_copy(update={"aggregation": "global_only"})
-    global_steps = int(config.global_only_fraction * config.steps)
+    loader = DataLoader(SceneStream(config), batch_size=config.batch_size, num_workers=config.num_workers)
     history: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
     started = time.perf_counter()
     steps_run, stopped_early = 0, False
     with tqdm(total=config.steps, desc="pretrain demo backbone", unit="step") as progress:
         for images, targets in loader:
-            if steps_run == global_steps:
-                logger.info("step %d: from the global view alone to all %d views", steps_run, config.multiview.views_per_image)
-            outputs = model(images, global_only if steps_run < global_steps else None)
+            outputs = model(images)
             losses = multitask_loss(outputs, targets, config)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
@@ -273,16 +271,16 @@ def pretrain_backbone(config: PretrainConfig) -> tuple[MultiTaskHeads, ScenePret
             schedule.step()
             steps_run += 1
             with torch.no_grad():
-                window.append({f"loss_{k}": v.item() for k, v in losses.items()} | {f"acc_{k}": v for k, v in _accuracies(outputs, targets).items()})
+                window.append({f"loss_{k}": v.item() for k, v in losses.items()} | {f"acc_{k}": v for k, v in _accuracies(outputs, targets, config.multiview).items()})
             progress.update(1)
             if steps_run % config.log_every == 0 or steps_run == config.steps:
                 row = {key: float(np.mean([w[key] for w in window])) for key in window[0]}
                 row |= {"step": float(steps_run), "seconds": time.perf_counter() - started, "lr": schedule.get_last_lr()[0]}
                 history.append(row)
                 window = []
-                progress.set_postfix(loss=f"{row['loss_total']:.3f}", acc=f"{row['acc_roadwork']:.3f}")
-                logger.info("step %d: loss %.4f, roadwork accuracy %.3f (global view %.3f), kinds %.3f, daytime %.3f, weather %.3f",
-                            steps_run, row["loss_total"], row["acc_roadwork"], row["acc_roadwork_global"], row["acc_kinds"], row["acc_daytime"], row["acc_weather"])
+                progress.set_postfix(loss=f"{row['loss_total']:.3f}", image_acc=f"{row['acc_roadwork_image']:.3f}")
+                logger.info("step %d: loss %.4f, roadwork accuracy per view %.3f, per image %.3f, daytime %.3f, weather %.3f",
+                            steps_run, row["loss_total"], row["acc_roadwork_views"], row["acc_roadwork_image"], row["acc_daytime"], row["acc_weather"])
             if steps_run >= config.steps:
                 break
             if config.max_minutes is not None and time.perf_counter() - started > 60 * config.max_minutes:
@@ -290,11 +288,11 @@ def pretrain_backbone(config: PretrainConfig) -> tuple[MultiTaskHeads, ScenePret
                 logger.warning("stopped at step %d of %d: the %.1f-minute cap was reached (the schedule did not finish)", steps_run, config.steps, config.max_minutes)
                 break
     seconds = time.perf_counter() - started
-    n_chunks = math.ceil(steps_run * config.batch_size / (config.chunk_images * config.chunk_repeats))
+    n_chunks = math.ceil(steps_run * config.batch_size / config.chunk_images)
     summary = ScenePretrainSummary(
         config=config,
         steps_run=steps_run,
-        scenes_seen=math.ceil(steps_run * config.batch_size / config.chunk_repeats),
+        scenes_seen=steps_run * config.batch_size,
         chunk_seeds=(config.chunk_seed(0), config.chunk_seed(max(0, n_chunks - 1))),
         seconds=seconds,
         stopped_early=stopped_early,
@@ -307,13 +305,13 @@ def pretrain_backbone(config: PretrainConfig) -> tuple[MultiTaskHeads, ScenePret
 
 
 @torch.no_grad()
-def _probe_features(model: MultiTaskHeads, rows: pd.DataFrame, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Global-view cls features and the multi-view roadwork logit of every row (no augmentation)."""
+def _probe_features(model: MultiTaskHeads, frames: Sequence[DrawnFrame], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Global-view cls features and the multi-view roadwork logit (top-K mean over views) of every frame."""
     transform = canvas_transform(model.multiview.canvas_size, None)
     features, logits = [], []
     model.eval()
-    for start in tqdm(range(0, len(rows), batch_size), desc="probe features", unit="batch", leave=False):
-        images = torch.stack([_sample(row, transform)[0] for _, row in rows.iloc[start : start + batch_size].iterrows()])
+    for start in tqdm(range(0, len(frames), batch_size), desc="probe features", unit="batch", leave=False):
+        images = torch.stack([transform(Image.open(io.BytesIO(f.jpeg)).convert("RGB")) for f in frames[start : start + batch_size]])
         view_features = model.features(images)
         features.append(view_features[:, 0].numpy())
         logits.append(aggregate_view_logits(model.roadwork(view_features)[..., 0], model.multiview).numpy())
@@ -331,19 +329,18 @@ def probe_backbone(model: MultiTaskHeads, config: PretrainConfig) -> dict[str, f
     """Held-out figures on ``config.probe_images`` scenes drawn with ``config.probe_seed``.
 
     ``linear_probe_mcc``: the frozen backbone's global-view features under a logistic regression
-    (Alain & Bengio 2016) fitted on the generator's train split, scored on its test split, for this
-    backbone and for the same architecture at random init. ``head_mcc``: the pre-training roadwork head
-    itself, multi-view, at threshold 0.5.
+    (Alain & Bengio 2016) fitted on the first three quarters of the scenes, scored on the last quarter, for
+    this backbone and for the same architecture at random init. ``head_mcc``: the pre-training roadwork
+    head itself on the last quarter, multi-view (top-K mean), at logit 0.
     """
-    with tempfile.TemporaryDirectory(prefix="pretrain-probe-") as tmp:
-        rows = draw_scenes(Path(tmp), config.probe_seed, config.probe_images, config, test_fraction=0.25)
-    labels = rows["label"].to_numpy()
-    train = (rows["split"] == "train").to_numpy()
+    frames = list(draw_frames(config.demo_config(config.probe_seed, config.probe_images)))
+    labels = np.array([f.label for f in frames])
+    train = np.arange(len(frames)) < (3 * len(frames)) // 4  # frames come sequence by sequence: no sequence spans both parts
     random_backbone = load_backbone(config.base_backbone, seed=config.seed)
     results = {"probe_train_images": float(train.sum()), "probe_test_images": float((~train).sum())}
-    random_features, _ = _probe_features(MultiTaskHeads(random_backbone, config.multiview), rows)
+    random_features, _ = _probe_features(MultiTaskHeads(random_backbone, config.multiview), frames)
     results["random_init_linear_probe_mcc"] = _linear_probe_mcc(random_features, labels, train)
-    features, logits = _probe_features(model, rows)
+    features, logits = _probe_features(model, frames)
     results["linear_probe_mcc"] = _linear_probe_mcc(features, labels, train)
     results["head_mcc"] = float(matthews_corrcoef(labels[~train], (logits[~train] > 0).astype(int)))
     return results
@@ -365,8 +362,9 @@ def plot_history(history: Sequence[dict[str, float]], path: Path) -> None:
     steps = [row["step"] for row in history]
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
     loss_axis.plot(steps, [row["loss_total"] for row in history], label="total (weighted)", color="black")
-    for key in ("roadwork", "roadwork_global", "kinds", *SCENE_TASKS):
+    for key in ("roadwork", "kinds", *SCENE_TASKS):
         loss_axis.plot(steps, [row[f"loss_{key}"] for row in history], label=key)
+    for key in ("roadwork_views", "roadwork_image", *SCENE_TASKS):
         accuracy_axis.plot(steps, [row[f"acc_{key}"] for row in history], label=key)
     loss_axis.set(title="training loss (mean per logged window)", xlabel="step", yscale="log")
     accuracy_axis.set(title="training accuracy", xlabel="step", ylim=(0, 1))
@@ -384,8 +382,8 @@ def write_model_card(summary: ScenePretrainSummary, path: Path, command: str) ->
     history = summary.history
     rows = [history[i] for i in sorted({0, len(history) // 4, len(history) // 2, 3 * len(history) // 4, len(history) - 1})] if history else []
     table = "\n".join(
-        f"| {int(r['step'])} | {r['seconds'] / 60:.1f} | {r['loss_total']:.3f} | {r['acc_roadwork']:.3f} | {r['acc_roadwork_global']:.3f} "
-        f"| {r['acc_kinds']:.3f} | {r['acc_daytime']:.3f} | {r['acc_weather']:.3f} | {r['acc_environment']:.3f} | {r['acc_hard_negative']:.3f} |"
+        f"| {int(r['step'])} | {r['seconds'] / 60:.1f} | {r['loss_total']:.3f} | {r['acc_roadwork_views']:.3f} | {r['acc_roadwork_image']:.3f} "
+        f"| {r['acc_daytime']:.3f} | {r['acc_weather']:.3f} | {r['acc_environment']:.3f} | {r['acc_hard_negative']:.3f} |"
         for r in rows
     )
     probe = summary.probe
@@ -407,25 +405,22 @@ Made by (seeded: same seed and steps give the same weights on the same machine a
 ## Recipe
 - Init: `{config.base_backbone}` with seed {config.seed}. AdamW (lr {config.lr}, weight decay {config.weight_decay}),
   {config.warmup_steps} warm-up steps then cosine decay over {config.steps} steps, gradient clipping {config.grad_clip}, fp32.
-- Each step: {config.batch_size} scenes, each resized to a {views.canvas_size} px canvas (random resized crop, scale
-  {config.augmentation.scale_min}-{config.augmentation.scale_max}, horizontal flip, no colour jitter, no erasing: erasing would
-  hide the only roadwork object of a positive), cut into the classifier's views (1 global + {views.grid}x{views.grid} tiles,
-  overlap {views.overlap}) by `stage1_core.model.make_views`. Curriculum: the first {config.global_only_fraction:.0%} of the steps
-  use the global view alone ({views.views_per_image}x cheaper, large objects first), the rest all {views.views_per_image} views.
-- Supervised multi-task objective on the generator's truth (Caruana 1997): roadwork present and the 5 visible roadwork
-  kinds, scored per view and pooled by top-{views.top_k} mean as multiple-instance learning (WELDON, Durand et al. 2016),
-  plus roadwork present on the global view alone (weight 1 each, kinds {config.kinds_weight}); daytime, weather,
-  environment and hard-negative kind on the global view (weight {config.scene_weight} each). The heads are discarded;
-  only the backbone is saved (`save_pretrained`).
+- Each step: {config.batch_size} new scenes, each resized to a {views.canvas_size} px canvas (flipped horizontally with
+  probability 0.5, no other augmentation: no scene is ever shown twice), cut into the classifier's views (1 global +
+  {views.grid}x{views.grid} tiles, overlap {views.overlap}) by `stage1_core.model.make_views`.
+- Supervised multi-task objective on the generator's truth (Caruana 1997), densely per view: roadwork present and
+  the 5 roadwork kinds for every view (kinds weight {config.kinds_weight}). The global view takes the image's truth; a tile
+  is positive when it holds at least {config.tile_positive_fraction:.0%} of a roadwork object's box, negative when it touches
+  none, and left out of the loss when it cuts one. Daytime, weather, environment and hard-negative kind on the
+  global view (weight {config.scene_weight} each). The heads are discarded; only the backbone is saved (`save_pretrained`).
 
 ## Data
-- {summary.scenes_seen} scenes drawn on the fly by `generate_demo_dataset` ({config.image_width}x{config.image_height} JPEG,
-  {config.frames_per_sequence} frames per sequence, no distribution shift), {config.chunk_images} per generator call, each chunk
-  passed {config.chunk_repeats} time(s) with fresh augmentation ({summary.steps_run * config.batch_size} samples), generator
+- {summary.scenes_seen} scenes drawn in memory by `stage1_core.demo_data.draw_frames` ({config.image_width}x{config.image_height} JPEG,
+  {config.frames_per_sequence} frames per sequence, no distribution shift), {config.chunk_images} per generator call, generator
   seeds {summary.chunk_seeds[0]}..{summary.chunk_seeds[1]}. Every dataset the pipeline, its configs and the tests draw uses a seed
   below {FIRST_STREAM_SEED}: no evaluation image was seen.
-- Held-out probe set: {config.probe_images} scenes with seed {config.probe_seed} (its generator split by sequence:
-  {int(probe.get('probe_train_images', 0))} train / {int(probe.get('probe_test_images', 0))} test).
+- Held-out probe set: {config.probe_images} scenes with seed {config.probe_seed}, split by sequence into
+  {int(probe.get('probe_train_images', 0))} probe-train / {int(probe.get('probe_test_images', 0))} probe-test images.
 
 ## Cost
 - {summary.steps_run} steps in {summary.seconds / 60:.1f} minutes{' (stopped early by the time cap: the schedule did not finish)' if summary.stopped_early else ''};
@@ -437,8 +432,8 @@ Made by (seeded: same seed and steps give the same weights on the same machine a
 Pre-training curves (training batches, mean per {config.log_every}-step window): `pretraining_curves.png`,
 history in `pretrain_summary.json`.
 
-| step | min | loss | roadwork acc (multi-view) | roadwork acc (global) | kinds acc | daytime | weather | environment | hard negative |
-|---|---|---|---|---|---|---|---|---|---|
+| step | min | loss | roadwork acc (per view) | roadwork acc (per image, top-K views) | daytime | weather | environment | hard negative |
+|---|---|---|---|---|---|---|---|---|
 {table}
 
 Held-out probe (MCC on the probe set's test part):
@@ -474,8 +469,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--chunk-images", type=int, default=defaults.chunk_images)
-    parser.add_argument("--chunk-repeats", type=int, default=defaults.chunk_repeats)
-    parser.add_argument("--global-only-fraction", type=float, default=defaults.global_only_fraction)
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"), default=(defaults.image_width, defaults.image_height))
     parser.add_argument("--view-size", type=int, default=defaults.multiview.view_size)
     parser.add_argument("--probe-images", type=int, default=defaults.probe_images, help="held-out scenes for the figures (0: no probe)")
@@ -483,11 +476,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--log-every", type=int, default=defaults.log_every)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("stage1_core.demo_data").setLevel(logging.WARNING)  # one line per chunk otherwise
     config = PretrainConfig(
         seed=args.seed, steps=args.steps, max_minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, chunk_images=args.chunk_images, chunk_repeats=args.chunk_repeats,
-        global_only_fraction=args.global_only_fraction, image_width=args.image_size[0],
+        warmup_steps=args.warmup_steps, chunk_images=args.chunk_images, image_width=args.image_size[0],
         image_height=args.image_size[1], multiview=MultiViewConfig(view_size=args.view_size),
         probe_images=args.probe_images, num_workers=args.num_workers, log_every=args.log_every,
     )

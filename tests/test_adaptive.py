@@ -1,21 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from scipy.special import logit as scipy_logit
 from sklearn.metrics import matthews_corrcoef
 
-from stage1_core.adaptive import (
-    AdaptiveConfig,
-    GlobalViewGraph,
-    TilesGraph,
-    evaluate_adaptive,
-    fit_adaptive_policy,
-    logit_margin,
-    run_adaptive,
-    skip_tiles,
-)
+from stage1_core.adaptive import AdaptiveConfig, evaluate_adaptive, fit_adaptive_policy, logit_margin, run_adaptive, skip_tiles
 from stage1_core.backbone import load_backbone
 from stage1_core.calibration import LogitMap
-from stage1_core.export import ServingGraph
+from stage1_core.export import CalibrationLayer, GlobalViewGraph, ServingGraph, TilesGraph
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 
 CALIBRATION = LogitMap.from_temperature(1.3)
@@ -35,7 +27,7 @@ def _scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_fitted_bound_is_the_smallest_one_within_the_mcc_budget(seed: int) -> None:
     labels, p_global, p_full = _scores(300, seed)
     config = AdaptiveConfig(max_mcc_drop=0.02)
-    policy = fit_adaptive_policy(p_global, p_full, labels, 0.5, 10, config)
+    policy = fit_adaptive_policy(p_global, p_full, labels, 10, config)
 
     margin = logit_margin(p_global, 0.5)
     mcc_full = matthews_corrcoef(labels, p_full > 0.5)
@@ -47,6 +39,7 @@ def test_fitted_bound_is_the_smallest_one_within_the_mcc_budget(seed: int) -> No
     assert policy.margin_threshold == pytest.approx(min(feasible))
     outcome = policy.fitted_on
     assert outcome.mcc_full == pytest.approx(mcc_full)
+    assert outcome.mcc_global == pytest.approx(matthews_corrcoef(labels, p_global > 0.5))
     assert outcome.mcc_drop <= config.max_mcc_drop + 1e-12
     assert outcome.skip_rate == pytest.approx(np.mean(margin >= min(feasible)))
     assert outcome.views_per_image == pytest.approx(1 + 9 * (1 - outcome.skip_rate))
@@ -56,11 +49,11 @@ def test_fitted_bound_is_the_smallest_one_within_the_mcc_budget(seed: int) -> No
 def test_zero_budget_on_a_useless_global_view_never_skips_and_one_class_labels_are_refused() -> None:
     labels, _, p_full = _scores(200, 5)
     p_global = np.where(labels == 1, 0.01, 0.99)  # confidently wrong everywhere
-    policy = fit_adaptive_policy(p_global, p_full, labels, 0.5, 10, AdaptiveConfig(max_mcc_drop=0.0))
+    policy = fit_adaptive_policy(p_global, p_full, labels, 10, AdaptiveConfig(max_mcc_drop=0.0))
     assert policy.margin_threshold == np.inf and policy.fitted_on.skip_rate == 0.0
     assert evaluate_adaptive(p_global, p_full, labels, policy).mcc_drop == 0.0
     with pytest.raises(ValueError, match="both classes"):
-        fit_adaptive_policy(p_global, p_full, np.ones_like(labels), 0.5, 10, AdaptiveConfig())
+        fit_adaptive_policy(p_global, p_full, np.ones_like(labels), 10, AdaptiveConfig())
 
 
 def test_adaptive_path_equals_the_full_result_for_uncertain_images_and_the_global_result_for_confident_ones() -> None:
@@ -69,18 +62,18 @@ def test_adaptive_path_equals_the_full_result_for_uncertain_images_and_the_globa
     batch = torch.randint(0, 256, (12, 3, 64, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         full = ServingGraph(model, CALIBRATION)(batch).numpy()
-        global_logit, p_global, canvas = global_graph(batch)
-        np.testing.assert_allclose(tiles_graph(canvas, global_logit).numpy(), full, atol=1e-6)
+        global_features, p_global, canvas = global_graph(batch)
+        np.testing.assert_allclose(tiles_graph(canvas, global_features).numpy(), full, atol=1e-6)
         labels = np.arange(12) % 2
-        policy = fit_adaptive_policy(p_global.numpy(), full, labels, 0.5, 10, AdaptiveConfig())
+        policy = fit_adaptive_policy(p_global.numpy(), full, labels, 10, AdaptiveConfig())
         policy.margin_threshold = float(np.median(logit_margin(p_global.numpy(), 0.5)))
 
         def global_pass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return tuple(output.numpy() for output in global_graph(torch.from_numpy(images)))
 
-        def tiles_pass(canvas: np.ndarray, global_logit: np.ndarray) -> np.ndarray:
+        def tiles_pass(canvas: np.ndarray, global_features: np.ndarray) -> np.ndarray:
             assert len(canvas) < len(batch)  # only the uncertain images reach the tiles
-            return tiles_graph(torch.from_numpy(canvas), torch.from_numpy(global_logit)).numpy()
+            return tiles_graph(torch.from_numpy(canvas), torch.from_numpy(global_features)).numpy()
 
         probabilities, views = run_adaptive(global_pass, tiles_pass, batch.numpy(), policy)
     confident = skip_tiles(p_global.numpy(), policy)
@@ -89,3 +82,22 @@ def test_adaptive_path_equals_the_full_result_for_uncertain_images_and_the_globa
     np.testing.assert_allclose(probabilities[confident], p_global.numpy()[confident], atol=1e-6)
     assert (views == np.where(confident, 1, 10)).all()
     assert not np.allclose(full[confident], p_global.numpy()[confident], atol=1e-5)  # the two paths really differ
+
+
+def test_logit_margin_is_the_distance_of_logits_and_stays_finite_at_zero_and_one() -> None:
+    p = np.array([0.0, 1e-9, 0.2, 0.3, 0.5, 0.9, 1.0])
+    margin = logit_margin(p, 0.3)
+    np.testing.assert_allclose(margin[1:-1], np.abs(scipy_logit(np.clip(p[1:-1], 1e-7, 1 - 1e-7)) - scipy_logit(0.3)), rtol=1e-12)
+    assert np.isfinite(margin).all() and margin[3] == 0.0
+    assert margin[0] == pytest.approx(margin[1]) and margin[-1] > margin[-2]
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "attention"])
+def test_tiles_graph_reproduces_the_fixed_graph_for_every_aggregation(aggregation: str) -> None:
+    model = RoadworkClassifier(load_backbone("dinov2-demo", seed=3), ClassifierConfig(multiview=MultiViewConfig(view_size=28, aggregation=aggregation))).eval()
+    batch = torch.randint(0, 256, (3, 3, 40, 56), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        global_features, p_global, canvas = GlobalViewGraph(model, CALIBRATION)(batch)
+        np.testing.assert_allclose(TilesGraph(model, CALIBRATION)(canvas, global_features).numpy(), ServingGraph(model, CALIBRATION)(batch).numpy(), atol=1e-6)
+        single = model.config.multiview.model_copy(update={"aggregation": "global_only"})
+        np.testing.assert_allclose(p_global.numpy(), CalibrationLayer(CALIBRATION)(model(canvas, single)).numpy(), atol=1e-6)

@@ -23,7 +23,7 @@ EXPECTED_OUTPUTS = {
     "calibrate_model": {"calibration_policy"},
     "evaluate_model": {"evaluation_report"},
     "export_model": {"exported_model"},
-    "build_drift_reference": {"drift_reference", "drift_report"},
+    "build_drift_reference": {"drift_reference", "embedding_projection", "drift_report"},
     "promote_model": {"promotion_decision"},
 }
 
@@ -32,6 +32,7 @@ EXPECTED_OUTPUTS = {
 def tiny_config(session_dir: Path) -> Path:
     document = yaml.safe_load((REPO / "pipelines" / "configs" / "tiny.yaml").read_text())
     document["parameters"]["data"] = {"path": str(session_dir / "tiny"), "image_store": str(session_dir / "tiny_images")}
+    document["parameters"]["train"]["checkpoint_root"] = str(session_dir / "checkpoints")
     document["parameters"]["evaluation"]["slices"]["truth_path"] = str(session_dir / "tiny" / "demo_truth.parquet")
     path = session_dir / "tiny.yaml"
     path.write_text(yaml.safe_dump(document))

@@ -16,13 +16,13 @@ from PIL import Image, ImageOps
 
 from pipelines import predict as predict_cli
 from stage1_core import predictor as predictor_module
-from stage1_core.adaptive import AdaptiveConfig, AdaptiveExport, GlobalViewGraph, export_adaptive
 from stage1_core.backbone import load_backbone
 from stage1_core.calibration import LogitMap
-from stage1_core.export import ExportConfig, ExportedModel, ExportMetadata, ServingGraph, export_onnx
+from stage1_core.export import ExportConfig, GlobalViewGraph, ServingGraph, export_adaptive, export_onnx
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 from stage1_core.predictor import BadImageError, ModelLoadError, Predictor, PredictorConfig, decode_image, predict_base64_jpeg
 from stage1_core.promotion import PromotionConfig, register_and_promote
+from stage1_core.serving import ExportedModel, ExportMetadata
 
 CALIBRATION = LogitMap.from_temperature(1.5)
 REPO = Path(__file__).resolve().parents[1]
@@ -44,16 +44,15 @@ def tiny_model() -> RoadworkClassifier:
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_model: RoadworkClassifier, tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportedModel, AdaptiveExport, Path]:
+def bundle(tiny_model: RoadworkClassifier, tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportedModel, Path]:
     """A tiny exported model with its adaptive graphs, saved as one bundle folder."""
     generator = torch.Generator().manual_seed(1)
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in [(48, 64), (64, 48), (50, 50), (40, 90)]]
-    exported = export_onnx(tiny_model, CALIBRATION, 0.5, images, ExportConfig(parity_images=2))
-    adaptive = export_adaptive(tiny_model, CALIBRATION, 0.5, images, np.array([1, 0, 1, 0]), ExportConfig(parity_images=2), AdaptiveConfig())
-    directory = tmp_path_factory.mktemp("bundle")
-    exported.save(directory)
-    adaptive.save(directory)
-    return exported, adaptive, directory
+    config = ExportConfig(parity_images=2)
+    exported = export_onnx(tiny_model, CALIBRATION, 0.5, images, config)
+    exported.adaptive = export_adaptive(tiny_model, CALIBRATION, images[:2], [image.numpy() for image in images], np.array([1, 0, 1, 0]), config)
+    directory = exported.save(tmp_path_factory.mktemp("bundle"))
+    return exported, directory
 
 
 def test_decoding_applies_exif_orientation_and_turns_every_colour_mode_into_rgb() -> None:
@@ -104,7 +103,9 @@ def test_bad_inputs_are_refused_with_the_reason_and_fitted_for_the_miner() -> No
 
 
 def test_bundle_predictor_matches_pytorch_and_adaptive_uses_one_or_all_views(bundle, tiny_model) -> None:
-    _, adaptive, directory = bundle
+    exported, directory = bundle
+    adaptive = ExportedModel.load(directory).adaptive
+    assert adaptive is not None and adaptive.metadata.policy.margin_threshold == exported.adaptive.metadata.policy.margin_threshold
     assert adaptive.metadata.parity[0].passed and adaptive.metadata.parity[0].max_abs_diff <= 1e-4
     generator = torch.Generator().manual_seed(5)
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in [(48, 64)] * 5 + [(70, 30)] * 3]
@@ -114,7 +115,7 @@ def test_bundle_predictor_matches_pytorch_and_adaptive_uses_one_or_all_views(bun
         full = np.array([ServingGraph(tiny_model, CALIBRATION)(image.unsqueeze(0)).item() for image in images])
         p_global = np.array([GlobalViewGraph(tiny_model, CALIBRATION)(image.unsqueeze(0))[1].item() for image in images])
 
-    fixed = Predictor.from_bundle(directory, PredictorConfig(adaptive=False, batch_size=3)).predict_arrays(arrays, sources)
+    fixed = Predictor.from_bundle(directory, PredictorConfig(mode="full", batch_size=3)).predict_arrays(arrays, sources)
     assert [p.source for p in fixed] == sources and all(p.views == 10 for p in fixed)
     np.testing.assert_allclose([p.p_roadwork for p in fixed], full, atol=1e-4)
 
@@ -130,7 +131,7 @@ def test_bundle_predictor_matches_pytorch_and_adaptive_uses_one_or_all_views(bun
 
 
 def test_miner_function_returns_a_probability_for_any_decodable_image(bundle, monkeypatch) -> None:
-    monkeypatch.setenv(predictor_module.MODEL_ENV, str(bundle[2]))
+    monkeypatch.setenv(predictor_module.MODEL_ENV, str(bundle[1]))
     predictor_module.default_predictor.cache_clear()
     try:
         inputs = [
@@ -146,6 +147,25 @@ def test_miner_function_returns_a_probability_for_any_decodable_image(bundle, mo
             predict_base64_jpeg(base64.b64encode(b"plain text").decode())
     finally:
         predictor_module.default_predictor.cache_clear()
+
+
+def test_miner_runs_on_onnxruntime_alone_without_importing_torch(bundle, tmp_path) -> None:
+    image = tmp_path / "street.jpg"
+    image.write_bytes(_encode(_photo(64, 48), "JPEG"))
+    script = (
+        "import base64, sys\n"
+        "from stage1_core.predictor import predict_base64_jpeg\n"
+        f"p = predict_base64_jpeg(base64.b64encode(open({str(image)!r}, 'rb').read()).decode())\n"
+        "print(p, 'torch' in sys.modules, 'mlflow' in sys.modules)\n"
+    )
+    env = {**os.environ, predictor_module.MODEL_ENV: str(bundle[1])}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    p, torch_loaded, mlflow_loaded = result.stdout.split()
+    assert 0.0 <= float(p) <= 1.0
+    assert (torch_loaded, mlflow_loaded) == ("False", "False")
+    expected = Predictor.from_bundle(bundle[1]).predict_bytes(image.read_bytes(), fit_to_bounds=True).p_roadwork
+    assert float(p) == pytest.approx(expected, abs=1e-6)
 
 
 def _constant_graph_bundle(directory: Path, scale: float, offset: float) -> Path:
@@ -184,7 +204,7 @@ def test_out_of_range_and_nan_model_outputs_become_valid_answers(tmp_path, scale
 
 
 def test_champion_is_loaded_from_the_mlflow_registry_and_a_missing_one_is_explained(bundle, tmp_path, monkeypatch, capsys) -> None:
-    exported, adaptive, directory = bundle
+    exported, directory = bundle
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
@@ -197,7 +217,6 @@ def test_champion_is_loaded_from_the_mlflow_registry_and_a_missing_one_is_explai
         experiment = client.create_experiment("predictor-test", artifact_location=(tmp_path / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment) as run:
             info = exported.log_to_mlflow()
-            adaptive.log_to_mlflow()
         metrics = {"mcc": 0.9, "auroc": 0.95, "ece": 0.02}
         decision = register_and_promote(client, info.model_uri, run.info.run_id, metrics, PromotionConfig(), [])
         assert decision.promoted

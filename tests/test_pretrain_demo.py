@@ -1,15 +1,26 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
 from stage1_core.backbone import load_backbone
 from stage1_core.model import MultiViewConfig
-from stage1_core.pretrain_demo import FIRST_STREAM_SEED, MultiTaskHeads, PretrainConfig, main, multitask_loss, pretrain_backbone
+from stage1_core.demo_data import ROADWORK_KINDS, DrawnFrame
+from stage1_core.pretrain_demo import (
+    FIRST_STREAM_SEED,
+    MultiTaskHeads,
+    PretrainConfig,
+    main,
+    mirror_views,
+    multitask_loss,
+    pretrain_backbone,
+    view_targets,
+)
 
 TINY_ARGS = ["--steps", "3", "--batch-size", "2", "--chunk-images", "4", "--image-size", "128", "96", "--view-size", "28",
-             "--warmup-steps", "1", "--log-every", "1", "--num-workers", "0", "--chunk-repeats", "2", "--global-only-fraction", "0.5"]
+             "--warmup-steps", "1", "--log-every", "1", "--num-workers", "0"]
 
 
 def tiny_config(seed: int) -> PretrainConfig:
@@ -30,10 +41,10 @@ def test_command_writes_a_loadable_backbone_summary_and_card(tmp_path) -> None:
     main([str(out), *TINY_ARGS, "--probe-images", "24"])
     loaded = load_backbone(str(out))
     assert type(loaded).__name__ == "Dinov2Model" and loaded.config.hidden_size == 192
-    assert not same(state(loaded), state(load_backbone("dinov2-demo", seed=0))), "training must change the initial weights"
+    assert not same(state(loaded), state(load_backbone("dinov2-demo-random", seed=0))), "training must change the initial weights"
     assert not any("roadwork" in name or "scene" in name for name in loaded.state_dict()), "heads are not part of the backbone"
     summary = json.loads((out / "pretrain_summary.json").read_text())
-    assert summary["steps_run"] == 3 and summary["scenes_seen"] == 3 and len(summary["history"]) == 3  # each scene twice
+    assert summary["steps_run"] == 3 and summary["scenes_seen"] == 6 and len(summary["history"]) == 3
     assert summary["chunk_seeds"][0] >= FIRST_STREAM_SEED
     assert all(-1.0 <= summary["probe"][key] <= 1.0 for key in ("linear_probe_mcc", "random_init_linear_probe_mcc", "head_mcc"))
     assert summary["probe"]["probe_train_images"] + summary["probe"]["probe_test_images"] == 24
@@ -51,20 +62,48 @@ def test_pretraining_is_deterministic_for_a_seed() -> None:
     assert summary.steps_run == 2 and summary.history[-1]["loss_total"] > 0
 
 
-def test_multitask_heads_pool_views_and_losses_cover_every_task() -> None:
+def test_heads_score_every_view_and_the_loss_skips_masked_views() -> None:
     config = tiny_config(seed=0)
-    model = MultiTaskHeads(load_backbone("dinov2-demo"), config.multiview)
-    side = config.multiview.canvas_size
+    model = MultiTaskHeads(load_backbone("dinov2-demo-random"), config.multiview)
+    side, n_views = config.multiview.canvas_size, config.multiview.views_per_image
     outputs = model(torch.rand(3, 3, side, side))
-    assert outputs["roadwork"].shape == (3,) and outputs["kinds"].shape == (3, 5) and outputs["weather"].shape == (3, 4)
-    per_view = model.roadwork(model.features(torch.rand(1, 3, side, side)))
-    assert per_view.shape == (1, config.multiview.views_per_image, 6)
-    targets = {"roadwork": torch.tensor([1.0, 0.0, 1.0]), "kinds": torch.zeros(3, 5), "daytime": torch.tensor([0, 1, 2]),
-               "weather": torch.tensor([0, 1, 3]), "environment": torch.tensor([0, 2, 3]), "hard_negative": torch.tensor([0, 4, 1])}
+    assert outputs["views"].shape == (3, n_views, 6) and outputs["weather"].shape == (3, 4)
+    targets = {"views": torch.randint(0, 2, (3, n_views, 6)).float(), "mask": torch.ones(3, n_views),
+               "daytime": torch.tensor([0, 1, 2]), "weather": torch.tensor([0, 1, 3]), "environment": torch.tensor([0, 2, 3]),
+               "hard_negative": torch.tensor([0, 4, 1])}
     losses = multitask_loss(outputs, targets, config)
-    expected = (losses["roadwork"] + losses["roadwork_global"] + config.kinds_weight * losses["kinds"]
+    expected = (losses["roadwork"] + config.kinds_weight * losses["kinds"]
                 + config.scene_weight * sum(losses[task] for task in ("daytime", "weather", "environment", "hard_negative")))
     assert torch.isclose(losses["total"], expected)
+    flipped = {**targets, "views": targets["views"].clone()}
+    flipped["views"][:, 4] = 1 - flipped["views"][:, 4]
+    assert not torch.isclose(multitask_loss(outputs, flipped, config)["roadwork"], losses["roadwork"])
+    masked_targets, masked_flipped = ({**t, "mask": t["mask"].clone()} for t in (targets, flipped))
+    for t in (masked_targets, masked_flipped):
+        t["mask"][:, 4] = 0
+    assert torch.isclose(multitask_loss(outputs, masked_targets, config)["roadwork"], multitask_loss(outputs, masked_flipped, config)["roadwork"])
+
+
+def test_view_targets_follow_the_boxes_and_mirror_with_the_canvas() -> None:
+    config = PretrainConfig(image_width=640, image_height=480, multiview=MultiViewConfig(view_size=112))
+    views = config.multiview  # canvas 302, tiles at 0 / 95 / 190 px
+    to_image = np.array([640 / views.canvas_size, 480 / views.canvas_size] * 2)
+    inside_first_tile = tuple((np.array([10.0, 10.0, 40.0, 40.0]) * to_image).tolist())  # canvas px, only in tile (0, 0)
+    across_tiles = tuple((np.array([20.0, 250.0, 290.0, 290.0]) * to_image).tolist())  # spans the 3 tiles of row 2, under half in each
+    frame = DrawnFrame(b"", 1, (("cone", inside_first_tile), ("barrier", across_tiles)), "day", "clear", "urban", "none")
+    targets, mask = view_targets(frame, config)
+    kinds = {kind: 1 + ROADWORK_KINDS.index(kind) for kind in ("cone", "barrier")}
+    assert targets[0, 0] == 1 and targets[0, kinds["cone"]] == 1 and targets[0, kinds["barrier"]] == 1
+    assert targets[1, 0] == 1 and targets[1, kinds["cone"]] == 1 and targets[1, kinds["barrier"]] == 0
+    assert targets[2:, 0].sum() == 0, "no other tile holds half of a box"
+    assert not mask[7:].any(), "the tiles that cut the barrier are left out"
+    assert mask[:7].all()
+    mirrored, mirrored_mask = mirror_views(targets, mask, views.grid)
+    assert mirrored[3, 0] == 1 and mirrored[1, 0] == 0 and mirrored[0, 0] == 1
+    assert (mirrored_mask == mask).all(), "the masked row stays masked"
+    negative = DrawnFrame(b"", 0, (), "day", "clear", "urban", "orange_car")
+    negative_targets, negative_mask = view_targets(negative, config)
+    assert negative_targets.sum() == 0 and negative_mask.all()
 
 
 def test_scene_stream_never_uses_evaluation_seeds() -> None:
