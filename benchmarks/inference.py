@@ -123,7 +123,8 @@ def fit_head(model: RoadworkClassifier, images: list[np.ndarray], labels: np.nda
         linear.bias.copy_(torch.from_numpy(probe.intercept_).float())
 
 
-def _rss_mb(field: str) -> float | None:
+def process_rss_mb(field: str) -> float | None:
+    """This process's ``VmRSS`` (now) or ``VmHWM`` (peak) in MB from /proc; None where /proc is absent."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -133,7 +134,7 @@ def _rss_mb(field: str) -> float | None:
     return None
 
 
-def _reset_peak() -> bool:
+def reset_peak_rss() -> bool:
     """Reset the resident-memory high-water mark (Linux >= 4.0); False where it cannot be reset."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -173,8 +174,8 @@ class _Timings:
 
 def _round(timings: _Timings, runner: Runner, stacked: np.ndarray, requests: int, batch: int) -> None:
     """One round: single-image requests, then the whole set in batches; the memory high-water mark is reset first."""
-    start_rss = _rss_mb("VmRSS")
-    _reset_peak()
+    start_rss = process_rss_mb("VmRSS")
+    reset_peak_rss()
     for i in range(requests):
         start = time.perf_counter()
         runner(stacked[i % len(stacked)][None])
@@ -183,7 +184,7 @@ def _round(timings: _Timings, runner: Runner, stacked: np.ndarray, requests: int
     for first in range(0, len(stacked), batch):
         timings.views_used.append(runner(stacked[first : first + batch])[1])
     timings.throughputs.append(len(stacked) / (time.perf_counter() - start))
-    peak = _rss_mb("VmHWM")
+    peak = process_rss_mb("VmHWM")
     if peak is not None and start_rss is not None:
         timings.peaks.append(peak)
         timings.over_start.append(peak - start_rss)

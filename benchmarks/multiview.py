@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from benchmarks.inference import _reset_peak, _rss_mb
+from benchmarks.inference import reset_peak_rss, process_rss_mb
 from stage1_core.backbone import load_backbone
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier, make_views
 from stage1_core.training import set_trainable_blocks
@@ -95,10 +95,10 @@ def _peak_memory(run: Callable[[], object], device: torch.device) -> float | Non
         torch.cuda.reset_peak_memory_stats()
         run()
         return torch.cuda.max_memory_allocated() / 2**20
-    if not _reset_peak():
+    if not reset_peak_rss():
         return None
     run()
-    return _rss_mb("VmHWM")
+    return process_rss_mb("VmHWM")
 
 
 def run(batch: int, threads: int, rounds: int, train_steps: int, seed: int = 0) -> MultiViewBenchmark:
