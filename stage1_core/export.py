@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from stage1_core.adaptive import AdaptiveConfig, AdaptiveOutcome, evaluate_adaptive, fit_adaptive_policy
 from stage1_core.calibration import LogitMap
-from stage1_core.images import clamp_unit, load_rgb
-from stage1_core.model import RoadworkClassifier, make_views
+from stage1_core.images import load_rgb
+from stage1_core.model import RoadworkClassifier, make_views, resize_to_canvas
 from stage1_core.serving import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -101,7 +101,7 @@ class CalibrationLayer(torch.nn.Module):
 
 def image_to_canvas(image: torch.Tensor, canvas_size: int) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` -> float canvas ``[B, 3, S, S]`` in [0, 1]: the serving graphs' preprocessing."""
-    return clamp_unit(F.interpolate(image.float() / 255.0, size=(canvas_size, canvas_size), mode="bilinear", align_corners=False, antialias=True))
+    return resize_to_canvas(image.float() / 255.0, canvas_size)
 
 
 class ServingGraph(torch.nn.Module):

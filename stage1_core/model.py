@@ -60,6 +60,12 @@ class ClassifierConfig(BaseModel):
     multiview: MultiViewConfig = MultiViewConfig()
 
 
+def resize_to_canvas(images: torch.Tensor, canvas_size: int) -> torch.Tensor:
+    """Float ``[B, C, H, W]`` in [0, 1] -> ``[B, C, S, S]``: bilinear, antialiased, clipped (antialiasing can
+    overshoot by a rounding error). The one resize that :func:`prepare_canvas` and the exported graphs share."""
+    return F.interpolate(images, size=(canvas_size, canvas_size), mode="bilinear", align_corners=False, antialias=True).clamp(0.0, 1.0)
+
+
 def prepare_canvas(images: torch.Tensor | Sequence[torch.Tensor], canvas_size: int) -> torch.Tensor:
     """Any batch of images -> float canvas ``[B, 3, S, S]`` in [0, 1], the multi-view module's input.
 
@@ -87,7 +93,7 @@ def prepare_canvas(images: torch.Tensor | Sequence[torch.Tensor], canvas_size: i
         elif not image.dtype.is_floating_point or float(image.min()) < 0.0 or float(image.max()) > 1.0:
             raise ValueError(f"image {index}: dtype {image.dtype}, values must be uint8 or float in [0, 1]")
         image = image.float().expand(3, -1, -1).unsqueeze(0)
-        canvases.append(F.interpolate(image, size=(canvas_size, canvas_size), mode="bilinear", align_corners=False, antialias=True).clamp(0.0, 1.0))
+        canvases.append(resize_to_canvas(image, canvas_size))
     return torch.cat(canvases)
 
 
