@@ -8,7 +8,7 @@ On a CUDA machine a ViT-B-sized config (hidden 768, 12 layers, 12 heads, 224 px 
 also runs in PyTorch FP16 (autocast) and as a TensorRT FP16 engine when ``tensorrt`` is installed.
 
 Images come from the demo generator (640x480 street scenes). The model is the demo backbone
-(``dinov2-demo``, random init, view 112) with its linear head fitted by logistic regression on the
+(``dinov2-demo``, the committed pre-trained demo weights, view 112) with its linear head fitted by logistic regression on the
 global-view features of a train share of the images, so that global-view confidence means something
 for the adaptive path; speed does not depend on the weights, the adaptive skip rate does. The adaptive
 margin bound is fitted on a val_select share (at most 1 MCC point below fixed 10-view) and its MCC

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from stage1_core.backbone import resolve_backbone
 from stage1_core.config import RunConfig
 from stage1_core.demo_data import generate_demo_dataset, generate_fused_demo
 from stage1_core.ingest import DataLayoutError, dataset_fingerprint, detect_layout
@@ -128,7 +129,7 @@ def prepare_run(settings: RunSettings) -> dict[str, Any]:
         raise ConfigError(str(error)) from None
     ensure_local_stack()
     kwargs = {name: getattr(config, name) for name in RunConfig.model_fields if name not in ("demo", "demo_sources")}
-    backbone_path = Path(config.backbone).expanduser()
+    backbone_path = Path(resolve_backbone(config.backbone)).expanduser()
     backbone_fingerprint = dataset_fingerprint(backbone_path) if backbone_path.is_dir() else config.backbone
     return kwargs | {"data_fingerprint": dataset_fingerprint(data_path), "backbone_fingerprint": backbone_fingerprint}
 

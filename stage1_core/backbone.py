@@ -1,9 +1,12 @@
 """Load a DINOv2 / DINOv3 vision transformer from Hugging Face transformers.
 
 One loader serves every case, so the demo run and a user's real weights go through the same
-code: a demo name (small config of the real architecture, nothing downloaded), a local directory
-written by ``save_pretrained`` (real weights copied onto the machine, or the project's own demo
-weights), or a hub id (only on a machine that can reach the hub or has it cached).
+code: a local directory written by ``save_pretrained`` (real weights copied onto the machine), a hub id
+(only on a machine that can reach the hub or has it cached), or a demo name. ``dinov2-demo`` names the
+project's own pre-trained demo weights, committed under ``stage1_core/demo_weights/dinov2-demo`` (made by
+``stage1_core.pretrain_demo``, described by its ``MODEL_CARD.md``) and read through the local-directory
+path like real weights; the other demo names are small randomly initialised configs of the real
+architectures (nothing downloaded).
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ def _dinov2_demo_config() -> Dinov2Config:
     return Dinov2Config(hidden_size=192, num_hidden_layers=4, num_attention_heads=3, intermediate_size=768, patch_size=14, image_size=112)
 
 
+PRETRAINED_DEMOS = {"dinov2-demo": Path(__file__).parent / "demo_weights" / "dinov2-demo"}
 DEMO_CONFIGS = {
-    "dinov2-demo": _dinov2_demo_config,
-    "dinov2-demo-random": _dinov2_demo_config,  # the demo architecture at random init: what pretrain_demo starts from
+    "dinov2-demo-random": _dinov2_demo_config,  # the dinov2-demo architecture at random init: what pretrain_demo starts from
     "dinov3-demo": lambda: DINOv3ViTConfig(
         hidden_size=192,
         num_hidden_layers=4,
@@ -52,11 +55,16 @@ class BackboneLoadError(ValueError):
 
 def _usage() -> str:
     return (
-        f"supported: a demo name {sorted(DEMO_CONFIGS)}, a local directory written by save_pretrained "
+        f"supported: a demo name {sorted(PRETRAINED_DEMOS | DEMO_CONFIGS)}, a local directory written by save_pretrained "
         f"(config.json + weights) of model type {list(SUPPORTED_MODEL_TYPES)}, or a hub id such as "
         f"{', '.join(HUB_EXAMPLES)} on a machine that can reach the hub or has it in its cache "
         "(copy the weights to a local directory and pass its path for offline machines)"
     )
+
+
+def resolve_backbone(name_or_path: str) -> str:
+    """A pre-trained demo name -> its committed weights directory; anything else unchanged."""
+    return str(PRETRAINED_DEMOS[name_or_path]) if name_or_path in PRETRAINED_DEMOS else name_or_path
 
 
 def load_backbone(name_or_path: str, *, seed: int = 0, attn_implementation: str = "sdpa") -> PreTrainedModel:
@@ -64,7 +72,7 @@ def load_backbone(name_or_path: str, *, seed: int = 0, attn_implementation: str 
 
     Args:
         name_or_path: a demo name, a local directory, or a hub id.
-        seed: seed of the random initialisation of demo configs (deterministic demo runs).
+        seed: seed of the random initialisation of the random demo configs (deterministic demo runs).
         attn_implementation: ``"sdpa"`` (PyTorch's fused scaled-dot-product attention: flash / memory-efficient
             kernels on CUDA, and what the ONNX export traces) or ``"eager"`` (the reference implementation).
 
@@ -77,6 +85,7 @@ def load_backbone(name_or_path: str, *, seed: int = 0, attn_implementation: str 
         model = AutoModel.from_config(DEMO_CONFIGS[name_or_path](), attn_implementation=attn_implementation)
         logger.info("backbone %s: randomly initialised demo config", name_or_path)
         return model.eval()
+    name_or_path = resolve_backbone(name_or_path)
     path = Path(name_or_path).expanduser()
     local = path.exists()
     if local and not (path / "config.json").is_file():

@@ -351,10 +351,10 @@ def _backbone_shape(name_or_path: str) -> tuple[int, object] | None:
     """(parameter count, transformers config) of a backbone, without loading weights; None if its config is unreachable."""
     from transformers import AutoConfig, AutoModel
 
-    from stage1_core.backbone import DEMO_CONFIGS
+    from stage1_core.backbone import DEMO_CONFIGS, resolve_backbone
 
     try:
-        config = DEMO_CONFIGS[name_or_path]() if name_or_path in DEMO_CONFIGS else AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+        config = DEMO_CONFIGS[name_or_path]() if name_or_path in DEMO_CONFIGS else AutoConfig.from_pretrained(resolve_backbone(name_or_path), local_files_only=True)
     except (OSError, ValueError):
         return None
     with torch.device("meta"):

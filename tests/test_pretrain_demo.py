@@ -13,18 +13,17 @@ from stage1_core.pretrain_demo import (
     MultiTaskHeads,
     PretrainConfig,
     main,
-    mirror_views,
     multitask_loss,
     pretrain_backbone,
     view_targets,
 )
 
-TINY_ARGS = ["--steps", "3", "--batch-size", "2", "--chunk-images", "4", "--image-size", "128", "96", "--view-size", "28",
+TINY_ARGS = ["--steps", "3", "--batch-size", "2", "--chunk-images", "4", "--pool-images", "6", "--pool-workers", "0", "--image-size", "128", "96", "--view-size", "28",
              "--warmup-steps", "1", "--log-every", "1", "--num-workers", "0"]
 
 
 def tiny_config(seed: int) -> PretrainConfig:
-    return PretrainConfig(seed=seed, steps=2, batch_size=2, chunk_images=4, image_width=128, image_height=96, warmup_steps=1,
+    return PretrainConfig(seed=seed, steps=2, batch_size=2, chunk_images=4, pool_images=6, pool_workers=0, image_width=128, image_height=96, warmup_steps=1,
                           multiview=MultiViewConfig(view_size=28), probe_images=0, num_workers=0, log_every=1)
 
 
@@ -44,7 +43,7 @@ def test_command_writes_a_loadable_backbone_summary_and_card(tmp_path) -> None:
     assert not same(state(loaded), state(load_backbone("dinov2-demo-random", seed=0))), "training must change the initial weights"
     assert not any("roadwork" in name or "scene" in name for name in loaded.state_dict()), "heads are not part of the backbone"
     summary = json.loads((out / "pretrain_summary.json").read_text())
-    assert summary["steps_run"] == 3 and summary["scenes_seen"] == 6 and len(summary["history"]) == 3
+    assert summary["steps_run"] == 3 and summary["scenes_seen"] == 6 and summary["epochs"] == 1.0 and len(summary["history"]) == 3
     assert summary["chunk_seeds"][0] >= FIRST_STREAM_SEED
     assert all(-1.0 <= summary["probe"][key] <= 1.0 for key in ("linear_probe_mcc", "random_init_linear_probe_mcc", "head_mcc"))
     assert summary["probe"]["probe_train_images"] + summary["probe"]["probe_test_images"] == 24
@@ -67,12 +66,13 @@ def test_heads_score_every_view_and_the_loss_skips_masked_views() -> None:
     model = MultiTaskHeads(load_backbone("dinov2-demo-random"), config.multiview)
     side, n_views = config.multiview.canvas_size, config.multiview.views_per_image
     outputs = model(torch.rand(3, 3, side, side))
-    assert outputs["views"].shape == (3, n_views, 6) and outputs["weather"].shape == (3, 4)
-    targets = {"views": torch.randint(0, 2, (3, n_views, 6)).float(), "mask": torch.ones(3, n_views),
+    n_patches = model.patch_grid**2
+    assert outputs["views"].shape == (3, n_views, 6) and outputs["patches"].shape == (3, n_views, n_patches) and outputs["weather"].shape == (3, 4)
+    targets = {"views": torch.randint(0, 2, (3, n_views, 6)).float(), "mask": torch.ones(3, n_views), "patches": torch.randint(0, 2, (3, n_views, n_patches)).float(),
                "daytime": torch.tensor([0, 1, 2]), "weather": torch.tensor([0, 1, 3]), "environment": torch.tensor([0, 2, 3]),
                "hard_negative": torch.tensor([0, 4, 1])}
     losses = multitask_loss(outputs, targets, config)
-    expected = (losses["roadwork"] + config.kinds_weight * losses["kinds"]
+    expected = (losses["roadwork"] + config.kinds_weight * losses["kinds"] + config.patch_weight * losses["patches"]
                 + config.scene_weight * sum(losses[task] for task in ("daytime", "weather", "environment", "hard_negative")))
     assert torch.isclose(losses["total"], expected)
     flipped = {**targets, "views": targets["views"].clone()}
@@ -91,19 +91,24 @@ def test_view_targets_follow_the_boxes_and_mirror_with_the_canvas() -> None:
     inside_first_tile = tuple((np.array([10.0, 10.0, 40.0, 40.0]) * to_image).tolist())  # canvas px, only in tile (0, 0)
     across_tiles = tuple((np.array([20.0, 250.0, 290.0, 290.0]) * to_image).tolist())  # spans the 3 tiles of row 2, under half in each
     frame = DrawnFrame(b"", 1, (("cone", inside_first_tile), ("barrier", across_tiles)), "day", "clear", "urban", "none")
-    targets, mask = view_targets(frame, config)
+    targets, mask, patches = view_targets(frame, config, patch_grid=8)
     kinds = {kind: 1 + ROADWORK_KINDS.index(kind) for kind in ("cone", "barrier")}
     assert targets[0, 0] == 1 and targets[0, kinds["cone"]] == 1 and targets[0, kinds["barrier"]] == 1
     assert targets[1, 0] == 1 and targets[1, kinds["cone"]] == 1 and targets[1, kinds["barrier"]] == 0
     assert targets[2:, 0].sum() == 0, "no other tile holds half of a box"
     assert not mask[7:].any(), "the tiles that cut the barrier are left out"
     assert mask[:7].all()
-    mirrored, mirrored_mask = mirror_views(targets, mask, views.grid)
-    assert mirrored[3, 0] == 1 and mirrored[1, 0] == 0 and mirrored[0, 0] == 1
+    first_tile = patches[1].reshape(8, 8)  # 14 px patches: the cone covers rows/columns 0-2 of tile (0, 0)
+    assert first_tile[1, 1] == 1 and first_tile[0, 0] == 0, "a patch is positive when roadwork covers a quarter of it"
+    assert first_tile[3:, 3:].sum() == 0 and patches[2].sum() == 0
+    assert patches[0].reshape(8, 8)[0, 0] == 1, "the global view's 38 px patch holds the whole cone"
+    mirrored, mirrored_mask, mirrored_patches = view_targets(frame, config, patch_grid=8, flip=True)
+    assert mirrored[3, 0] == 1 and mirrored[1, 0] == 0 and mirrored[0, 0] == 1, "tile (0, 0) becomes tile (0, 2)"
     assert (mirrored_mask == mask).all(), "the masked row stays masked"
+    assert (mirrored_patches[3].reshape(8, 8) == first_tile[:, ::-1]).all()
     negative = DrawnFrame(b"", 0, (), "day", "clear", "urban", "orange_car")
-    negative_targets, negative_mask = view_targets(negative, config)
-    assert negative_targets.sum() == 0 and negative_mask.all()
+    negative_targets, negative_mask, negative_patches = view_targets(negative, config, patch_grid=8)
+    assert negative_targets.sum() == 0 and negative_mask.all() and negative_patches.sum() == 0
 
 
 def test_scene_stream_never_uses_evaluation_seeds() -> None:
