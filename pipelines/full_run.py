@@ -15,6 +15,7 @@ from typing import Any
 from zenml import Model, pipeline
 
 from pipelines.run_config import RunSettings, load_run_config
+from stage1_core.ablation import AblationConfig, AblationTable, recipe_name, slug
 from stage1_core.calibration import CalibrationConfig
 from stage1_core.drift import DriftConfig
 from stage1_core.evaluation import EvaluationConfig
@@ -34,11 +35,15 @@ from steps.export_model import export_model
 from steps.ingest_data import ingest_data
 from steps.load_pretrained_backbone import load_pretrained_backbone
 from steps.promote_model import promote_model
+from steps.score_ablation import score_ablation
 from steps.split_data import split_data
 from steps.train_model import train_model
 from steps.validate_data import validate_data
 
 MODEL_NAME = "roadwork-classifier"
+# An ablation's training logs to an MLflow run of its own, nested under the pipeline run's, so its params
+# and curves do not collide with the main model's (MLflow refuses to change a logged param).
+NESTED_TRACKING = {"experiment_tracker": {"nested": True}}
 
 
 def train_and_gate(
@@ -57,10 +62,12 @@ def train_and_gate(
     export: ExportConfig,
     drift: DriftConfig,
     promotion: PromotionConfig,
+    ablation: AblationConfig,
 ) -> None:
     """Wire validate -> ... -> promote on an ingested manifest; shared by ``full_run`` and ``pipelines.retrain``.
 
-    Each step reads only its own section of the run config.
+    Each step reads only its own section of the run config. The ablations (``ablation``) train their
+    variants next to the main model and reach the evaluation report as one table.
     """
     valid_manifest, _, validation_report = validate_data(raw_manifest, validation)
     split_manifest = split_data(valid_manifest, validation_report, split)
@@ -70,10 +77,34 @@ def train_and_gate(
         adapted_backbone = load_pretrained_backbone(backbone, backbone_fingerprint, seed)
     trained_classifier, _ = train_model(split_manifest, adapted_backbone, classifier, train)
     policy = calibrate_model(split_manifest, trained_classifier, calibration)
-    evaluation_report = evaluate_model(split_manifest, trained_classifier, policy, evaluation)
+    table = score_ablation(split_manifest, trained_classifier, policy, f"main: {recipe_name(explora_enabled, train.adapter.method)}", evaluation, export.adaptive)
+    if ablation.without_explora and explora_enabled:
+        plain_backbone = load_pretrained_backbone(backbone, backbone_fingerprint, seed, id="load_backbone_without_explora")
+        table = train_ablation(split_manifest, plain_backbone, classifier, train, calibration, evaluation, export, table, recipe_name(False, train.adapter.method))
+    if ablation.doran_head and train.adapter.method != "doran":
+        doran = train.model_copy(update={"adapter": train.adapter.model_copy(update={"method": "doran"})})
+        table = train_ablation(split_manifest, adapted_backbone, classifier, doran, calibration, evaluation, export, table, recipe_name(explora_enabled, "doran"))
+    evaluation_report = evaluate_model(split_manifest, trained_classifier, policy, evaluation, table)
     exported_model = export_model(split_manifest, trained_classifier, policy, export)
     build_drift_reference(split_manifest, trained_classifier, drift)
     promote_model(evaluation_report, exported_model, validation_report, split_manifest, promotion)
+
+
+def train_ablation(
+    split_manifest: Any,
+    backbone: Any,
+    classifier: ClassifierConfig,
+    train: TrainConfig,
+    calibration: CalibrationConfig,
+    evaluation: EvaluationConfig,
+    export: ExportConfig,
+    table: AblationTable,
+    name: str,
+) -> Any:
+    """Train, calibrate and score one ablation exactly like the main model; return the table with its rows added."""
+    ablated_classifier, _ = train_model.with_options(settings=NESTED_TRACKING)(split_manifest, backbone, classifier, train, id=f"train_model_{slug(name)}")
+    ablated_policy = calibrate_model(split_manifest, ablated_classifier, calibration, id=f"calibrate_model_{slug(name)}")
+    return score_ablation(split_manifest, ablated_classifier, ablated_policy, name, evaluation, export.adaptive, table, id=f"score_ablation_{slug(name)}")
 
 
 @pipeline(model=Model(name=MODEL_NAME, description="P(roadwork) from a street-level photo"))
@@ -94,11 +125,12 @@ def full_run(
     export: ExportConfig,
     drift: DriftConfig,
     promotion: PromotionConfig,
+    ablation: AblationConfig,
 ) -> None:
     """Ingest the configured data, then train, evaluate, export and gate (:func:`train_and_gate`)."""
     train_and_gate(
         ingest_data(data, data_fingerprint), validation, split, backbone, backbone_fingerprint, seed, explora_enabled,
-        explora, classifier, train, calibration, evaluation, export, drift, promotion,
+        explora, classifier, train, calibration, evaluation, export, drift, promotion, ablation,
     )
 
 

@@ -4,9 +4,12 @@
 
 ``retrain_pipeline`` is a ZenML dynamic pipeline: its body runs when the run runs, so a scheduled
 run reads the reference of the model in production at that time and decides then whether to train.
-Without drift (and without ``--force``) the run ends after the drift check; otherwise it fuses the
-batch in as a data source of its own and runs the same steps as ``full_run`` (:func:`train_and_gate`),
-ending with the promotion gate against the current champion.
+Without drift (and without ``--force``) the run ends after the drift check, leaving no model version;
+otherwise it fuses the batch in as a data source of its own and runs the same steps as ``full_run``
+(:func:`train_and_gate`), ending with the promotion gate against the current champion.
+
+Its ``depends_on`` steps are ZenML config templates: a run configuration's ``steps:`` settings (the GPU pods
+of a cluster schedule, ``stacks/kubernetes.py``) reach a dynamic pipeline's steps only through them.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from typing import Any
 
 from mlflow import MlflowClient
 from zenml import Model, pipeline
+from zenml.client import Client
+from zenml.execution.pipeline.dynamic.run_context import DynamicPipelineRunContext
 
 from pipelines.drift_monitor import BatchError, ReferenceNotFoundError, find_reference, read_batch
 from pipelines.full_run import MODEL_NAME, train_and_gate
+from stage1_core.ablation import AblationConfig
 from stage1_core.calibration import CalibrationConfig
 from stage1_core.drift import DriftConfig
 from stage1_core.evaluation import EvaluationConfig
@@ -33,14 +39,41 @@ from stage1_core.promotion import PromotionConfig, RegistryUnavailableError, che
 from stage1_core.splits import SplitConfig
 from stage1_core.training import TrainConfig
 from stage1_core.validation import ValidationConfig
+from steps.adapt_backbone import adapt_backbone
 from steps.add_batch import add_batch
 from steps.check_drift import check_drift
 from steps.ingest_data import ingest_data
+from steps.train_model import train_model
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "retrain.yaml"
 
+logger = logging.getLogger(__name__)
 
-@pipeline(dynamic=True, model=Model(name=MODEL_NAME, description="P(roadwork) from a street-level photo"))
+
+def discard_model_version() -> None:
+    """Delete the model version ZenML made for this run when the run ends without training.
+
+    A pipeline-level ``Model`` gets its version when the run is created, before the body decides whether
+    to train; ZenML 0.98 has no lazy variant (the model is not passed on to step configurations, and a
+    child pipeline would lose the run configuration's GPU templates). Only a version linked to this run
+    alone and without a stage is deleted (a run config naming an existing version keeps it); the run and
+    its drift report stay.
+    """
+    run_context = DynamicPipelineRunContext.get()
+    if run_context is None:
+        raise RuntimeError("discard_model_version works only in the body of a running dynamic pipeline")
+    client = Client()
+    run_id = run_context.run.id
+    version = client.get_pipeline_run(run_id).model_version
+    if version is None or version.stage is not None:
+        return
+    links = client.list_model_version_pipeline_run_links(model_version_id=version.id)
+    if [link.pipeline_run.id for link in links.items] == [run_id]:
+        client.delete_model_version(version.id)
+        logger.info("no retraining: deleted the empty version %s of model %s", version.number, version.model.name)
+
+
+@pipeline(dynamic=True, depends_on=[adapt_backbone, train_model], model=Model(name=MODEL_NAME, description="P(roadwork) from a street-level photo"))
 def retrain_pipeline(
     batch: IngestConfig,
     data: IngestConfig,
@@ -59,6 +92,7 @@ def retrain_pipeline(
     export: ExportConfig,
     drift: DriftConfig,
     promotion: PromotionConfig,
+    ablation: AblationConfig,
     batch_name: str = "batch",
     force: bool = False,
 ) -> None:
@@ -67,11 +101,12 @@ def retrain_pipeline(
     batch_manifest = ingest_data(batch, dataset_fingerprint(batch.path), id="ingest_batch")
     report = check_drift(batch_manifest, reference.reference, reference.projection, reference.classifier, drift)
     if not (force or report.load().retrain_recommended):
+        discard_model_version()
         return
     raw_manifest = add_batch(ingest_data(data, data_fingerprint), batch_manifest, batch_name)
     train_and_gate(
         raw_manifest, validation, split, backbone, backbone_fingerprint, seed, explora_enabled,
-        explora, classifier, train, calibration, evaluation, export, drift, promotion,
+        explora, classifier, train, calibration, evaluation, export, drift, promotion, ablation,
     )
 
 

@@ -9,6 +9,10 @@ Everything comes from one YAML (``stacks/kubernetes.yaml``, ``stacks/kubeflow.ya
 
 GPU steps get their GPU through the orchestrator's pod settings (Kubernetes) or ZenML resource settings plus
 the KFP accelerator node selector (Kubeflow: ZenML 0.98 drops ``KubeflowOrchestratorSettings.pod_settings``).
+The scheduled pipeline is by default ``pipelines.retrain.retrain_pipeline``, a ZenML dynamic pipeline: its steps
+exist only when it runs, so the settings of a run configuration reach only its ``depends_on`` steps (ZenML's
+config templates, matched to each invocation of the same step at run time), and its other steps run inline in
+the orchestrator pod. GPU steps must therefore be among those templates, and they are given their own pods.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 from zenml.config.resource_settings import ResourceSettings
 from zenml.config.schedule import Schedule
 from zenml.config.step_configurations import StepConfigurationUpdate
-from zenml.enums import StackComponentType, StoreType
+from zenml.enums import StackComponentType, StepRuntime, StoreType
 from zenml.pipelines.pipeline_definition import Pipeline
+
+from stage1_core.ingest import IngestConfig
 
 if TYPE_CHECKING:
     from stage1_core.config import RunConfig
@@ -102,7 +108,10 @@ class PodResources(BaseModel):
 class GpuConfig(BaseModel):
     """GPU steps: the GPU request, and where such pods may land."""
 
-    steps: list[str] = Field(default_factory=lambda: ["adapt_backbone", "train_model"], description="step names that need a GPU")
+    steps: list[str] = Field(
+        default_factory=lambda: ["adapt_backbone", "train_model"],
+        description="step names that need a GPU; in a dynamic pipeline (retrain_pipeline) they must be among its `depends_on` steps",
+    )
     count: int = Field(1, ge=1)
     resource: str = Field("nvidia.com/gpu", description="extended resource of the NVIDIA device plugin")
     cpu: str = "4"
@@ -116,8 +125,11 @@ class ScheduleConfig(BaseModel):
 
     cron: str = Field(description="five-field cron (minute hour day month weekday) or a macro such as @weekly; in the cluster's time zone")
     name: str = "roadwork-retrain"
-    pipeline: str = Field("pipelines.full_run.full_run", description="import path of the pipeline to schedule")
-    run_config: Path = Field(Path("pipelines/configs/default.yaml"), description="its run config (data paths must be s3:// URIs the pods can read)")
+    pipeline: str = Field("pipelines.retrain.retrain_pipeline", description="import path of the pipeline to schedule")
+    run_config: Path = Field(Path("pipelines/configs/cluster.yaml"), description="its run config (data paths must be s3:// URIs the pods can read)")
+    batch: IngestConfig | None = Field(None, description="retrain_pipeline: the landing location of new labelled images, drift-checked at each firing (s3:// URIs)")
+    batch_name: str = Field("batch", description="retrain_pipeline: source name of the batch in the fused manifest")
+    force: bool = Field(False, description="retrain_pipeline: retrain at each firing even when the drift check does not warrant it")
     concurrency_policy: Literal["Forbid", "Allow", "Replace"] = Field("Forbid", description="Forbid: a retrain never overlaps the previous one")
     starting_deadline_seconds: int = Field(3600, ge=0)
     successful_jobs_history_limit: int = Field(3, ge=0)
@@ -301,28 +313,46 @@ def register_stack(config: RemoteStackConfig, client: Client | None = None) -> s
     return config.name
 
 
-def schedule_run_configuration(config: RemoteStackConfig, gpu_steps: list[str]) -> PipelineRunConfiguration:
-    """ZenML run configuration of the scheduled run: the cron, no cache (each firing re-reads the data), GPU steps.
+def schedule_run_configuration(config: RemoteStackConfig, pipeline: Pipeline) -> PipelineRunConfiguration:
+    """ZenML run configuration of the scheduled run of the prepared ``pipeline``: the cron, no cache, GPU steps.
 
-    ``gpu_steps`` are the configured GPU steps that exist in the pipeline (see :func:`gpu_steps_of`).
+    No cache: each firing reads the data as it then is. GPU steps (checked by :func:`gpu_steps_of`) run
+    isolated, in a pod of their own (the default for a dynamic pipeline's step is inline, in the orchestrator
+    pod; a static pipeline gives every step a pod anyway). A dynamic pipeline's orchestrator pod runs all
+    its other steps, so on Kubernetes it gets ``step_resources`` instead of ``orchestrator_pod_resources``.
     """
     if config.schedule is None:
         raise StackConfigError("the stack config has no `schedule:` section (cron, pipeline, run_config)")
+    if config.orchestrator == "kubeflow" and pipeline.is_dynamic:
+        raise StackConfigError(
+            f"schedule.pipeline {config.schedule.pipeline} is a dynamic pipeline, which ZenML 0.98's Kubeflow orchestrator cannot run "
+            "(it implements no submit_dynamic_pipeline): schedule it on the kubernetes orchestrator, or pipelines.full_run.full_run on Kubeflow"
+        )
+    gpu_steps = gpu_steps_of(config, pipeline)
     schedule = Schedule(name=config.schedule.name, cron_expression=config.schedule.cron_for(config.orchestrator))
+    pipeline_settings: dict[str, Any] = {}
     if config.orchestrator == "kubernetes":
         step_settings: dict[str, Any] = {"orchestrator": kubernetes_orchestrator_settings(config, gpu=True)}
+        if pipeline.is_dynamic:
+            pipeline_settings["orchestrator"] = {"orchestrator_pod_settings": _pod_settings(config, config.step_resources)}
     else:
         resources = ResourceSettings(gpu_count=config.gpu.count, cpu_count=float(parse_quantity(config.gpu.cpu)), memory=f"{config.gpu.memory}B")
         step_settings = {"resources": resources, "orchestrator": {"node_selectors": {KFP_ACCELERATOR_LABEL: config.gpu.resource}}}
-    steps = {name: StepConfigurationUpdate(settings=step_settings) for name in gpu_steps}
-    return PipelineRunConfiguration(schedule=schedule, enable_cache=False, steps=steps)
+    steps = {name: StepConfigurationUpdate(settings=step_settings, runtime=StepRuntime.ISOLATED) for name in gpu_steps}
+    return PipelineRunConfiguration(schedule=schedule, enable_cache=False, settings=pipeline_settings, steps=steps)
 
 
 def gpu_steps_of(config: RemoteStackConfig, pipeline: Pipeline) -> list[str]:
-    """The configured GPU steps, checked against the prepared pipeline: a misspelt step would silently get no GPU."""
+    """The configured GPU steps, checked against the prepared pipeline: a misspelt step would silently get no GPU.
+
+    ZenML applies a run configuration's step settings to the pipeline's invocations and only warns about the
+    others. Those of a dynamic pipeline are its ``depends_on`` steps: any other step is created at run time,
+    from its own code, and could get no settings.
+    """
     unknown = sorted(set(config.gpu.steps) - set(pipeline.invocations))
     if unknown:
-        raise StackConfigError(f"gpu.steps {unknown} are not steps of {pipeline.name} (its steps: {', '.join(pipeline.invocations)})")
+        which = "steps whose settings a run configuration can set (its `depends_on` steps; add a step there to give it a GPU)" if pipeline.is_dynamic else "steps"
+        raise StackConfigError(f"gpu.steps {unknown} are not {which} of {pipeline.name}: {', '.join(pipeline.invocations) or 'none'}")
     return list(config.gpu.steps)
 
 
@@ -338,25 +368,36 @@ def import_pipeline(path: str) -> Pipeline:
     return pipeline
 
 
-def scheduled_run_kwargs(pipeline: Pipeline, run_config: RunConfig) -> dict[str, Any]:
-    """The pipeline's parameters, by name, from the run config.
+def scheduled_run_kwargs(pipeline: Pipeline, run_config: RunConfig, schedule: ScheduleConfig) -> dict[str, Any]:
+    """The pipeline's parameters, by name, from the run config, and for ``retrain_pipeline`` the schedule's batch.
 
     ``*_fingerprint`` parameters key the cache on local data or weights; a scheduled run reads its data when
     it fires, with the cache off, so there is nothing to fingerprint now: they are set to ``"scheduled"``.
-    The pods cannot read this machine's disk, so the data and image store must be URIs (s3://...).
+    The pods cannot read this machine's disk, so the data, the batch and the image stores must be URIs (s3://...).
     """
     from stage1_core.config import RunConfig
 
     parameters = inspect.signature(pipeline.entrypoint).parameters
     kwargs: dict[str, Any] = {name: getattr(run_config, name) for name in parameters if name in RunConfig.model_fields}
     kwargs |= {name: "scheduled" for name in parameters if name.endswith("_fingerprint")}
+    if "batch" in parameters:
+        if schedule.batch is None:
+            raise StackConfigError(f"{pipeline.name} drift-checks a batch at each firing: set schedule.batch (path and image_store, s3:// URIs of the landing location)")
+        from pipelines.retrain import retrain_kwargs
+
+        kwargs = retrain_kwargs(kwargs, schedule.batch, batch_name=schedule.batch_name, force=schedule.force)
     missing = [name for name, parameter in parameters.items() if name not in kwargs and parameter.default is inspect.Parameter.empty]
     if missing:
         raise StackConfigError(f"{pipeline.name} needs parameters {missing} that the run config does not provide")
-    if "data" in kwargs:
-        local = {field: value for field, value in (("data.path", run_config.data.path), ("data.image_store", run_config.data.image_store)) if "://" not in value}
-        if local:
-            raise StackConfigError(f"{', '.join(f'{field}={value!r}' for field, value in local.items())}: the cluster's pods cannot read local paths; upload the data and set s3:// URIs in the run config")
+    local = [
+        f"{name}.{field}={getattr(value, field)!r} ({'schedule.batch' if name == 'batch' else 'the run config'})"
+        for name, value in kwargs.items()
+        if isinstance(value, IngestConfig)
+        for field in ("path", "image_store")
+        if "://" not in getattr(value, field)
+    ]
+    if local:
+        raise StackConfigError(f"{', '.join(local)}: the cluster's pods cannot read local paths; upload the data and set s3:// URIs")
     return kwargs
 
 
@@ -371,9 +412,9 @@ def prepared_scheduled_pipeline(config: RemoteStackConfig) -> tuple[Pipeline, Pi
         run_settings = load_run_config(config.schedule.run_config)
     except ConfigError as error:
         raise StackConfigError(f"schedule.run_config: {error}") from None
-    run_kwargs = scheduled_run_kwargs(pipeline, run_settings.config)
+    run_kwargs = scheduled_run_kwargs(pipeline, run_settings.config, config.schedule)
     pipeline.prepare(**run_kwargs)
-    return pipeline, schedule_run_configuration(config, gpu_steps_of(config, pipeline)), run_kwargs
+    return pipeline, schedule_run_configuration(config, pipeline), run_kwargs
 
 
 def require_server(config: RemoteStackConfig, client: Client) -> None:
@@ -400,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "schedule":
             pipeline, run_configuration, run_kwargs = prepared_scheduled_pipeline(config)
             client.activate_stack(register_stack(config, client))
-            pipeline.with_options(schedule=run_configuration.schedule, enable_cache=False, steps=run_configuration.steps)(**run_kwargs)
+            pipeline.with_options(schedule=run_configuration.schedule, enable_cache=False, settings=run_configuration.settings, steps=run_configuration.steps)(**run_kwargs)
             assert config.schedule is not None
             print(f"scheduled {config.schedule.pipeline} on {config.schedule.cron_for(config.orchestrator)!r} ({config.orchestrator}); list with `zenml pipeline schedule list`")
         else:

@@ -1,11 +1,14 @@
 """The Kubernetes manifests the orchestrator submits for the scheduled run, built offline and checked against the API schemas.
 
 The CronJob of the orchestrator pod is assembled as ``KubernetesOrchestrator._submit_orchestrator_job`` does (its
-own ``_prepare_job_manifest``, then ``build_cron_job_manifest``); each step's Job as the in-cluster entrypoint does
-(``apply_default_resource_requests``, ``build_pod_manifest``, ``build_job_manifest``). Settings come from a pipeline
-compiled by ZenML's ``Compiler`` on the registered stack, so the GPU request is the one a run would get after
-ZenML's own settings merge. Nothing here contacts a cluster; the image, snapshot id and environment (the ZenML
-server URL and token) are only known at submission and are placeholders here.
+own ``_prepare_job_manifest``, then ``build_cron_job_manifest``). Step Jobs follow the pipeline's kind. A static
+pipeline's orchestrator pod creates one Job per step as the in-cluster entrypoint does (``apply_default_resource_requests``,
+``build_pod_manifest``, ``build_job_manifest``). A dynamic pipeline's orchestrator pod runs the body and its inline
+steps itself and creates a Job only for an isolated step, as ``submit_isolated_step_with_allocation`` does; those
+are its ``depends_on`` templates that ZenML's ``get_step_runtime`` sends to their own pod. Settings come from a
+pipeline compiled by ZenML's ``Compiler`` on the registered stack, so the GPU request is the one a run would get
+after ZenML's own settings merge. Nothing here contacts a cluster; the image, snapshot id, step run id and
+environment (the ZenML server URL and token) are only known at submission and are placeholders here.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from kubernetes.client import ApiClient
 from zenml.client import Client
 from zenml.config.compiler import Compiler
 from zenml.entrypoints.step_entrypoint_configuration import StepEntrypointConfiguration
+from zenml.enums import StepRuntime
+from zenml.execution.pipeline.dynamic.compilation import get_step_runtime
 from zenml.integrations.kubernetes import kube_utils
 from zenml.integrations.kubernetes.constants import ORCHESTRATOR_ANNOTATION_KEY, STEP_NAME_ANNOTATION_KEY
 from zenml.integrations.kubernetes.flavors.kubernetes_orchestrator_flavor import KubernetesOrchestratorSettings
@@ -33,7 +38,10 @@ from zenml.integrations.kubernetes.manifest_utils import (
 from zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator import KubernetesOrchestrator
 from zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator_entrypoint_configuration import KubernetesOrchestratorEntrypointConfiguration
 from zenml.models import PipelineSnapshotBase
+from zenml.orchestrators.utils import get_step_entrypoint_command
+from zenml.pipelines.dynamic.entrypoint_configuration import DynamicPipelineEntrypointConfiguration
 from zenml.stack import Stack
+from zenml.step_operators.step_operator_entrypoint_configuration import StepOperatorEntrypointConfiguration
 
 from stacks.kubernetes import RemoteStackConfig, StackConfigError, prepared_scheduled_pipeline
 
@@ -65,17 +73,18 @@ def orchestrator_image(config: RemoteStackConfig, pipeline_name: str) -> str:
 
 
 def cron_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase, cron_expression: str, image: str, snapshot_id: UUID) -> dict[str, Any]:
-    """The CronJob that starts the orchestrator pod on each firing; that pod then starts one Job per step."""
+    """The CronJob that starts the orchestrator pod on each firing; that pod then runs the pipeline (see the module doc)."""
     settings = cast(KubernetesOrchestratorSettings, orchestrator.get_settings(snapshot))
     pipeline_name = snapshot.pipeline_configuration.name
     labels = {
         "project_id": kube_utils.sanitize_label_value(str(Client().active_project.id)),
         "pipeline": kube_utils.sanitize_label_value(pipeline_name),
     }
+    entrypoint = DynamicPipelineEntrypointConfiguration if snapshot.is_dynamic else KubernetesOrchestratorEntrypointConfiguration
     job = orchestrator._prepare_job_manifest(
         name=orchestrator._get_job_name(settings, pipeline_name=pipeline_name),
-        command=KubernetesOrchestratorEntrypointConfiguration.get_entrypoint_command(),
-        args=KubernetesOrchestratorEntrypointConfiguration.get_entrypoint_arguments(snapshot_id=snapshot_id),
+        command=entrypoint.get_entrypoint_command(),
+        args=entrypoint.get_entrypoint_arguments(snapshot_id=snapshot_id),
         image=image,
         environment={},
         labels=labels,
@@ -96,7 +105,7 @@ def cron_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSn
 
 
 def step_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase, step_name: str, image: str, snapshot_id: UUID) -> dict[str, Any]:
-    """The Job the orchestrator pod creates for one step (the GPU request lands here)."""
+    """The Job the orchestrator pod of a static pipeline creates for one step (the GPU request lands here)."""
     step = snapshot.step_configurations[step_name]
     settings = cast(KubernetesOrchestratorSettings, orchestrator.get_settings(step))
     labels = {"pipeline": kube_utils.sanitize_label_value(snapshot.pipeline_configuration.name), "step_name": kube_utils.sanitize_label_value(step_name)}
@@ -125,19 +134,56 @@ def step_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSn
     return to_api_dict(job) | {"apiVersion": "batch/v1", "kind": "Job"}
 
 
-def scheduled_manifests(config: RemoteStackConfig, client: Client) -> list[dict[str, Any]]:
-    """Compile the scheduled pipeline on the registered stack; its CronJob and one Job per step, each validated."""
+def isolated_step_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase, step_name: str, image: str, snapshot_id: UUID) -> dict[str, Any]:
+    """The Job the orchestrator pod of a dynamic pipeline creates for an isolated step (no resource pool allocation)."""
+    step = snapshot.step_configurations[step_name]
+    settings = cast(KubernetesOrchestratorSettings, orchestrator.get_settings(step))
+    pipeline_name = snapshot.pipeline_configuration.name
+    command, args = get_step_entrypoint_command(
+        invocation_id=step_name, config=step.config, entrypoint_config_class=StepOperatorEntrypointConfiguration, snapshot_id=snapshot_id, step_run_id=str(uuid4())
+    )
+    job = orchestrator._prepare_job_manifest(
+        name=orchestrator._get_job_name(settings, pipeline_name=pipeline_name, step_name=step_name),
+        command=command,
+        args=args,
+        image=image,
+        environment={},
+        labels={"pipeline": kube_utils.sanitize_label_value(pipeline_name), "step_name": kube_utils.sanitize_label_value(step_name)},
+        annotations={STEP_NAME_ANNOTATION_KEY: step_name},
+        settings=settings,
+        pod_settings=settings.pod_settings,
+        backoff_limit=settings.backoff_limit_margin,
+    )
+    return to_api_dict(job) | {"apiVersion": "batch/v1", "kind": "Job"}
+
+
+def step_pods(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase) -> list[str]:
+    """The steps that get a pod of their own: all of a static pipeline; of a dynamic one, the templates ZenML isolates."""
+    if not snapshot.is_dynamic:
+        return list(snapshot.step_configurations)
+    docker = snapshot.pipeline_configuration.docker_settings
+    return [name for name, step in snapshot.step_configurations.items() if get_step_runtime(step.config, docker, orchestrator)[0] == StepRuntime.ISOLATED]
+
+
+def compiled_schedule(config: RemoteStackConfig, client: Client) -> tuple[KubernetesOrchestrator, PipelineSnapshotBase, str]:
+    """The registered stack's orchestrator, the scheduled pipeline compiled by ZenML on that stack, and its cron."""
     if config.orchestrator != "kubernetes":
         raise StackConfigError("manifests are rendered for the kubernetes orchestrator; Kubeflow compiles its own KFP YAML at submission")
     stack = Stack.from_model(client.get_stack(config.name, allow_name_prefix_match=False))
-    orchestrator = cast(KubernetesOrchestrator, stack.orchestrator)
     pipeline, run_configuration, _ = prepared_scheduled_pipeline(config)
-    snapshot = Compiler().compile(pipeline=pipeline, stack=stack, run_configuration=run_configuration)
-    image = orchestrator_image(config, pipeline.name)
-    snapshot_id = uuid4()
     assert run_configuration.schedule is not None and run_configuration.schedule.cron_expression is not None
-    manifests = [cron_job_manifest(orchestrator, snapshot, run_configuration.schedule.cron_expression, image, snapshot_id)]
-    manifests += [step_job_manifest(orchestrator, snapshot, step_name, image, snapshot_id) for step_name in snapshot.step_configurations]
+    snapshot = Compiler().compile(pipeline=pipeline, stack=stack, run_configuration=run_configuration)
+    return cast(KubernetesOrchestrator, stack.orchestrator), snapshot, run_configuration.schedule.cron_expression
+
+
+def scheduled_manifests(config: RemoteStackConfig, client: Client) -> list[dict[str, Any]]:
+    """The scheduled pipeline's CronJob and the Jobs of :func:`step_pods`, each validated."""
+    orchestrator, snapshot, cron_expression = compiled_schedule(config, client)
+    image = orchestrator_image(config, snapshot.pipeline_configuration.name)
+    snapshot_id = uuid4()
+    manifests = [cron_job_manifest(orchestrator, snapshot, cron_expression, image, snapshot_id)]
+    step_job = isolated_step_job_manifest if snapshot.is_dynamic else step_job_manifest
+    manifests += [step_job(orchestrator, snapshot, step_name, image, snapshot_id) for step_name in step_pods(orchestrator, snapshot)]
     for manifest in manifests:
         validate_manifest(manifest, config.cluster.kubernetes_version)
     return manifests

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stage1_core.ablation import AblationConfig
 from stage1_core.calibration import CalibrationConfig
 from stage1_core.demo_data import DemoDataConfig
 from stage1_core.drift import DriftConfig
@@ -47,3 +48,4 @@ class RunConfig(BaseModel):
     export: ExportConfig = ExportConfig()
     drift: DriftConfig = DriftConfig()
     promotion: PromotionConfig = PromotionConfig()
+    ablation: AblationConfig = AblationConfig()

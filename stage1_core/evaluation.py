@@ -14,6 +14,7 @@ import pandas as pd
 from pydantic import BaseModel
 from scipy.special import expit
 
+from stage1_core.ablation import AblationTable
 from stage1_core.calibration import VALIDATOR_THRESHOLD, CalibrationPolicy
 from stage1_core.conformal import ConformalEvaluation
 from stage1_core.metrics import METRIC_NAMES, MetricsReport, MetricValue, compute_metrics
@@ -47,6 +48,7 @@ class EvaluationReport(Report):
     at_policy_threshold: MetricsReport
     slices: list[SliceMetrics] = []  # metadata slices, then the validator views (group "robustness")
     conformal: ConformalEvaluation | None = None
+    ablation: AblationTable | None = None  # every model of the run under every inference mode, on the same val_test
 
     def calibrated_probs(self) -> np.ndarray:
         return self.policy.probabilities(np.asarray(self.logits))
@@ -72,7 +74,7 @@ class EvaluationReport(Report):
             "confusion_matrix.png": confusion_matrix_png(labels, probs, threshold=VALIDATOR_THRESHOLD),
             "slices.html": self._slice_table(),
             "conformal.html": self._conformal_table(),
-        }
+        } | (self.ablation.visualizations() if self.ablation is not None else {})
 
     def metadata(self) -> dict[str, float | int | str | bool]:
         values = {f"val_test_{name}": self.calibrated.metric(name).value for name in HEADLINE}
@@ -86,7 +88,8 @@ class EvaluationReport(Report):
         flat: dict[str, float] = {}
         for row in self.slices:
             flat |= row.flat_metrics()
-        return flat | (self.conformal.to_flat_dict() if self.conformal is not None else {})
+        flat |= self.conformal.to_flat_dict() if self.conformal is not None else {}
+        return flat | (self.ablation.flat_metrics() if self.ablation is not None else {})
 
     def _slice_table(self) -> str:
         header = "".join(f"<th>{name}</th>" for name in SLICE_METRICS)
@@ -168,12 +171,14 @@ def evaluate_predictions(
     *,
     slice_columns: pd.DataFrame | None = None,
     view_logits: dict[str, np.ndarray] | None = None,
+    ablation: AblationTable | None = None,
 ) -> EvaluationReport:
     """Score val_test logits raw, calibrated at 0.5 and at the policy's threshold; per slice; under validator views; conformal.
 
     Args:
         slice_columns: one row per prediction, one column per slice dimension (e.g. daytime, object_size).
         view_logits: logits of the same images under each validator view (``slices.robustness_logits``).
+        ablation: the run's ablation table (``ablation.score_inference_modes`` rows), shown with the report.
     """
     settings = {"n_bootstrap": config.n_bootstrap, "confidence": config.confidence, "seed": config.seed, "n_bins": config.n_bins}
     slice_settings = {"n_bootstrap": config.slices.n_bootstrap, "seed": config.seed, "n_bins": config.n_bins}
@@ -191,4 +196,5 @@ def evaluate_predictions(
         at_policy_threshold=compute_metrics(labels, calibrated, threshold=policy.threshold, **settings),
         slices=slices,
         conformal=policy.conformal.evaluate(labels, calibrated) if policy.conformal is not None else None,
+        ablation=ablation,
     )

@@ -25,3 +25,20 @@ def predict_dataset_logits(model: RoadworkClassifier, dataset: Dataset, *, batch
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     outputs = [model(images).float() for images, _ in tqdm(loader, desc=desc, unit="batch")]
     return torch.cat(outputs).numpy() if outputs else np.zeros(0, dtype=np.float32)
+
+
+@torch.inference_mode()
+def predict_global_and_full_logits(model: RoadworkClassifier, manifest: pd.DataFrame, *, batch_size: int = 16, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """The global view's logit and the aggregated multi-view logit of every row, from one backbone pass over all views."""
+    model.eval()
+    multiview = model.config.multiview
+    global_only = multiview.model_copy(update={"aggregation": "global_only"})
+    loader = DataLoader(ManifestImageDataset(manifest, canvas_transform(multiview.canvas_size, None)), batch_size=batch_size, shuffle=False)
+    global_logits, full_logits = [], []
+    for images, _ in tqdm(loader, desc=desc, unit="batch"):
+        features = model.view_features(images)
+        global_logits.append(model.pool(features[:, :1], global_only).float())
+        full_logits.append(model.pool(features).float())
+    if not global_logits:
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
+    return torch.cat(global_logits).numpy(), torch.cat(full_logits).numpy()

@@ -5,6 +5,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
+from stage1_core.ablation import AblationTable
 from stage1_core.calibration import CalibrationPolicy
 from stage1_core.evaluation import EvaluationConfig, EvaluationReport, evaluate_predictions
 from stage1_core.inference import predict_logits
@@ -15,8 +16,10 @@ from stage1_core.tracking import log_files, log_metrics
 
 
 @step(experiment_tracker=True)
-def evaluate_model(manifest: pd.DataFrame, classifier: RoadworkClassifier, policy: CalibrationPolicy, config: EvaluationConfig) -> Annotated[EvaluationReport, "evaluation_report"]:
-    """Score val_test before and after calibration, per slice, under the validator's views, and the conformal policy."""
+def evaluate_model(
+    manifest: pd.DataFrame, classifier: RoadworkClassifier, policy: CalibrationPolicy, config: EvaluationConfig, ablation: AblationTable | None = None
+) -> Annotated[EvaluationReport, "evaluation_report"]:
+    """Score val_test before and after calibration, per slice, under the validator's views, and the conformal policy; show the ablations."""
     val_test = take_split(manifest, "val_test", Consumer.EVALUATION)
     slice_columns = val_test[list(config.slices.columns)]
     if config.slices.truth_path is not None:
@@ -28,6 +31,7 @@ def evaluate_model(manifest: pd.DataFrame, classifier: RoadworkClassifier, polic
         config,
         slice_columns=slice_columns,
         view_logits=robustness_logits(classifier, val_test, config.robustness),
+        ablation=ablation,
     )
     log_metrics(report.calibrated.to_flat_dict(), prefix="val_test_")
     log_metrics(report.uncalibrated.to_flat_dict(), prefix="val_test_uncalibrated_")

@@ -25,6 +25,14 @@ EXPECTED_OUTPUTS = {
     "export_model": {"exported_model"},
     "build_drift_reference": {"drift_reference", "embedding_projection", "drift_report"},
     "promote_model": {"promotion_decision"},
+    "score_ablation": {"ablation_table"},
+    "load_backbone_without_explora": {"adapted_backbone"},
+    "train_model_no_explora_linear_head": {"classifier", "train_summary"},
+    "calibrate_model_no_explora_linear_head": {"calibration_policy"},
+    "score_ablation_no_explora_linear_head": {"ablation_table"},
+    "train_model_explora_doran_adapter": {"classifier", "train_summary"},
+    "calibrate_model_explora_doran_adapter": {"calibration_policy"},
+    "score_ablation_explora_doran_adapter": {"ablation_table"},
 }
 
 
@@ -34,6 +42,7 @@ def tiny_config(session_dir: Path) -> Path:
     document["parameters"]["data"] = {"path": str(session_dir / "tiny"), "image_store": str(session_dir / "tiny_images")}
     document["parameters"]["train"]["checkpoint_root"] = str(session_dir / "checkpoints")
     document["parameters"]["evaluation"]["slices"]["truth_path"] = str(session_dir / "tiny" / "demo_truth.parquet")
+    document["parameters"]["ablation"] = {"without_explora": True, "doran_head": True}
     path = session_dir / "tiny.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -54,8 +63,26 @@ def test_full_run_completes_with_every_named_artifact(completed_run) -> None:
         assert step_name in completed_run.steps, step_name
         assert set(completed_run.steps[step_name].outputs) == outputs, step_name
     report = completed_run.steps["evaluate_model"].outputs["evaluation_report"][0]
-    assert {"metrics.html", "reliability_diagram.png"} <= {Path(v.uri).name for v in report.visualizations}
+    assert {"metrics.html", "reliability_diagram.png", "ablations.html"} <= {Path(v.uri).name for v in report.visualizations}
     assert completed_run.steps["export_model"].outputs["exported_model"][0].load().metadata.parity[0].passed
+
+
+def test_evaluation_report_shows_every_model_under_every_inference_mode(completed_run) -> None:
+    """The ablation table reaches the evaluation report: 3 models x 3 modes, scored on the same val_test as the main model."""
+    report = completed_run.steps["evaluate_model"].outputs["evaluation_report"][0].load()
+    table = report.ablation
+    assert [(row.model, row.inference) for row in table.rows] == [
+        (model, mode)
+        for model in ("main: ExPLoRA + linear head", "no ExPLoRA + linear head", "ExPLoRA + DoRAN adapter")
+        for mode in ("global view", "multi-view", "adaptive")
+    ]
+    assert table.n_images == report.calibrated.n
+    main_multiview = table.rows[1].metrics["mcc"]
+    assert main_multiview.value == pytest.approx(report.calibrated.mcc.value), "the main model's multi-view row is the report's own figure"
+    assert [row.views_per_image for row in table.rows[:2]] == [1.0, 10.0] and 1.0 <= table.rows[2].views_per_image <= 10.0
+    trained = {completed_run.steps[name].outputs["classifier"][0].id for name in ("train_model", "train_model_no_explora_linear_head", "train_model_explora_doran_adapter")}
+    assert len(trained) == 3, "each ablation trains its own model"
+    assert report.flat_metrics()["ablation_main_explora_linear_head_multi_view_mcc"] == pytest.approx(main_multiview.value)
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """The cluster stacks offline: registration, the scheduled run's CronJob and step Jobs, and their Kubernetes schemas.
 
-The manifests are built by ZenML's own orchestrator code and manifest builders from a ``full_run`` compiled by
-ZenML's Compiler on the registered stack, then validated against the Kubernetes OpenAPI schemas
-(kubernetes-validate, strict). No cluster is contacted.
+The manifests are built by ZenML's own orchestrator code and manifest builders from the scheduled pipeline compiled
+by ZenML's Compiler on the registered stack (the dynamic retrain_pipeline of stacks/kubernetes.yaml, and the static
+full_run), then validated against the Kubernetes OpenAPI schemas (kubernetes-validate, strict). No cluster is contacted.
 """
 
 from __future__ import annotations
@@ -16,8 +16,12 @@ import yaml
 from zenml.client import Client
 from zenml.config.resource_settings import ResourceSettings
 from zenml.enums import StackComponentType
+from zenml.enums import StepRuntime
+from zenml.execution.pipeline.dynamic.compilation import get_config_template
 from zenml.integrations.kubeflow.flavors.kubeflow_orchestrator_flavor import KubeflowOrchestratorSettings
 
+from pipelines import full_run
+from pipelines.retrain import retrain_pipeline
 from pipelines.run_config import load_run_config
 from stacks.kubernetes import (
     RemoteStackConfig,
@@ -27,10 +31,10 @@ from stacks.kubernetes import (
     main,
     prepared_scheduled_pipeline,
     register_stack,
-    schedule_run_configuration,
     scheduled_run_kwargs,
 )
-from stacks.manifests import ManifestError, render_manifests, validate_manifest
+from stacks.manifests import ManifestError, compiled_schedule, render_manifests, validate_manifest
+from stage1_core.ingest import IngestConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SECRETS = {
@@ -45,6 +49,32 @@ def _pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
     return spec["template"]["spec"]
 
 
+def _with_pipeline(config: RemoteStackConfig, pipeline: str) -> RemoteStackConfig:
+    assert config.schedule is not None
+    return config.model_copy(update={"schedule": config.schedule.model_copy(update={"pipeline": pipeline})})
+
+
+def _render(config: RemoteStackConfig, out: Path) -> dict[str, dict[str, Any]]:
+    """The rendered (and validated) manifests read back from their YAML files: "cron" and one per step name."""
+    documents = [yaml.safe_load(path.read_text()) for path in render_manifests(config, Client(), out)]
+    return {("cron" if document["kind"] == "CronJob" else document["metadata"]["labels"]["step_name"]): document for document in documents}
+
+
+def _assert_gpu_pod(pod: dict[str, Any]) -> None:
+    resources = pod["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "1" and resources["requests"] == {"cpu": "4", "memory": "24Gi"}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["serviceAccountName"] == "zenml-runner" and pod["imagePullSecrets"] == [{"name": "roadwork-regcred"}]
+
+
+def _assert_cpu_pod(pod: dict[str, Any], cpu: str, memory: str) -> None:
+    resources = pod["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in resources.get("limits", {}) and "tolerations" not in pod
+    assert resources["requests"] == {"cpu": cpu, "memory": memory}
+    assert pod["serviceAccountName"] == "zenml-runner" and pod["imagePullSecrets"] == [{"name": "roadwork-regcred"}]
+
+
 @pytest.fixture(scope="module")
 def cluster_run_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny.yaml with the data and image store in a bucket, as a cluster run needs."""
@@ -57,7 +87,7 @@ def cluster_run_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def k8s_config(cluster_run_config: Path) -> RemoteStackConfig:
-    """The shipped stacks/kubernetes.yaml, scheduling full_run with the cluster run config, registered in the test store."""
+    """The shipped stacks/kubernetes.yaml (retrain_pipeline on its cron) with the cluster run config, registered in the test store."""
     client = Client()
     for name, values in SECRETS.items():
         try:
@@ -73,10 +103,8 @@ def k8s_config(cluster_run_config: Path) -> RemoteStackConfig:
 
 @pytest.fixture(scope="module")
 def manifests(k8s_config: RemoteStackConfig, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """The rendered (and validated) manifests read back from their YAML files: "cron" and one per step name."""
-    paths = render_manifests(k8s_config, Client(), tmp_path_factory.mktemp("manifests"))
-    documents = [yaml.safe_load(path.read_text()) for path in paths]
-    return {("cron" if document["kind"] == "CronJob" else document["metadata"]["labels"]["step_name"]): document for document in documents}
+    """The scheduled retrain_pipeline's manifests."""
+    return _render(k8s_config, tmp_path_factory.mktemp("manifests"))
 
 
 def test_registration_is_idempotent_and_follows_the_yaml(k8s_config: RemoteStackConfig) -> None:
@@ -124,26 +152,42 @@ def test_cron_job_carries_the_schedule(manifests: dict[str, dict[str, Any]], k8s
     assert (cron["apiVersion"], cron["kind"]) == ("batch/v1", "CronJob")
     assert cron["spec"]["schedule"] == k8s_config.schedule.cron == "0 3 * * 1"  # type: ignore[union-attr]
     assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["startingDeadlineSeconds"] == 3600
-    pod = _pod_spec(cron)
-    assert pod["serviceAccountName"] == "zenml-runner" and pod["imagePullSecrets"] == [{"name": "roadwork-regcred"}]
-    assert pod["containers"][0]["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
-    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"].get("limits", {})
+    assert cron["spec"]["jobTemplate"]["metadata"]["labels"]["pipeline"] == "retrain_pipeline"
+    container = _pod_spec(cron)["containers"][0]
+    assert "zenml.pipelines.dynamic.entrypoint_configuration.DynamicPipelineEntrypointConfiguration" in container["args"]
+    # the orchestrator pod of the dynamic pipeline runs its non-GPU steps inline: it gets step_resources
+    _assert_cpu_pod(_pod_spec(cron), "2", "8Gi")
     validate_manifest(cron, k8s_config.cluster.kubernetes_version)
 
 
-def test_gpu_steps_request_the_gpu_and_land_on_gpu_nodes(manifests: dict[str, dict[str, Any]], k8s_config: RemoteStackConfig) -> None:
-    steps = {name: _pod_spec(manifest) for name, manifest in manifests.items() if name != "cron"}
-    assert {"ingest_data", "train_model", "adapt_backbone", "promote_model"} <= set(steps)
-    for name, pod in steps.items():
-        resources = pod["containers"][0]["resources"]
-        assert pod["serviceAccountName"] == "zenml-runner" and pod["imagePullSecrets"] == [{"name": "roadwork-regcred"}], name
+def test_gpu_steps_of_the_retrain_pipeline_get_gpu_pods(manifests: dict[str, dict[str, Any]], k8s_config: RemoteStackConfig) -> None:
+    assert set(manifests) == {"cron", *k8s_config.gpu.steps} == {"cron", "adapt_backbone", "train_model"}
+    for name in k8s_config.gpu.steps:
+        job = manifests[name]
+        assert job["metadata"]["labels"]["pipeline"] == "retrain_pipeline" and job["metadata"]["annotations"]["zenml.io/step-name"] == name
+        assert "--step_run_id" in _pod_spec(job)["containers"][0]["args"]
+        _assert_gpu_pod(_pod_spec(job))
+
+
+def test_train_and_gate_steps_pick_up_the_gpu_templates_at_run_time(k8s_config: RemoteStackConfig) -> None:
+    """ZenML matches a step invoked in the body to a template by the step object: the ones train_and_gate calls."""
+    orchestrator, snapshot, _ = compiled_schedule(k8s_config, Client())
+    template = get_config_template(snapshot, full_run.train_model, retrain_pipeline)  # type: ignore[arg-type]
+    assert template is not None and template.config.runtime == StepRuntime.ISOLATED
+    pod_settings = orchestrator.get_settings(template).pod_settings  # type: ignore[attr-defined]
+    assert pod_settings.resources["limits"]["nvidia.com/gpu"] == "1" and pod_settings.node_selectors == {"nvidia.com/gpu.present": "true"}
+    assert get_config_template(snapshot, full_run.evaluate_model, retrain_pipeline) is None  # type: ignore[arg-type]
+
+
+def test_static_pipeline_gets_a_pod_per_step(k8s_config: RemoteStackConfig, tmp_path: Path) -> None:
+    manifests = _render(_with_pipeline(k8s_config, "pipelines.full_run.full_run"), tmp_path)
+    assert {"cron", "ingest_data", "train_model", "adapt_backbone", "evaluate_model", "promote_model"} <= set(manifests)
+    _assert_cpu_pod(_pod_spec(manifests.pop("cron")), "500m", "1Gi")
+    for name, manifest in manifests.items():
         if name in k8s_config.gpu.steps:
-            assert resources["limits"]["nvidia.com/gpu"] == "1" and resources["requests"] == {"cpu": "4", "memory": "24Gi"}
-            assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-            assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+            _assert_gpu_pod(_pod_spec(manifest))
         else:
-            assert "nvidia.com/gpu" not in resources.get("limits", {}) and "tolerations" not in pod, name
-            assert resources["requests"] == {"cpu": "2", "memory": "8Gi"}, name
+            _assert_cpu_pod(_pod_spec(manifest), "2", "8Gi")
 
 
 @pytest.mark.parametrize(
@@ -177,7 +221,9 @@ def test_cron_dialects() -> None:
 
 def test_kubeflow_gpu_request_survives_zenml_settings_validation() -> None:
     config = load_stack_config(REPO / "stacks/kubeflow.yaml")
-    run_configuration = schedule_run_configuration(config, ["train_model"])
+    assert config.schedule is not None
+    config.schedule.run_config = REPO / config.schedule.run_config
+    _, run_configuration, _ = prepared_scheduled_pipeline(config)
     assert run_configuration.schedule is not None and run_configuration.schedule.cron_expression == "0 0 3 * * 1"
     settings = run_configuration.steps["train_model"].settings  # type: ignore[index]
     resources = ResourceSettings.model_validate(dict(settings["resources"]))
@@ -189,18 +235,45 @@ def test_kubeflow_gpu_request_survives_zenml_settings_validation() -> None:
     assert dropped.pod_settings is not None and dropped.pod_settings.resources == {}
 
 
-def test_misspelt_gpu_step_is_an_error(k8s_config: RemoteStackConfig) -> None:
-    config = k8s_config.model_copy(update={"gpu": k8s_config.gpu.model_copy(update={"steps": ["train_modle"]})})
-    with pytest.raises(StackConfigError, match="train_modle.*not steps of full_run"):
+def test_kubeflow_refuses_the_dynamic_retrain_pipeline(k8s_config: RemoteStackConfig) -> None:
+    kubeflow = load_stack_config(REPO / "stacks/kubeflow.yaml").model_copy(update={"schedule": k8s_config.schedule})
+    with pytest.raises(StackConfigError, match="retrain_pipeline is a dynamic pipeline.*Kubeflow"):
+        prepared_scheduled_pipeline(kubeflow)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "step", "why"),
+    [
+        ("pipelines.retrain.retrain_pipeline", "train_modle", "depends_on"),
+        ("pipelines.retrain.retrain_pipeline", "evaluate_model", "depends_on"),  # a step of its body, but no template: no settings reach it
+        ("pipelines.full_run.full_run", "train_modle", "steps of full_run"),
+    ],
+)
+def test_gpu_step_that_cannot_get_the_gpu_is_an_error(k8s_config: RemoteStackConfig, pipeline: str, step: str, why: str) -> None:
+    config = _with_pipeline(k8s_config, pipeline).model_copy(update={"gpu": k8s_config.gpu.model_copy(update={"steps": [step]})})
+    with pytest.raises(StackConfigError, match=f"{step}.*{why}"):
         prepared_scheduled_pipeline(config)
 
 
-def test_local_data_paths_are_refused_for_the_cluster(k8s_config: RemoteStackConfig) -> None:
-    from pipelines.full_run import full_run
+def test_retrain_schedule_passes_the_landing_batch(k8s_config: RemoteStackConfig) -> None:
+    assert k8s_config.schedule is not None and k8s_config.schedule.batch is not None
+    _, _, kwargs = prepared_scheduled_pipeline(k8s_config)
+    assert kwargs["batch"] == k8s_config.schedule.batch and kwargs["batch"].path == "s3://roadwork/landing/incoming"
+    assert (kwargs["batch_name"], kwargs["force"]) == ("landing", False)
+    assert kwargs["data_fingerprint"] == kwargs["backbone_fingerprint"] == "scheduled"
 
-    run_config = load_run_config(REPO / "pipelines/configs/tiny.yaml").config
+
+def test_local_data_paths_are_refused_for_the_cluster(k8s_config: RemoteStackConfig) -> None:
+    assert k8s_config.schedule is not None
+    tiny = load_run_config(REPO / "pipelines/configs/tiny.yaml").config
     with pytest.raises(StackConfigError, match="data.path='data/tiny'.*s3://"):
-        scheduled_run_kwargs(full_run, run_config)
+        scheduled_run_kwargs(full_run.full_run, tiny, k8s_config.schedule)
+    cluster = load_run_config(k8s_config.schedule.run_config).config
+    local_batch = k8s_config.schedule.model_copy(update={"batch": IngestConfig(path="incoming", image_store="s3://roadwork/image_store")})
+    with pytest.raises(StackConfigError, match=r"batch.path='incoming' \(schedule.batch\).*s3://"):
+        scheduled_run_kwargs(retrain_pipeline, cluster, local_batch)
+    with pytest.raises(StackConfigError, match="set schedule.batch"):
+        scheduled_run_kwargs(retrain_pipeline, cluster, k8s_config.schedule.model_copy(update={"batch": None}))
 
 
 def test_cli_refuses_a_local_store(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,10 +1,13 @@
-"""Integration: full_run makes a champion, the drift monitor flags a night/fog/new-city batch, and the retrain
-pipeline fuses that batch in, retrains and runs the gate against the champion (two real pipeline runs)."""
+"""Integration: full_run makes a champion, the drift monitor flags a night/fog/new-city batch, a retrain on a batch
+that does not warrant it stops after the drift check and leaves no model version, and the retrain pipeline fuses
+the shifted batch in, retrains and runs the gate against the champion (two trainings, one skipped retrain)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -34,45 +37,82 @@ def config(session_dir: Path) -> Path:
     return path
 
 
+def _batch(session_dir: Path, config: Path, name: str, **demo: Any) -> Path:
+    size = {key: yaml.safe_load(config.read_text())["parameters"]["demo"][key] for key in ("image_width", "image_height")}  # same size: only the scenes shift
+    return generate_demo_dataset(session_dir / name, DemoDataConfig(frames_per_sequence=1, **size, **demo))
+
+
 @pytest.fixture(scope="module")
 def shifted_batch(session_dir: Path, config: Path) -> Path:
-    demo = yaml.safe_load(config.read_text())["parameters"]["demo"]
-    size = {"image_width": demo["image_width"], "image_height": demo["image_height"]}  # same size: only the scenes shift
-    return generate_demo_dataset(session_dir / "night_batch", DemoDataConfig(n_images=32, seed=21, shift="night_fog_city", frames_per_sequence=1, **size))
+    return _batch(session_dir, config, "night_batch", n_images=32, seed=21, shift="night_fog_city")
 
 
 @pytest.fixture(scope="module")
-def runs(config: Path, shifted_batch: Path, session_dir: Path):
+def small_batch(session_dir: Path, config: Path) -> Path:
+    """Unshifted and below drift.retrain_min_rows (10): a retrain is not warranted whatever the drift test says."""
+    return _batch(session_dir, config, "small_day_batch", n_images=6, seed=22)
+
+
+@dataclass
+class Runs:
+    first: Any
+    skipped: Any
+    rerun: Any
+    model_versions: list[int]  # of the ZenML model: before the skipped retrain, after it, after the retrain
+
+
+def _model_versions() -> int:
+    from zenml.client import Client
+
+    return Client().list_model_versions(model=full_run.MODEL_NAME).total
+
+
+@pytest.fixture(scope="module")
+def runs(config: Path, shifted_batch: Path, small_batch: Path, session_dir: Path) -> Runs:
     from zenml.client import Client
 
     assert full_run.main(["--config", str(config)]) == 0
     first = Client().get_pipeline("full_run").last_run
     assert drift_monitor.main(["--batch", str(shifted_batch), "--out", str(session_dir / "monitor"), "--config", str(config)]) == 0
+    versions = [_model_versions()]
+    assert retrain.main(["--batch", str(small_batch), "--config", str(config), "--batch-name", "small"]) == 0
+    skipped = Client().get_pipeline("retrain_pipeline").last_run
+    versions.append(_model_versions())
     assert retrain.main(["--batch", str(shifted_batch), "--config", str(config), "--batch-name", "night"]) == 0
-    return first, Client().get_pipeline("retrain_pipeline").last_run
+    versions.append(_model_versions())
+    return Runs(first, skipped, Client().get_pipeline("retrain_pipeline").last_run, versions)
 
 
 def _decision(run):
     return run.steps["promote_model"].outputs["promotion_decision"][0].load()
 
 
-def test_first_run_makes_a_champion_in_production(runs) -> None:
-    first, _ = runs
-    decision = _decision(first)
+def test_first_run_makes_a_champion_in_production(runs: Runs) -> None:
+    decision = _decision(runs.first)
     assert decision.promoted and decision.champion_version is None and "no champion yet (first run)" in decision.reasons[-1]
 
 
-def test_monitor_flags_the_shifted_batch(runs, session_dir: Path) -> None:
-    first, _ = runs
+def test_monitor_flags_the_shifted_batch(runs: Runs, session_dir: Path) -> None:
     verdict = json.loads((session_dir / "monitor" / "drift_verdict.json").read_text())
     assert verdict["dataset_drift"] and verdict["retrain_recommended"]
     assert "brightness" in verdict["drifted_columns"] and any(column.startswith("emb_") for column in verdict["drifted_columns"])
-    assert "in production" in verdict["reference"] and first.name in verdict["reference"]
+    assert "in production" in verdict["reference"] and runs.first.name in verdict["reference"]
     assert (session_dir / "monitor" / "drift.html").stat().st_size > 0
 
 
-def test_retrain_fuses_the_batch_and_is_gated_against_the_champion(runs) -> None:
-    first, rerun = runs
+def test_retrain_not_warranted_leaves_no_model_version(runs: Runs) -> None:
+    skipped = runs.skipped
+    assert skipped.status.value == "completed" and skipped.id != runs.rerun.id
+    report = skipped.steps["check_drift"].outputs["batch_drift_report"][0].load()
+    assert not report.retrain_recommended and "below retrain_min_rows" in report.retrain_reason
+    assert "train_model" not in skipped.steps and "promote_model" not in skipped.steps
+    assert skipped.model_version is None
+    before, after_skip, after_retrain = runs.model_versions
+    assert after_skip == before and after_retrain == before + 1
+
+
+def test_retrain_fuses_the_batch_and_is_gated_against_the_champion(runs: Runs) -> None:
+    first, rerun = runs.first, runs.rerun
     assert rerun.status.value == "completed"
     drift = rerun.steps["check_drift"].outputs["batch_drift_report"][0]
     assert drift.load().retrain_recommended and {Path(v.uri).name for v in drift.visualizations} == {"drift.html"}
@@ -85,12 +125,12 @@ def test_retrain_fuses_the_batch_and_is_gated_against_the_champion(runs) -> None
     assert {Path(v.uri).name for v in promotion.visualizations} == {"promotion_decision.html"}
 
 
-def test_alias_and_zenml_stage_move_together(runs) -> None:
+def test_alias_and_zenml_stage_move_together(runs: Runs) -> None:
     from stacks.local import mlflow_tracking_uri
     from zenml.client import Client
     from zenml.enums import ModelStages
 
-    first, rerun = runs
+    first, rerun = runs.first, runs.rerun
     decision = _decision(rerun)
     mlflow.set_tracking_uri(mlflow_tracking_uri())
     try:
@@ -104,10 +144,10 @@ def test_alias_and_zenml_stage_move_together(runs) -> None:
     assert client.get_model_version(full_run.MODEL_NAME, first.model_version.id).stage == old_stage
 
 
-def test_mlflow_run_holds_params_metrics_plots_model_and_lineage(runs) -> None:
+def test_mlflow_run_holds_params_metrics_plots_model_and_lineage(runs: Runs) -> None:
     from stacks.local import mlflow_tracking_uri
 
-    _, rerun = runs
+    rerun = runs.rerun
     decision = _decision(rerun)
     client = MlflowClient(tracking_uri=mlflow_tracking_uri())
     version = client.get_model_version(decision.registered_model_name, decision.version)

@@ -1,0 +1,30 @@
+"""Ablation step: one model of the run under the three inference modes on val_test, appended to the run's table."""
+
+from typing import Annotated
+
+import pandas as pd
+from zenml import step
+
+from stage1_core.ablation import AblationTable, score_inference_modes
+from stage1_core.adaptive import AdaptiveConfig
+from stage1_core.calibration import CalibrationPolicy
+from stage1_core.evaluation import EvaluationConfig
+from stage1_core.model import RoadworkClassifier
+from stage1_core.splits import Consumer, take_split
+
+
+@step
+def score_ablation(
+    manifest: pd.DataFrame,
+    classifier: RoadworkClassifier,
+    policy: CalibrationPolicy,
+    model_name: str,
+    evaluation: EvaluationConfig,
+    adaptive: AdaptiveConfig,
+    table: AblationTable | None = None,
+) -> Annotated[AblationTable, "ablation_table"]:
+    """Chained through the run (each call takes the previous table), so the evaluation step gets one table of every model."""
+    val_select = take_split(manifest, "val_select", Consumer.MODEL_SELECTION)
+    val_test = take_split(manifest, "val_test", Consumer.EVALUATION)
+    rows = score_inference_modes(model_name, classifier, policy, val_select, val_test, evaluation, adaptive)
+    return (table or AblationTable(n_images=len(val_test))).with_rows(rows)
