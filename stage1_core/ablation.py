@@ -24,7 +24,7 @@ from stage1_core.calibration import VALIDATOR_THRESHOLD, CalibrationPolicy
 from stage1_core.inference import predict_global_and_full_logits
 from stage1_core.metrics import MetricValue, compute_metrics
 from stage1_core.model import RoadworkClassifier
-from stage1_core.reports import Report
+from stage1_core.reports import Report, metric_cell
 
 if TYPE_CHECKING:
     from stage1_core.evaluation import EvaluationConfig  # evaluation shows the table: a runtime import would be circular
@@ -72,7 +72,7 @@ class AblationTable(Report):
         header = "".join(f"<th>{name}</th>" for name in ABLATION_METRICS)
         body = []
         for row in self.rows:
-            cells = "".join(_cell(row.metrics[name]) for name in ABLATION_METRICS)
+            cells = "".join(metric_cell(row.metrics[name], digits=3) for name in ABLATION_METRICS)
             body.append(f"<tr><td>{html.escape(row.model)}</td><td>{row.inference}</td><td>{row.views_per_image:.2f}</td>{cells}</tr>")
         return (
             "<html><body style='font-family:sans-serif'>"
@@ -95,12 +95,6 @@ def recipe_name(explora: bool, adapter: str) -> str:
 def slug(text: str) -> str:
     """``main: ExPLoRA + linear head`` -> ``main_explora_linear_head``: metric keys and step ids."""
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-
-
-def _cell(metric: MetricValue) -> str:
-    if metric.value is None:
-        return f"<td>undefined: {html.escape(metric.undefined_reason or '')}</td>"
-    return f"<td>{metric.value:.3f} [{metric.ci_low:.3f}, {metric.ci_high:.3f}]</td>"
 
 
 def score_inference_modes(

@@ -17,9 +17,9 @@ from scipy.special import expit
 from stage1_core.ablation import AblationTable
 from stage1_core.calibration import VALIDATOR_THRESHOLD, CalibrationPolicy
 from stage1_core.conformal import ConformalEvaluation
-from stage1_core.metrics import METRIC_NAMES, MetricsReport, MetricValue, compute_metrics
+from stage1_core.metrics import METRIC_NAMES, MetricsReport, compute_metrics
 from stage1_core.plots import confusion_matrix_png, reliability_diagram_png, risk_coverage_png
-from stage1_core.reports import Report
+from stage1_core.reports import Report, format_number, metric_cell
 from stage1_core.slices import SLICE_METRICS, RobustnessConfig, SliceConfig, SliceMetrics, slice_table
 
 HEADLINE = ("mcc", "accuracy", "reward", "balanced_accuracy", "auroc", "ece", "brier")
@@ -62,7 +62,7 @@ class EvaluationReport(Report):
         lines = [f"val_test ({self.calibrated.n} images), calibrated, threshold 0.5 (as the validator scores):"]
         for name in HEADLINE:
             metric = self.calibrated.metric(name)
-            lines.append(f"  {name:<18} {_format(metric.value)}  95% CI [{_format(metric.ci_low)}, {_format(metric.ci_high)}]" if metric.value is not None else f"  {name:<18} undefined ({metric.undefined_reason})")
+            lines.append(f"  {name:<18} {format_number(metric.value)}  95% CI [{format_number(metric.ci_low)}, {format_number(metric.ci_high)}]" if metric.value is not None else f"  {name:<18} undefined ({metric.undefined_reason})")
         return "\n".join(lines)
 
     def visualizations(self) -> dict[str, str | bytes]:
@@ -95,7 +95,7 @@ class EvaluationReport(Report):
         header = "".join(f"<th>{name}</th>" for name in SLICE_METRICS)
         rows = []
         for row in self.slices:
-            cells = "".join(_cell(row.metrics.metric(name)) for name in SLICE_METRICS)
+            cells = "".join(metric_cell(row.metrics.metric(name)) for name in SLICE_METRICS)
             rows.append(f"<tr><td>{html.escape(row.group)}</td><td>{html.escape(row.value)}</td><td>{row.metrics.n}</td><td>{row.metrics.positive_rate:.1%}</td>{cells}</tr>")
         return (
             "<html><body style='font-family:sans-serif'>"
@@ -121,9 +121,9 @@ class EvaluationReport(Report):
         else:
             scrc_html = (
                 f"<h3>SCRC (target selection rate {scrc_policy.target_selection_rate:.0%}, risk alpha {scrc_policy.alpha})</h3>"
-                f"<p>Selected: {scrc.selection_rate:.1%}; miscoverage among selected: {_format(scrc.selective_risk)}; "
-                f"mean set size among selected: {_format(scrc.selective_mean_size)}; accepted (selected, one class): {scrc.accept_rate:.1%}; "
-                f"errors among accepted: {_format(scrc.accepted_error_rate)}; the rest is deferred.</p>"
+                f"<p>Selected: {scrc.selection_rate:.1%}; miscoverage among selected: {format_number(scrc.selective_risk)}; "
+                f"mean set size among selected: {format_number(scrc.selective_mean_size)}; accepted (selected, one class): {scrc.accept_rate:.1%}; "
+                f"errors among accepted: {format_number(scrc.accepted_error_rate)}; the rest is deferred.</p>"
             )
         return (
             "<html><body style='font-family:sans-serif'>"
@@ -139,7 +139,7 @@ class EvaluationReport(Report):
         for name in METRIC_NAMES:
             cells = []
             for _, report in columns:
-                cells.append(_cell(report.metric(name)))
+                cells.append(metric_cell(report.metric(name)))
             rows.append(f"<tr><td>{name}</td>{''.join(cells)}</tr>")
         return (
             "<html><body style='font-family:sans-serif'>"
@@ -147,16 +147,6 @@ class EvaluationReport(Report):
             f"<p>Calibration: {self.policy.method} ({html.escape(_parameters(self.policy))}). Values with {self.calibrated.confidence:.0%} bootstrap CI ({self.calibrated.n_bootstrap} resamples).</p>"
             f"<table border=1 cellpadding=4><tr><th>metric</th>{header}</tr>{''.join(rows)}</table></body></html>"
         )
-
-
-def _format(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _cell(metric: MetricValue) -> str:
-    if metric.value is None:
-        return f"<td>undefined: {html.escape(metric.undefined_reason or '')}</td>"
-    return f"<td>{_format(metric.value)} [{_format(metric.ci_low)}, {_format(metric.ci_high)}]</td>"
 
 
 def _parameters(policy: CalibrationPolicy) -> str:

@@ -12,10 +12,14 @@ from stage1_core.images import ManifestImageDataset, canvas_transform
 from stage1_core.model import RoadworkClassifier
 
 
+def manifest_canvases(model: RoadworkClassifier, manifest: pd.DataFrame) -> ManifestImageDataset:
+    """The rows' images as ``model``'s canvases (no augmentation), with their labels."""
+    return ManifestImageDataset(manifest, canvas_transform(model.config.multiview.canvas_size, None))
+
+
 def predict_logits(model: RoadworkClassifier, manifest: pd.DataFrame, *, batch_size: int = 16, desc: str = "predict") -> np.ndarray:
     """Aggregated logits, one per manifest row, in row order."""
-    dataset = ManifestImageDataset(manifest, canvas_transform(model.config.multiview.canvas_size, None))
-    return predict_dataset_logits(model, dataset, batch_size=batch_size, desc=desc)
+    return predict_dataset_logits(model, manifest_canvases(model, manifest), batch_size=batch_size, desc=desc)
 
 
 @torch.inference_mode()
@@ -33,7 +37,7 @@ def predict_global_and_full_logits(model: RoadworkClassifier, manifest: pd.DataF
     model.eval()
     multiview = model.config.multiview
     global_only = multiview.model_copy(update={"aggregation": "global_only"})
-    loader = DataLoader(ManifestImageDataset(manifest, canvas_transform(multiview.canvas_size, None)), batch_size=batch_size, shuffle=False)
+    loader = DataLoader(manifest_canvases(model, manifest), batch_size=batch_size, shuffle=False)
     global_logits, full_logits = [], []
     for images, _ in tqdm(loader, desc=desc, unit="batch"):
         features = model.view_features(images)

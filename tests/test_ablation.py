@@ -10,8 +10,7 @@ from stage1_core.adaptive import AdaptiveConfig
 from stage1_core.backbone import load_backbone
 from stage1_core.calibration import CalibrationConfig, fit_calibration_policy
 from stage1_core.evaluation import EvaluationConfig
-from stage1_core.images import ManifestImageDataset, canvas_transform
-from stage1_core.inference import predict_global_and_full_logits, predict_logits
+from stage1_core.inference import manifest_canvases, predict_global_and_full_logits, predict_logits
 from stage1_core.metrics import compute_metrics
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 
@@ -31,7 +30,7 @@ def test_one_pass_gives_the_global_view_and_the_aggregated_logits(classifier, de
     rows = demo_manifest.head(12)
     global_logits, full_logits = predict_global_and_full_logits(classifier, rows)
     np.testing.assert_allclose(full_logits, predict_logits(classifier, rows), atol=1e-5)
-    dataset = ManifestImageDataset(rows, canvas_transform(classifier.config.multiview.canvas_size, None))
+    dataset = manifest_canvases(classifier, rows)
     canvas = torch.stack([dataset[i][0] for i in range(len(rows))])
     global_only = classifier.config.multiview.model_copy(update={"aggregation": "global_only"})
     with torch.inference_mode():
