@@ -3,7 +3,10 @@
     python -m benchmarks.inference [--json] [--images 120] [--requests 24] [--batch 8] [--threads N] [--no-compile]
 
 ONNX Runtime runs the exporter's graph (what the bundle serves) and, side by side, the same graph
-with onnxscript's ORT fusions (fused attention, GELU, skip-LayerNorm: ``ExportConfig.fuse_for_onnxruntime``).
+with onnxscript's ORT fusions (fused attention, GELU, skip-LayerNorm: ``ExportConfig.fuse_for_onnxruntime``)
+and the same graph with ONNX Runtime's dynamic int8 quantization (int8 MatMul weights, activations quantized
+per call): a different model numerically, so its probability error and changed decisions on val_test are printed
+beside its speed, and it does not count for the fp32 target.
 On a CUDA machine a ViT-B-sized config (hidden 768, 12 layers, 12 heads, 224 px views, random init)
 also runs in PyTorch FP16 (autocast) and as a TensorRT FP16 engine when ``tensorrt`` is installed.
 
@@ -35,7 +38,9 @@ import onnxruntime
 import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel
+from onnxruntime.quantization import QuantType, quantize_dynamic
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import matthews_corrcoef
 from transformers import AutoModel, Dinov2Config
 
 from stage1_core.adaptive import AdaptiveOutcome, AdaptivePolicy, evaluate_adaptive, run_adaptive
@@ -84,6 +89,17 @@ class Measurement(BaseModel):
     error: str | None = None
 
 
+class QuantizedOutcome(BaseModel):
+    """What dynamic int8 quantization changes on val_test, against the fp32 graph it was made from."""
+
+    n_images: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    decisions_changed: int  # at threshold 0.5
+    mcc_fp32: float
+    mcc_int8: float
+
+
 class BenchmarkResult(BaseModel):
     threads: int
     n_images: dict[str, int]
@@ -94,6 +110,7 @@ class BenchmarkResult(BaseModel):
     adaptive_policy: AdaptivePolicy
     adaptive_val_test: AdaptiveOutcome
     onnxruntime_fusions: dict[str, int]
+    int8_val_test: QuantizedOutcome
     cuda: str  # the ViT-B FP16 / TensorRT branch: what ran, or why not
     measurements: list[Measurement]
     ratios: dict[str, float | None]
@@ -233,6 +250,30 @@ def torch_runners(model: RoadworkClassifier, single: RoadworkClassifier, policy:
     }
 
 
+def quantize_int8(onnx_bytes: bytes) -> bytes:
+    """ONNX Runtime's dynamic quantization: int8 weights for MatMul/Gemm, activations quantized at run time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        source.write_bytes(onnx_bytes)
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        return target.read_bytes()
+
+
+def compare_int8(fp32: onnxruntime.InferenceSession, int8: onnxruntime.InferenceSession, images: list[np.ndarray], labels: np.ndarray) -> QuantizedOutcome:
+    """Score val_test one image at a time with both graphs and count what quantization changed."""
+    p_fp32 = np.concatenate([fp32.run(None, {INPUT_NAME: image[None]})[0] for image in images])
+    p_int8 = np.concatenate([int8.run(None, {INPUT_NAME: image[None]})[0] for image in images])
+    difference = np.abs(p_fp32 - p_int8)
+    return QuantizedOutcome(
+        n_images=len(images),
+        max_abs_diff=float(difference.max()),
+        mean_abs_diff=float(difference.mean()),
+        decisions_changed=int(((p_fp32 > 0.5) != (p_int8 > 0.5)).sum()),
+        mcc_fp32=float(matthews_corrcoef(labels, p_fp32 > 0.5)),
+        mcc_int8=float(matthews_corrcoef(labels, p_int8 > 0.5)),
+    )
+
+
 def _session_runner(session: onnxruntime.InferenceSession, views: int) -> Runner:
     return lambda images: (session.run(None, {INPUT_NAME: images})[0], np.full(len(images), views))
 
@@ -297,6 +338,7 @@ def run(n_images: int, requests: int, batch: int, threads: int, compile_models: 
     fixed_onnx = export_onnx(model, UNCALIBRATED, 0.5, parity_images, export_config)
     single_onnx = export_onnx(single, UNCALIBRATED, 0.5, parity_images, export_config)
     fused_bytes, fusions = fuse_for_onnxruntime(fixed_onnx.onnx_bytes)
+    fixed_session, int8_session = cpu_session(fixed_onnx.onnx_bytes, threads), cpu_session(quantize_int8(fixed_onnx.onnx_bytes), threads)
     adaptive = export_adaptive(model, UNCALIBRATED, parity_images, select, y_select, export_config)
     policy = adaptive.metadata.policy
     sessions = adaptive.sessions(threads)
@@ -309,10 +351,11 @@ def run(n_images: int, requests: int, batch: int, threads: int, compile_models: 
         "eager": torch_runners(model, single, policy, lambda module: module),
         "onnxruntime": {
             "single-view": _session_runner(cpu_session(single_onnx.onnx_bytes, threads), 1),
-            fixed: _session_runner(cpu_session(fixed_onnx.onnx_bytes, threads), full_views),
+            fixed: _session_runner(fixed_session, full_views),
             "adaptive": lambda x: sessions.predict(x, policy),
         },
         "onnxruntime-fused": {fixed: _session_runner(cpu_session(fused_bytes, threads), full_views)},
+        "onnxruntime-int8": {fixed: _session_runner(int8_session, full_views)},
     }
     if compile_models:
         backends["torch.compile"] = torch_runners(model, single, policy, lambda module: torch.compile(module, dynamic=True))
@@ -332,6 +375,7 @@ def run(n_images: int, requests: int, batch: int, threads: int, compile_models: 
         adaptive_policy=policy,
         adaptive_val_test=test_outcome,
         onnxruntime_fusions=fusions,
+        int8_val_test=compare_int8(fixed_session, int8_session, test, y_test),
         cuda=cuda_status,
         measurements=measurements,
         ratios=ratios,
@@ -350,6 +394,8 @@ def _ratios(measurements: list[Measurement], full_views: int) -> tuple[dict[str,
         f"onnxruntime / eager ({fixed})": ratio(("onnxruntime", fixed), ("eager", fixed)),
         f"onnxruntime-fused / eager ({fixed})": ratio(("onnxruntime-fused", fixed), ("eager", fixed)),
         f"onnxruntime-fused / onnxruntime ({fixed})": ratio(("onnxruntime-fused", fixed), ("onnxruntime", fixed)),
+        f"onnxruntime-int8 / eager ({fixed})": ratio(("onnxruntime-int8", fixed), ("eager", fixed)),
+        f"onnxruntime-int8 / onnxruntime ({fixed})": ratio(("onnxruntime-int8", fixed), ("onnxruntime", fixed)),
         f"tensorrt / cuda fp16 ViT-B ({fixed})": ratio(("tensorrt fp16 ViT-B", fixed), ("cuda fp16 ViT-B", fixed)),
     }
     for backend in sorted({m.backend for m in measurements}):
@@ -385,6 +431,11 @@ def print_table(result: BenchmarkResult) -> None:
             f"{_format(m.peak_rss_mb, '9.0f')}{_format(m.peak_over_start_mb, '7.0f')}{_format(m.views_per_image, '10.2f')}{_format(m.warmup_s, '10.1f')}"
         )
     print(f"onnxruntime-fused: {result.onnxruntime_fusions or 'no fusion applied'}; CUDA branch: {result.cuda}")
+    int8 = result.int8_val_test
+    print(
+        f"onnxruntime-int8 on val_test ({int8.n_images} images): |P(int8) - P(fp32)| max {int8.max_abs_diff:.4f}, mean {int8.mean_abs_diff:.4f}; "
+        f"{int8.decisions_changed} decisions changed at 0.5; MCC {int8.mcc_fp32:.3f} (fp32) -> {int8.mcc_int8:.3f} (int8)"
+    )
     print("ratios (images/s):")
     for name, value in result.ratios.items():
         print(f"  {name:<46} {_format(value, '.2f')}x")

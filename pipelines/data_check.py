@@ -18,7 +18,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from stage1_core.ingest import DataLayoutError, IngestConfig, Source, ingest
-from stage1_core.reliability import atomic_file
+from stage1_core.atomic_io import atomic_file
 from stage1_core.splits import SplitConfig, assign_splits, check_groups_within_one_split
 from stage1_core.validation import DataValidationError, ValidationConfig, ValidationResult, validate_manifest
 

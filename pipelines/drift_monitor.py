@@ -26,7 +26,7 @@ from zenml.models import ArtifactVersionResponse, PipelineRunResponse
 from pipelines.full_run import MODEL_NAME
 from stage1_core.drift import DriftConfig, DriftReport, batch_drift
 from stage1_core.ingest import DataLayoutError, IngestConfig, detect_layout, ingest
-from stage1_core.reliability import write_atomic
+from stage1_core.atomic_io import write_atomic
 
 REFERENCE_STEP = "build_drift_reference"
 TRAIN_STEP = "train_model"

@@ -21,14 +21,13 @@ from stage1_core.backbone import resolve_backbone
 from stage1_core.config import RunConfig
 from stage1_core.demo_data import generate_demo_dataset, generate_fused_demo
 from stage1_core.ingest import DataLayoutError, dataset_fingerprint, detect_layout
+from stage1_core.atomic_io import atomic_directory, remove_partials
 from stage1_core.reliability import (
     InsufficientResourcesError,
     ReliabilityConfig,
     RunLockTimeout,
-    atomic_directory,
     check_resources,
     estimate_run_needs,
-    remove_partials,
     run_lock,
 )
 

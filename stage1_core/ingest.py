@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field, field_validator
 from tqdm import tqdm
 
 from stage1_core.manifest import conform_manifest, empty_manifest
-from stage1_core.reliability import write_atomic
+from stage1_core.atomic_io import write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,6 @@
-"""Reliability plumbing: atomic writes, content hashes, one run at a time, resource checks, reproducibility records.
+"""Reliability plumbing: content hashes, one run at a time, resource checks, reproducibility records.
 
-- Atomic writes: every file or folder another step (or a later run) may load is written under a hidden
-  temporary sibling name and renamed into place (``os.replace`` / ``os.rename`` are atomic on POSIX), so a crash
-  leaves either the old state or the complete new one, never a half-written file that looks complete.
+Atomic writes live in :mod:`stage1_core.atomic_io` (standard library only, so serving can use them too).
 - The run lock: an OS file lock (``filelock``: ``flock`` on POSIX) that the kernel releases when its holder dies,
   even on SIGKILL, so a killed run never leaves a stale lock behind.
 - Resource checks: rough, documented upper estimates of disk and memory, compared with what is free before a
@@ -11,7 +9,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import importlib.metadata
 import json
@@ -27,7 +24,6 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
-from uuid import uuid4
 
 import numpy as np
 import pandas as pd
@@ -36,100 +32,17 @@ import torch
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field
 
+from stage1_core.atomic_io import write_atomic
+
 if TYPE_CHECKING:
     from stage1_core.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_MARKER = ".partial-"
 JPEG_BYTES_PER_PIXEL = 0.5  # demo JPEGs at quality 90 measure 0.2-0.3 bytes per pixel; 0.5 is a safe upper bound
 PROCESS_BYTES = 2**30  # torch, transformers, lightning, ZenML and MLflow loaded in one process
 ACTIVATION_FLOATS_PER_TOKEN = 16  # per layer and hidden unit: q, k, v, attention output, 4x MLP, norms, residuals (+ grads)
 TRACKED_PACKAGES = ("torch", "torchvision", "transformers", "peft", "lightning", "timm", "numpy", "pandas", "scikit-learn", "zenml", "mlflow", "onnx", "onnxruntime")
-
-
-# ---------------------------------------------------------------------------------------------------- atomic writes
-
-
-def partial_sibling(target: Path) -> Path:
-    """A unique hidden name next to ``target`` (same folder, hence same filesystem: the rename stays atomic)."""
-    return target.with_name(f".{target.name}{PARTIAL_MARKER}{os.getpid()}-{uuid4().hex[:8]}")
-
-
-def _fsync(path: Path) -> None:
-    """Flush a written file to disk, so a power loss after the rename cannot expose an empty file."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-@contextmanager
-def atomic_file(target: Path, durable: bool = True) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``target`` in one rename, on error it is removed.
-
-    Usage: ``with atomic_file(out) as tmp: frame.to_parquet(tmp)``. ``durable`` also flushes the file to disk
-    before the rename (survives a power loss, not only a killed process); skip it for many small files.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = partial_sibling(target)
-    try:
-        yield temporary
-        if durable:
-            _fsync(temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_atomic(target: Path, content: bytes | str, durable: bool = True) -> Path:
-    """Write ``content`` to ``target`` atomically (bytes as they are, text as UTF-8); returns ``target``."""
-    with atomic_file(target, durable) as temporary:
-        temporary.write_bytes(content.encode() if isinstance(content, str) else content)
-    return Path(target)
-
-
-@contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder to fill; on success it becomes ``target`` (replacing an existing one).
-
-    A folder is complete or absent: a crash while filling it leaves only a hidden ``.name.partial-*``
-    sibling, which :func:`remove_partials` clears, and never a ``target`` that a later run takes as complete.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = partial_sibling(target)
-    staging.mkdir()
-    try:
-        yield staging
-        try:
-            os.rename(staging, target)  # succeeds when target is absent or an empty folder
-        except OSError as error:
-            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            retired = partial_sibling(target)
-            os.rename(target, retired)
-            os.rename(staging, target)
-            shutil.rmtree(retired)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def remove_partials(target: Path) -> list[Path]:
-    """Remove the leftovers of interrupted atomic writes of ``target``; returns what was removed.
-
-    Only call it where no other process can be writing ``target`` (e.g. under the run lock).
-    """
-    target = Path(target)
-    if not target.parent.is_dir():
-        return []
-    removed = sorted(target.parent.glob(f".{target.name}{PARTIAL_MARKER}*"))
-    for leftover in removed:
-        logger.warning("removing %s: the unfinished output of an interrupted run (the complete output was never published)", leftover)
-        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-    return removed
 
 
 # ---------------------------------------------------------------------------------------------------- content hashes

@@ -22,6 +22,7 @@ import onnxruntime
 from pydantic import BaseModel, ConfigDict
 
 from stage1_core.adaptive import AdaptiveOutcome, AdaptivePolicy, run_adaptive
+from stage1_core.atomic_io import atomic_directory
 from stage1_core.calibration import LogitMap
 
 if TYPE_CHECKING:
@@ -183,15 +184,19 @@ class ExportedModel:
         self.tensorrt_engine = tensorrt_engine
 
     def save(self, directory: Path) -> Path:
-        """Write the bundle folder: what ``load``, the predictor and the materializer read."""
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / MODEL_FILE).write_bytes(self.onnx_bytes)
-        (directory / METADATA_FILE).write_text(self.metadata.model_dump_json(indent=2))
-        if self.adaptive is not None:
-            self.adaptive.save(directory)
-        if self.tensorrt_engine is not None:
-            (directory / ENGINE_FILE).write_bytes(self.tensorrt_engine)
-        return directory
+        """Write the bundle folder: what ``load``, the predictor and the materializer read.
+
+        The folder is published whole (``atomic_directory``): a crash mid-save leaves the previous bundle or none,
+        never a folder that loads with a missing or half-written graph.
+        """
+        with atomic_directory(Path(directory)) as staging:
+            (staging / MODEL_FILE).write_bytes(self.onnx_bytes)
+            (staging / METADATA_FILE).write_text(self.metadata.model_dump_json(indent=2))
+            if self.adaptive is not None:
+                self.adaptive.save(staging)
+            if self.tensorrt_engine is not None:
+                (staging / ENGINE_FILE).write_bytes(self.tensorrt_engine)
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: Path) -> ExportedModel:

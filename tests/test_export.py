@@ -93,6 +93,10 @@ def test_bundle_fits_adaptive_on_val_select_and_measures_it_on_val_test(tiny_mod
     assert summary["val_test_views_per_image_adaptive"] == pytest.approx(views.mean()) and summary["adaptive"] is True
     assert summary["tensorrt_engine"] is (reloaded.tensorrt_engine is not None)
 
+    # saving over a bundle replaces the folder whole: no adaptive graphs of the old bundle linger beside the new model
+    replaced = ExportedModel.load(ExportedModel(exported.onnx_bytes, exported.metadata).save(tmp_path / "bundle"))
+    assert replaced.adaptive is None and sorted(path.name for path in (tmp_path / "bundle").iterdir()) == ["metadata.json", "model.onnx"]
+
 
 @pytest.mark.gpu
 @pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT engine build: {TRT_MISSING}")

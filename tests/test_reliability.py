@@ -27,21 +27,17 @@ import yaml
 from materializers.classifier import ClassifierMaterializer
 from materializers.directory import save_directory
 from pipelines.run_config import LOCK_NAME, ConfigError, load_run_config, prepare_run, zenml_store_directory
+from stage1_core.atomic_io import PARTIAL_MARKER, atomic_directory, atomic_file, remove_partials, write_atomic
 from stage1_core.ingest import detect_layout, store_image
 from stage1_core.reliability import (
-    PARTIAL_MARKER,
     InsufficientResourcesError,
     ResourceNeed,
     RunLockTimeout,
-    atomic_directory,
-    atomic_file,
     check_resources,
     content_hash,
     manifest_data_hash,
-    remove_partials,
     reproducibility_record,
     run_lock,
-    write_atomic,
 )
 from stage1_core.training import EpochWeightedSampler
 
@@ -97,7 +93,7 @@ def _kill_when(process: subprocess.Popen, condition: Callable[[], bool], timeout
 CRASH_IN_FILE_WRITE = """
 import os, signal, sys
 from pathlib import Path
-from stage1_core.reliability import atomic_file
+from stage1_core.atomic_io import atomic_file
 with atomic_file(Path(sys.argv[1])) as temporary:
     with open(temporary, "wb") as handle:
         handle.write(b"the first half of the new cont")
@@ -108,7 +104,7 @@ with atomic_file(Path(sys.argv[1])) as temporary:
 CRASH_IN_DIRECTORY_WRITE = """
 import os, signal, sys
 from pathlib import Path
-from stage1_core.reliability import atomic_directory
+from stage1_core.atomic_io import atomic_directory
 with atomic_directory(Path(sys.argv[1])) as staging:
     (staging / "model.onnx").write_bytes(b"complete file")
     (staging / "metadata.json").write_text('{"half": ')
