@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from zenml import Model, pipeline
+from zenml.config import CachePolicy
 
 from pipelines.run_config import RunSettings, load_run_config
 from stage1_core.ablation import AblationConfig, AblationTable, recipe_name, slug
 from stage1_core.calibration import CalibrationConfig
+from stage1_core.code_version import library_fingerprint
 from stage1_core.drift import DriftConfig
 from stage1_core.evaluation import EvaluationConfig
 from stage1_core.explora import ExploraConfig
@@ -41,6 +43,8 @@ from steps.train_model import train_model
 from steps.validate_data import validate_data
 
 MODEL_NAME = "roadwork-classifier"
+# Every step's cache key also covers the library code it calls: an edited or upgraded stage1_core re-runs the steps.
+LIBRARY_AWARE_CACHE = CachePolicy(cache_func=library_fingerprint)
 # An ablation's training logs to an MLflow run of its own, nested under the pipeline run's, so its params
 # and curves do not collide with the main model's (MLflow refuses to change a logged param).
 NESTED_TRACKING = {"experiment_tracker": {"nested": True}}
@@ -107,7 +111,7 @@ def train_ablation(
     return score_ablation(split_manifest, ablated_classifier, ablated_policy, name, evaluation, export.adaptive, table, id=f"score_ablation_{slug(name)}")
 
 
-@pipeline(model=Model(name=MODEL_NAME, description="P(roadwork) from a street-level photo"))
+@pipeline(model=Model(name=MODEL_NAME, description="P(roadwork) from a street-level photo"), cache_policy=LIBRARY_AWARE_CACHE)
 def full_run(
     data: IngestConfig,
     data_fingerprint: str,

@@ -26,7 +26,7 @@ from zenml.client import Client
 from zenml.execution.pipeline.dynamic.run_context import DynamicPipelineRunContext
 
 from pipelines.drift_monitor import BatchError, ReferenceNotFoundError, find_reference, read_batch
-from pipelines.full_run import MODEL_NAME, train_and_gate
+from pipelines.full_run import LIBRARY_AWARE_CACHE, MODEL_NAME, train_and_gate
 from stage1_core.ablation import AblationConfig
 from stage1_core.calibration import CalibrationConfig
 from stage1_core.drift import DriftConfig
@@ -73,7 +73,7 @@ def discard_model_version() -> None:
         logger.info("no retraining: deleted the empty version %s of model %s", version.number, version.model.name)
 
 
-@pipeline(dynamic=True, depends_on=[adapt_backbone, train_model], model=Model(name=MODEL_NAME, description="P(roadwork) from a street-level photo"))
+@pipeline(dynamic=True, depends_on=[adapt_backbone, train_model], model=Model(name=MODEL_NAME, description="P(roadwork) from a street-level photo"), cache_policy=LIBRARY_AWARE_CACHE)
 def retrain_pipeline(
     batch: IngestConfig,
     data: IngestConfig,

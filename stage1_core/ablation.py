@@ -25,6 +25,7 @@ from stage1_core.inference import predict_global_and_full_logits
 from stage1_core.metrics import MetricValue, compute_metrics
 from stage1_core.model import RoadworkClassifier
 from stage1_core.reports import Report, metric_cell
+from stage1_core.splits import bootstrap_groups
 
 if TYPE_CHECKING:
     from stage1_core.evaluation import EvaluationConfig  # evaluation shows the table: a runtime import would be circular
@@ -125,7 +126,7 @@ def score_inference_modes(
     ]
     rows = []
     for mode, probs, views in modes:
-        report = compute_metrics(y_test, probs, threshold=VALIDATOR_THRESHOLD, n_bootstrap=evaluation.n_bootstrap,
+        report = compute_metrics(y_test, probs, threshold=VALIDATOR_THRESHOLD, n_bootstrap=evaluation.n_bootstrap, groups=bootstrap_groups(val_test),
                                  confidence=evaluation.confidence, seed=evaluation.seed, n_bins=evaluation.n_bins)
         rows.append(AblationRow(model=model_name, inference=mode, views_per_image=views, metrics={name: report.metric(name) for name in ABLATION_METRICS}))
     return rows

@@ -59,7 +59,7 @@ class EvaluationReport(Report):
 
     def summary_text(self) -> str:
         """A few lines for the terminal."""
-        lines = [f"val_test ({self.calibrated.n} images), calibrated, threshold 0.5 (as the validator scores):"]
+        lines = [f"val_test ({self.calibrated.n} images), calibrated, threshold 0.5 (as the validator scores); CIs resample {_resampling_unit(self.calibrated)}:"]
         for name in HEADLINE:
             metric = self.calibrated.metric(name)
             lines.append(f"  {name:<18} {format_number(metric.value)}  95% CI [{format_number(metric.ci_low)}, {format_number(metric.ci_high)}]" if metric.value is not None else f"  {name:<18} undefined ({metric.undefined_reason})")
@@ -144,9 +144,14 @@ class EvaluationReport(Report):
         return (
             "<html><body style='font-family:sans-serif'>"
             f"<h2>Evaluation on {self.split} ({self.calibrated.n} images, {self.calibrated.positive_rate:.1%} roadwork)</h2>"
-            f"<p>Calibration: {self.policy.method} ({html.escape(_parameters(self.policy))}). Values with {self.calibrated.confidence:.0%} bootstrap CI ({self.calibrated.n_bootstrap} resamples).</p>"
+            f"<p>Calibration: {self.policy.method} ({html.escape(_parameters(self.policy))}). Values with {self.calibrated.confidence:.0%} bootstrap CI "
+            f"({self.calibrated.n_bootstrap} resamples of {_resampling_unit(self.calibrated)}).</p>"
             f"<table border=1 cellpadding=4><tr><th>metric</th>{header}</tr>{''.join(rows)}</table></body></html>"
         )
+
+
+def _resampling_unit(report: MetricsReport) -> str:
+    return f"{report.n} images one by one" if report.n_groups is None else f"{report.n_groups} split groups (sequences with their near-duplicates) of {report.n} images"
 
 
 def _parameters(policy: CalibrationPolicy) -> str:
@@ -162,6 +167,7 @@ def evaluate_predictions(
     slice_columns: pd.DataFrame | None = None,
     view_logits: dict[str, np.ndarray] | None = None,
     ablation: AblationTable | None = None,
+    groups: np.ndarray | None = None,
 ) -> EvaluationReport:
     """Score val_test logits raw, calibrated at 0.5 and at the policy's threshold; per slice; under validator views; conformal.
 
@@ -169,13 +175,14 @@ def evaluate_predictions(
         slice_columns: one row per prediction, one column per slice dimension (e.g. daytime, object_size).
         view_logits: logits of the same images under each validator view (``slices.robustness_logits``).
         ablation: the run's ablation table (``ablation.score_inference_modes`` rows), shown with the report.
+        groups: the group of each prediction (:func:`bootstrap_groups`), resampled whole by the bootstrap; None: images one by one.
     """
-    settings = {"n_bootstrap": config.n_bootstrap, "confidence": config.confidence, "seed": config.seed, "n_bins": config.n_bins}
+    settings = {"n_bootstrap": config.n_bootstrap, "confidence": config.confidence, "seed": config.seed, "n_bins": config.n_bins, "groups": groups}
     slice_settings = {"n_bootstrap": config.slices.n_bootstrap, "seed": config.seed, "n_bins": config.n_bins}
     calibrated = policy.probabilities(logits)
-    slices = [] if slice_columns is None else slice_table(slice_columns, labels, calibrated, **slice_settings)
+    slices = [] if slice_columns is None else slice_table(slice_columns, labels, calibrated, bootstrap_groups=groups, **slice_settings)
     for view, view_z in (view_logits or {}).items():
-        report = compute_metrics(labels, policy.probabilities(view_z), **slice_settings)
+        report = compute_metrics(labels, policy.probabilities(view_z), groups=groups, **slice_settings)
         slices.append(SliceMetrics(group="robustness", value=view, metrics=report))
     return EvaluationReport(
         labels=[int(label) for label in labels],

@@ -7,6 +7,12 @@ counts, one ``bincount`` per chunk of rows. So an estimate and its interval come
 code, and 1,000 resamples cost a few matrix products and cumulative sums instead of a Python
 loop per resample and per metric.
 
+With ``groups`` (e.g. the frames of one driving sequence), the bootstrap resamples whole groups
+(the cluster bootstrap, Davison & Hinkley 1997, section 3.8): frames of a sequence are not independent
+draws, and resampling them one by one gives intervals that are too narrow. A resample draws as many
+groups as there are, with replacement, and each row counts as often as its group was drawn: the same
+counts, weighted.
+
 Definitions follow ``shared/reference/methods.md``:
 
 * decisions are ``p > threshold`` (strictly: ``p == 0.5`` is "no roadwork", as the subnet
@@ -24,6 +30,7 @@ import logging
 from typing import Literal, get_args
 
 import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
@@ -78,6 +85,7 @@ class MetricsReport(BaseModel):
     confidence: float
     seed: int
     n_bins: int
+    n_groups: int | None = None  # groups resampled by the cluster bootstrap; None: rows resampled one by one
     accuracy: MetricValue
     balanced_accuracy: MetricValue
     mcc: MetricValue
@@ -219,6 +227,25 @@ def bootstrap_indices(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n), dtype=np.int32)
 
 
+def group_codes(groups: np.ndarray | None, length: int) -> np.ndarray | None:
+    """Integer code per row of the resampling groups (None: every row is its own group), or a ValueError."""
+    if groups is None:
+        return None
+    array = np.asarray(groups)
+    if array.shape != (length,):
+        raise ValueError(f"groups: expected one group per label ({length}), got shape {array.shape}")
+    if pd.isna(array).any():
+        raise ValueError(f"groups: {int(pd.isna(array).sum())} rows have no group (first at row {int(np.flatnonzero(pd.isna(array))[0])}); give every row one")
+    return pd.factorize(array, sort=True)[0]
+
+
+def bootstrap_group_weights(codes: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray:
+    """The ``n_bootstrap x n_groups`` matrix of how often each group is drawn in each cluster-bootstrap resample."""
+    n_groups = int(codes.max()) + 1
+    draws = np.random.default_rng(seed).integers(0, n_groups, size=(n_bootstrap, n_groups), dtype=np.int32)
+    return _count(draws, n_groups)
+
+
 def compute_metrics(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -228,6 +255,7 @@ def compute_metrics(
     confidence: float = 0.95,
     seed: int = 0,
     n_bins: int = 15,
+    groups: np.ndarray | None = None,
 ) -> MetricsReport:
     """All metrics of binary predictions ``probs`` = P(roadwork), each with a bootstrap percentile interval.
 
@@ -239,10 +267,13 @@ def compute_metrics(
         confidence: coverage of the intervals (0.95 gives the 2.5th and 97.5th percentiles).
         seed: seed of the resampling, so reports are reproducible.
         n_bins: bins of ECE / MCE (equal width) and ACE (equal mass).
+        groups: one group id per label (e.g. the split group: a sequence with its near-duplicates); the
+            bootstrap then resamples whole groups. None resamples rows one by one.
 
     Raises:
         ValueError: empty input, length mismatch, labels not 0/1, probabilities NaN, infinite or
-            outside [0, 1], or settings out of range; the message names the problem.
+            outside [0, 1], groups missing or of the wrong length, or settings out of range; the message
+            names the problem.
     """
     _check_settings(threshold=threshold, n_bootstrap=n_bootstrap, confidence=confidence, n_bins=n_bins)
     y = as_binary_labels(labels)
@@ -250,7 +281,8 @@ def compute_metrics(
     sample = _Sample(y, p, threshold=threshold, n_bins=n_bins)
     point = sample.metric_rows(*sample.point_counts())
     reasons = _undefined_reasons(y, p, threshold)
-    rows = _bootstrap_rows([sample], n_bootstrap=n_bootstrap, seed=seed)[0] if n_bootstrap else None
+    codes = group_codes(groups, y.size)
+    rows = _bootstrap_rows([sample], n_bootstrap=n_bootstrap, seed=seed, codes=codes)[0] if n_bootstrap else None
     values = {
         name: _metric_value(name, point[name][0], None if rows is None else rows[name], reasons, confidence)
         for name in METRIC_NAMES
@@ -263,6 +295,7 @@ def compute_metrics(
         confidence=confidence,
         seed=seed,
         n_bins=n_bins,
+        n_groups=None if codes is None else int(codes.max()) + 1,
         **values,
     )
 
@@ -278,13 +311,14 @@ def paired_bootstrap_difference(
     confidence: float = 0.95,
     seed: int = 0,
     n_bins: int = 15,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """``metric(a) - metric(b)`` on the same samples, with a paired bootstrap percentile interval.
 
     Both models are scored on the same resamples, so the interval reflects the difference and
     not the two models' separate sampling noise: the comparison a promotion gate needs
     (a candidate ``a`` against the champion ``b``; the interval above 0 means ``a`` is better for
-    metrics where higher is better).
+    metrics where higher is better). ``groups`` as in :func:`compute_metrics`.
 
     Returns:
         (difference, ci_low, ci_high).
@@ -308,7 +342,7 @@ def paired_bootstrap_difference(
         if not np.isfinite(point):
             reason = _undefined_reasons(y, sample.p, threshold)[metric]
             raise ValueError(f"{metric} is undefined for {name}: {reason}; compare on another metric")
-    rows_a, rows_b = _bootstrap_rows(samples, n_bootstrap=n_bootstrap, seed=seed)
+    rows_a, rows_b = _bootstrap_rows(samples, n_bootstrap=n_bootstrap, seed=seed, codes=group_codes(groups, y.size))
     interval = _percentile_interval(rows_a[metric] - rows_b[metric], confidence, f"{metric} difference")
     if interval is None:
         raise ValueError(f"{metric} is undefined on every resample; use more samples or another metric")
@@ -399,10 +433,11 @@ class _Sample:
         """The widest count matrix per resample (sizes the bootstrap chunks)."""
         return max(self.p.size, 2 * self.n_values, 2 * self.n_confidences)
 
-    def counts(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cell counts of each row of sample indices: (probability cells, confidence cells)."""
-        cells = _count(self.cell[indices], 2 * self.n_values)
-        return cells, _count(self.confidence_cell[indices], 2 * self.n_confidences)
+    def counts(self, indices: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cell counts of each row of sample indices, each draw counted ``weights`` times (default once):
+        (probability cells, confidence cells)."""
+        cells = _count(self.cell[indices], 2 * self.n_values, weights)
+        return cells, _count(self.confidence_cell[indices], 2 * self.n_confidences, weights)
 
     def point_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Cell counts of the sample itself (a single row)."""
@@ -492,10 +527,12 @@ class _Sample:
         return np.abs(np.diff(positive_edges, axis=1) - np.diff(probability_edges, axis=1)).sum(axis=1) / n
 
 
-def _count(keys: np.ndarray, n_keys: int) -> np.ndarray:
-    """Per row of ``keys``, how many times each key in ``range(n_keys)`` occurs (as float64)."""
+def _count(keys: np.ndarray, n_keys: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Per row of ``keys``, how many times each key in ``range(n_keys)`` occurs, each occurrence counted
+    ``weights`` times when given (as float64)."""
     offsets = np.arange(keys.shape[0], dtype=np.int64)[:, None] * n_keys
-    counts = np.bincount((keys + offsets).ravel(), minlength=keys.shape[0] * n_keys)
+    flat_weights = None if weights is None else np.broadcast_to(weights, keys.shape).ravel()
+    counts = np.bincount((keys + offsets).ravel(), weights=flat_weights, minlength=keys.shape[0] * n_keys)
     return counts.reshape(keys.shape[0], n_keys).astype(np.float64)
 
 
@@ -512,10 +549,14 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray, *, empty: float = np.
     return out
 
 
-def _bootstrap_rows(samples: list[_Sample], *, n_bootstrap: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Metric values per resample for each prediction set, all scored on the same resamples."""
+def _bootstrap_rows(samples: list[_Sample], *, n_bootstrap: int, seed: int, codes: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
+    """Metric values per resample for each prediction set, all scored on the same resamples (of rows, or of
+    the groups ``codes`` when given)."""
     size = samples[0].p.size
-    indices = bootstrap_indices(size, n_bootstrap, seed)
+    if codes is None:
+        indices, group_weights = bootstrap_indices(size, n_bootstrap, seed), None
+    else:
+        indices, group_weights = np.broadcast_to(np.arange(size), (n_bootstrap, size)), bootstrap_group_weights(codes, n_bootstrap, seed)
     chunk = max(1, _CHUNK_ELEMENTS // max(sample.width for sample in samples))
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in samples]
     # One BLAS thread: the products are small, and on a shared 2-core machine BLAS threads that spin
@@ -526,8 +567,9 @@ def _bootstrap_rows(samples: list[_Sample], *, n_bootstrap: int, seed: int) -> l
     ):
         for start in range(0, n_bootstrap, chunk):
             block = indices[start : start + chunk]
+            weights = None if group_weights is None else group_weights[start : start + chunk][:, codes]
             for part, sample in zip(parts, samples):
-                part.append(sample.metric_rows(*sample.counts(block)))
+                part.append(sample.metric_rows(*sample.counts(block, weights)))
             progress.update(block.shape[0])
     return [{name: np.concatenate([rows[name] for rows in part]) for name in METRIC_NAMES} for part in parts]
 

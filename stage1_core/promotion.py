@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field, field_validator
 from stage1_core.calibration import VALIDATOR_THRESHOLD
 from stage1_core.metrics import METRIC_NAMES, compute_metrics, paired_bootstrap_difference
 from stage1_core.reports import Report
+from stage1_core.splits import bootstrap_groups
 from stage1_core.tracking import SPLIT_MEMBERSHIP_ARTIFACT
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class ValTestEvidence(BaseModel):
     uris: list[str]
     labels: list[int]
     probabilities: list[float]
+    groups: list[str] | None = None  # split group per image: the paired bootstrap resamples whole groups (None: images one by one)
 
 
 def val_test_evidence(val_test: pd.DataFrame, labels: list[int], probabilities: list[float]) -> ValTestEvidence:
@@ -101,7 +103,10 @@ def val_test_evidence(val_test: pd.DataFrame, labels: list[int], probabilities: 
             f"val_test has {len(val_test)} rows but the evaluation has {len(labels)} labels / {len(probabilities)} probabilities "
             "(or other labels): pass the evaluation report of this run's split manifest"
         )
-    return ValTestEvidence(sha256=val_test["sha256"].astype(str).tolist(), uris=val_test["uri"].astype(str).tolist(), labels=list(labels), probabilities=list(probabilities))
+    return ValTestEvidence(
+        sha256=val_test["sha256"].astype(str).tolist(), uris=val_test["uri"].astype(str).tolist(), labels=list(labels), probabilities=list(probabilities),
+        groups=bootstrap_groups(val_test).tolist(),
+    )
 
 
 class ChampionComparison(BaseModel):
@@ -255,7 +260,8 @@ def compare_with_champion(
         return ChampionComparison(**base, not_worse=False, reason=reason + overlap_note)
     labels = np.asarray(evidence.labels)[keep]
     challenger, champion = np.asarray(evidence.probabilities)[keep], np.asarray(champion_probabilities)[keep]
-    settings = {"threshold": VALIDATOR_THRESHOLD, "n_bootstrap": config.n_bootstrap, "confidence": config.confidence, "seed": config.seed}
+    groups = None if evidence.groups is None else np.asarray(evidence.groups)[keep]
+    settings = {"threshold": VALIDATOR_THRESHOLD, "n_bootstrap": config.n_bootstrap, "confidence": config.confidence, "seed": config.seed, "groups": groups}
     try:
         difference, low, high = paired_bootstrap_difference(labels, challenger, champion, config.comparison_metric, **settings)  # type: ignore[arg-type]
     except ValueError as error:
@@ -264,13 +270,17 @@ def compare_with_champion(
     word = "not worse than" if not_worse else "worse than"
     reason = (
         f"{config.comparison_metric} {word} champion v{champion_version}: difference {difference:+.4f}, "
-        f"{config.confidence:.0%} paired bootstrap CI [{low:+.4f}, {high:+.4f}] on {int(keep.sum())} images "
+        f"{config.confidence:.0%} paired bootstrap CI [{low:+.4f}, {high:+.4f}] on {int(keep.sum())} images{_resampled(groups)} "
         f"(not worse = upper bound >= {0.0 - config.max_mcc_drop:g})"
     )
     return ChampionComparison(
         **base, challenger_value=_point(labels, challenger, config), champion_value=_point(labels, champion, config),
         difference=difference, ci_low=low, ci_high=high, not_worse=not_worse, reason=reason + overlap_note,
     )
+
+
+def _resampled(groups: np.ndarray | None) -> str:
+    return "" if groups is None else f" (resampled as {len(set(groups.tolist()))} split groups)"
 
 
 def _point(labels: np.ndarray, probabilities: np.ndarray, config: PromotionConfig) -> float | None:

@@ -130,9 +130,11 @@ def object_size_classes(manifest: pd.DataFrame, truth_path: str | Path) -> pd.Se
 
 
 def slice_table(
-    groups: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, *, n_bootstrap: int = 200, seed: int = 0, n_bins: int = 15
+    groups: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, *, n_bootstrap: int = 200, seed: int = 0, n_bins: int = 15,
+    bootstrap_groups: np.ndarray | None = None,
 ) -> list[SliceMetrics]:
-    """Metrics per value of every column of ``groups`` (one row per prediction); empty strings become "(missing)"."""
+    """Metrics per value of every column of ``groups`` (one row per prediction); empty strings become "(missing)".
+    ``bootstrap_groups``: the resampling group of each prediction (None: rows one by one)."""
     if len(groups) != len(labels):
         raise ValueError(f"slices: {len(groups)} metadata rows for {len(labels)} predictions; pass one row per prediction")
     rows = []
@@ -140,7 +142,8 @@ def slice_table(
         values = groups[column].fillna("").astype(str).replace("", MISSING).to_numpy()
         for value in sorted(set(values)):
             member = values == value
-            report = compute_metrics(labels[member], probs[member], n_bootstrap=n_bootstrap, seed=seed, n_bins=n_bins)
+            member_groups = None if bootstrap_groups is None else bootstrap_groups[member]
+            report = compute_metrics(labels[member], probs[member], n_bootstrap=n_bootstrap, seed=seed, n_bins=n_bins, groups=member_groups)
             rows.append(SliceMetrics(group=column, value=value, metrics=report))
     return rows
 

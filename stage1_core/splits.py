@@ -214,3 +214,15 @@ def split_counts(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Images per split and label, for logs and metadata."""
     table = manifest.groupby(["split", "label"]).size()
     return {split: {str(label): int(count) for label, count in table[split].items()} for split in table.index.levels[0]}
+
+
+def bootstrap_groups(rows: pd.DataFrame) -> np.ndarray:
+    """The groups the bootstrap resamples: the split groups, since the frames of a sequence (and near-duplicates)
+    are not independent draws and resampling them one by one would give intervals that are too narrow.
+
+    Raises:
+        ValueError: ``rows`` did not come from the split manifest (no split group column).
+    """
+    if SPLIT_GROUP_COLUMN not in rows:
+        raise ValueError(f"rows have no {SPLIT_GROUP_COLUMN!r} column: pass rows of the split manifest (the split step adds it)")
+    return rows[SPLIT_GROUP_COLUMN].astype(str).to_numpy()

@@ -11,7 +11,7 @@ from stage1_core.evaluation import EvaluationConfig, EvaluationReport, evaluate_
 from stage1_core.inference import predict_logits
 from stage1_core.model import RoadworkClassifier
 from stage1_core.slices import object_size_classes, robustness_logits
-from stage1_core.splits import Consumer, take_split
+from stage1_core.splits import Consumer, bootstrap_groups, take_split
 from stage1_core.tracking import log_files, log_metrics
 
 
@@ -32,6 +32,7 @@ def evaluate_model(
         slice_columns=slice_columns,
         view_logits=robustness_logits(classifier, val_test, config.robustness),
         ablation=ablation,
+        groups=bootstrap_groups(val_test),
     )
     log_metrics(report.calibrated.to_flat_dict(), prefix="val_test_")
     log_metrics(report.uncalibrated.to_flat_dict(), prefix="val_test_uncalibrated_")

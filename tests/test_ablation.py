@@ -13,6 +13,7 @@ from stage1_core.evaluation import EvaluationConfig
 from stage1_core.inference import manifest_canvases, predict_global_and_full_logits, predict_logits
 from stage1_core.metrics import compute_metrics
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
+from stage1_core.splits import SPLIT_GROUP_COLUMN, bootstrap_groups, split_groups
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,9 @@ def classifier() -> RoadworkClassifier:
 
 
 def halves(manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Two labelled halves with both classes (stand-ins for val_select and val_test)."""
+    """Two labelled halves with both classes and their split groups (stand-ins for val_select and val_test)."""
     ordered = manifest.sort_values("label").reset_index(drop=True)
+    ordered[SPLIT_GROUP_COLUMN] = split_groups(ordered, max_distance=None)
     return ordered.iloc[::2].reset_index(drop=True), ordered.iloc[1::2].reset_index(drop=True)
 
 
@@ -48,7 +50,8 @@ def test_each_mode_is_scored_on_val_test_with_its_views(classifier, demo_manifes
     global_logits, full_logits = predict_global_and_full_logits(classifier, val_test)
     labels = val_test["label"].to_numpy()
     for row, logits in zip(rows[:2], (global_logits, full_logits), strict=True):
-        expected = compute_metrics(labels, policy.probabilities(logits), n_bootstrap=50)
+        expected = compute_metrics(labels, policy.probabilities(logits), n_bootstrap=50, groups=bootstrap_groups(val_test))
+        assert expected.n_groups == val_test[SPLIT_GROUP_COLUMN].nunique() < len(val_test)  # frames of a sequence resampled together
         assert row.metrics["mcc"] == expected.mcc and row.metrics["auroc"] == expected.auroc
     assert rows[0].views_per_image == 1.0 and rows[1].views_per_image == 10.0
     assert 1.0 <= rows[2].views_per_image <= 10.0

@@ -34,3 +34,24 @@ def test_report_holds_slices_views_and_conformal_results() -> None:
     metadata = report.metadata()
     assert metadata["calibration_method"] == "dirichlet" and "val_test_conformal_lac_coverage" in metadata
     assert EvaluationReport.model_validate_json(report.model_dump_json()) == report
+
+
+def test_every_interval_resamples_the_given_groups() -> None:
+    """With groups (four frames per sequence), the headline, slice and view intervals all resample sequences."""
+    rng = np.random.default_rng(1)
+    z = np.repeat(rng.normal(0.0, 2.0, 100), 4)
+    labels = (np.repeat(rng.random(100), 4) < expit(z)).astype(int)
+    logits = 2.0 * z + rng.normal(0.0, 0.3, 400)
+    policy = fit_calibration_policy(logits, labels, CalibrationConfig())
+    sequences = np.repeat([f"seq-{i}" for i in range(100)], 4)
+    slice_columns = pd.DataFrame({"daytime": np.repeat(rng.choice(["day", "night"], 100), 4)})
+    config = EvaluationConfig(n_bootstrap=50)
+    report = evaluate_predictions(labels, logits, policy, config, slice_columns=slice_columns, view_logits={"L0": logits + 0.5}, groups=sequences)
+    assert report.calibrated.n_groups == report.uncalibrated.n_groups == report.at_policy_threshold.n_groups == 100
+    day = slice_columns["daytime"].to_numpy() == "day"
+    assert [row.metrics.n_groups for row in report.slices] == [int(day.sum()) // 4, int((~day).sum()) // 4, 100]
+    assert "100 split groups" in report.visualizations()["metrics.html"]
+    one_by_one = evaluate_predictions(labels, logits, policy, config)
+    assert one_by_one.calibrated.n_groups is None and one_by_one.calibrated.mcc.value == report.calibrated.mcc.value
+    width = lambda metric: metric.ci_high - metric.ci_low  # noqa: E731
+    assert width(one_by_one.calibrated.mcc) < width(report.calibrated.mcc)

@@ -126,3 +126,34 @@ def test_empty_or_unknown_layout_is_refused(tmp_path: Path, kind: str, capsys) -
     assert main(["--data", str(folder)]) == 2
     error = capsys.readouterr().err
     assert str(folder) in error and "accepted layouts" in error
+
+
+def test_library_fingerprint_follows_the_python_sources_only(tmp_path: Path) -> None:
+    from stage1_core.code_version import source_fingerprint
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "weights.bin").write_bytes(b"\x00" * 8)
+    first = source_fingerprint(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"\x01" * 8)
+    assert source_fingerprint(tmp_path) == first, "only .py files count"
+    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+    edited = source_fingerprint(tmp_path)
+    assert edited != first
+    (tmp_path / "sub" / "b.py").rename(tmp_path / "b.py")
+    assert source_fingerprint(tmp_path) not in (first, edited), "a moved file changes the fingerprint"
+
+
+@pytest.mark.slow
+def test_changed_library_code_reruns_the_steps(completed_run, tiny_config: Path, monkeypatch) -> None:
+    """The step cache keys on the library code too: with another stage1_core fingerprint nothing is reused."""
+    from zenml.client import Client
+
+    import stage1_core.code_version
+
+    monkeypatch.setattr(stage1_core.code_version, "library_fingerprint", lambda: "an edited stage1_core")
+    assert main(["--config", str(tiny_config)]) == 0
+    rerun = Client().get_pipeline("full_run").last_run
+    assert "cached" not in {step.status.value for step in rerun.steps.values()}
+    assert rerun.steps["train_model"].status.value == "completed"

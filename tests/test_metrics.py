@@ -194,6 +194,34 @@ def test_bootstrap_is_reproducible_by_seed() -> None:
     assert compute_metrics(labels, probs, n_bootstrap=100, seed=2).auroc.ci_low != first.auroc.ci_low
 
 
+def test_cluster_bootstrap_of_copied_frames_equals_the_bootstrap_of_the_scenes() -> None:
+    """Four identical frames per sequence carry the information of one scene: resampling sequences gives exactly the
+    intervals of the scenes alone (every metric is a ratio of counts), while resampling frames one by one narrows them."""
+    labels, probs = predictions(150, seed=14, ties=True)
+    frames_labels, frames_probs, sequences = np.repeat(labels, 4), np.repeat(probs, 4), np.repeat(np.arange(150) * 7 + 3, 4)
+    scenes = compute_metrics(labels, probs, n_bootstrap=200, seed=5)
+    by_sequence = compute_metrics(frames_labels, frames_probs, n_bootstrap=200, seed=5, groups=sequences)
+    by_frame = compute_metrics(frames_labels, frames_probs, n_bootstrap=200, seed=5)
+    assert by_sequence.n_groups == 150 and by_frame.n_groups is None and by_sequence.n == 600
+    for name in METRIC_NAMES:
+        assert by_sequence.metric(name).value == pytest.approx(scenes.metric(name).value, rel=1e-9), name
+        assert by_sequence.metric(name).ci_low == pytest.approx(scenes.metric(name).ci_low, rel=1e-9, abs=1e-12), name
+        assert by_sequence.metric(name).ci_high == pytest.approx(scenes.metric(name).ci_high, rel=1e-9, abs=1e-12), name
+    for name in ("mcc", "auroc", "accuracy", "ece"):
+        width = lambda report: report.metric(name).ci_high - report.metric(name).ci_low  # noqa: E731
+        assert width(by_frame) < 0.75 * width(by_sequence), name
+    paired_frames = paired_bootstrap_difference(frames_labels, frames_probs, 1.0 - frames_probs, "mcc", n_bootstrap=200, seed=5, groups=sequences)
+    assert paired_frames == pytest.approx(paired_bootstrap_difference(labels, probs, 1.0 - probs, "mcc", n_bootstrap=200, seed=5))
+
+
+def test_groups_must_cover_every_label() -> None:
+    labels, probs = predictions(20, seed=15)
+    with pytest.raises(ValueError, match="one group per label"):
+        compute_metrics(labels, probs, n_bootstrap=10, groups=np.zeros(19))
+    with pytest.raises(ValueError, match="rows have no group.*row 3"):
+        compute_metrics(labels, probs, n_bootstrap=10, groups=np.array(["a"] * 3 + [None] + ["b"] * 16, dtype=object))
+
+
 def test_single_class_labels_give_reasons_not_zeros() -> None:
     rng = np.random.default_rng(11)
     probs = rng.random(200)

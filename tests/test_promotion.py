@@ -71,6 +71,20 @@ def test_paired_comparison_not_worse_rule_and_unseen_images() -> None:
     assert bars and not promoted and reasons[-1] == worse.reason
 
 
+def test_paired_comparison_resamples_sequences_whole() -> None:
+    """Four copies of each frame in one group give the interval of the frames alone; without groups it is narrower."""
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 60)
+    challenger, champion = np.clip(0.25 + 0.5 * labels + rng.normal(0.0, 0.25, 60), 0, 1), np.where(labels == 1, 0.7, 0.3)
+    alone = compare_with_champion("1", _evidence(labels, challenger), champion, set(), CONFIG)
+    copies = _evidence(np.repeat(labels, 4), np.repeat(challenger, 4))
+    grouped = compare_with_champion("1", copies.model_copy(update={"groups": [f"seq{i // 4:03d}" for i in range(240)]}), np.repeat(champion, 4), set(), CONFIG)
+    one_by_one = compare_with_champion("1", copies, np.repeat(champion, 4), set(), CONFIG)
+    assert (grouped.ci_low, grouped.ci_high) == pytest.approx((alone.ci_low, alone.ci_high))
+    assert one_by_one.ci_high - one_by_one.ci_low < 0.75 * (grouped.ci_high - grouped.ci_low)
+    assert "on 240 images (resampled as 60 split groups)" in grouped.reason
+
+
 def _brightness_model() -> ExportedModel:
     """A real ONNX graph with the serving interface: P(roadwork) = mean pixel value / 255."""
     nodes = [
