@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from stage1_core.calibration import VALIDATOR_THRESHOLD
+from stage1_core.logit_map import VALIDATOR_THRESHOLD
 from stage1_core.metrics import as_binary_labels, as_probabilities, decision_metrics_from_counts
 
 logger = logging.getLogger(__name__)

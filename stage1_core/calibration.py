@@ -36,6 +36,7 @@ from scipy.special import expit, log_expit, logit, softmax
 from sklearn.model_selection import StratifiedKFold
 
 from stage1_core.conformal import ConformalConfig, ConformalPolicy, TooFewCalibrationSamples, fit_conformal_policy
+from stage1_core.logit_map import VALIDATOR_THRESHOLD, LogitMap, finite_logits
 from stage1_core.metrics import as_binary_labels, as_finite_vector, as_probabilities, decision_metrics_from_counts
 from stage1_core.plots import reliability_diagram_png
 
@@ -43,44 +44,6 @@ logger = logging.getLogger(__name__)
 
 ThresholdObjective = Literal["mcc", "accuracy", "balanced_accuracy"]
 CalibrationMethod = Literal["temperature", "dirichlet"]
-
-VALIDATOR_THRESHOLD = 0.5  # the subnet validator predicts roadwork when p > 0.5
-
-
-class LogitMap(BaseModel):
-    """Calibrated logit = a * ln p - b * ln(1 - p) + c with p = sigmoid(z): beta calibration's form (Kull et al. 2017).
-
-    What an exported graph needs to apply any calibrator of this module:
-    ``sigmoid(a * logsigmoid(z) - b * logsigmoid(-z) + c)`` (ln p = logsigmoid(z), ln(1 - p) = logsigmoid(-z),
-    both finite for every finite z, so no clipping is needed).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    a: float
-    b: float
-    c: float
-
-    @classmethod
-    def from_temperature(cls, temperature: float) -> LogitMap:
-        """Temperature scaling z / T in this form: a = b = 1 / T, c = 0 (T = 1 leaves the logit unchanged)."""
-        return cls(a=1.0 / temperature, b=1.0 / temperature, c=0.0)
-
-    def apply(self, logits: np.ndarray) -> np.ndarray:
-        """The calibrated logit of each z, any shape."""
-        z = _finite_logits(logits)
-        return self.a * log_expit(z) - self.b * log_expit(-z) + self.c
-
-
-def _finite_logits(logits: np.ndarray) -> np.ndarray:
-    """Logits as float64, any shape, or a ValueError at the first NaN / infinity (the validator scores NaN as 0)."""
-    z = np.asarray(logits, dtype=np.float64)
-    bad = np.argwhere(~np.isfinite(z))
-    if bad.size:
-        first = tuple(int(i) for i in bad[0])
-        raise ValueError(f"logits: {len(bad)} values are NaN or infinite (first at index {first})")
-    return z
-
 
 class TemperatureScaler(BaseModel):
     """Temperature scaling of the roadwork logit (Guo et al. 2017), with its fit diagnostics."""
@@ -146,7 +109,7 @@ class TemperatureScaler(BaseModel):
         Raises:
             ValueError: a NaN or infinite logit (the validator scores a NaN answer 0: fail loudly instead).
         """
-        return _finite_logits(logits) / self.temperature
+        return finite_logits(logits) / self.temperature
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated P(roadwork) = sigmoid(z / T)."""
@@ -241,7 +204,7 @@ class DirichletCalibrator(BaseModel):
 
     def class_probabilities(self, logits: np.ndarray) -> np.ndarray:
         """softmax(W ln p + b): ``[..., 2]`` calibrated probabilities of (no roadwork, roadwork)."""
-        features = _log_class_probabilities(_finite_logits(logits))
+        features = _log_class_probabilities(finite_logits(logits))
         return softmax(features @ np.asarray(self.weights).T + np.asarray(self.bias), axis=-1)
 
     def calibrated_logits(self, logits: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from stage1_core.adaptive import AdaptiveOutcome, AdaptivePolicy, run_adaptive
 from stage1_core.atomic_io import atomic_directory
-from stage1_core.calibration import LogitMap
+from stage1_core.logit_map import LogitMap
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo

@@ -149,21 +149,21 @@ def test_miner_function_returns_a_probability_for_any_decodable_image(bundle, mo
         predictor_module.default_predictor.cache_clear()
 
 
-def test_miner_runs_on_onnxruntime_alone_without_importing_torch(bundle, tmp_path) -> None:
+def test_miner_runs_on_onnxruntime_alone_without_importing_torch_or_fitting_code(bundle, tmp_path) -> None:
     image = tmp_path / "street.jpg"
     image.write_bytes(_encode(_photo(64, 48), "JPEG"))
     script = (
         "import base64, sys\n"
         "from stage1_core.predictor import predict_base64_jpeg\n"
         f"p = predict_base64_jpeg(base64.b64encode(open({str(image)!r}, 'rb').read()).decode())\n"
-        "print(p, 'torch' in sys.modules, 'mlflow' in sys.modules)\n"
+        "print(p, *(name in sys.modules for name in ('torch', 'mlflow', 'scipy', 'sklearn', 'matplotlib')))\n"
     )
     env = {**os.environ, predictor_module.MODEL_ENV: str(bundle[1])}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
-    p, torch_loaded, mlflow_loaded = result.stdout.split()
+    p, *loaded = result.stdout.split()
     assert 0.0 <= float(p) <= 1.0
-    assert (torch_loaded, mlflow_loaded) == ("False", "False")
+    assert loaded == ["False"] * 5, "torch, mlflow, scipy, sklearn, matplotlib: none is needed to serve a bundle"
     expected = Predictor.from_bundle(bundle[1]).predict_bytes(image.read_bytes(), fit_to_bounds=True).p_roadwork
     assert float(p) == pytest.approx(expected, abs=1e-6)
 
