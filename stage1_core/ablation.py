@@ -116,7 +116,7 @@ def score_inference_modes(
     test_global, test_full = (policy.probabilities(z) for z in predict_global_and_full_logits(classifier, val_test, desc=f"{model_name}: val_test"))
     y_select, y_test = val_select["label"].to_numpy(), val_test["label"].to_numpy()
     n_views = classifier.config.multiview.views_per_image
-    bound = fit_adaptive_policy(select_global, select_full, y_select, n_views, adaptive)
+    bound = fit_adaptive_policy(select_global, select_full, y_select, n_views, adaptive, bootstrap_groups(val_select))
     outcome = evaluate_adaptive(test_global, test_full, y_test, bound)
     adaptive_probs = np.where(skip_tiles(test_global, bound), test_global, test_full)
     modes: list[tuple[InferenceMode, np.ndarray, float]] = [

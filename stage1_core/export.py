@@ -45,6 +45,7 @@ from stage1_core.serving import (
     ServingSpeed,
     cpu_session,
 )
+from stage1_core.splits import bootstrap_groups
 
 logger = logging.getLogger(__name__)
 
@@ -365,6 +366,7 @@ def export_adaptive(
     select_images: Iterable[np.ndarray],
     select_labels: np.ndarray,
     config: ExportConfig,
+    select_groups: np.ndarray | None = None,
 ) -> AdaptiveExport:
     """Export the global and tiles graphs, check them against PyTorch, fit the margin bound on val_select.
 
@@ -375,6 +377,7 @@ def export_adaptive(
         parity_images: uint8 ``[3, H, W]`` images for the parity check (any split: nothing is fitted on them).
         select_images: uint8 ``[3, H, W]`` val_select images, read one at a time.
         select_labels: their 0/1 labels.
+        select_groups: their split groups, resampled whole by the fit (None: images one by one).
 
     Raises:
         RuntimeError: the ONNX graphs differ from PyTorch beyond ``config.parity_tolerance``.
@@ -398,7 +401,7 @@ def export_adaptive(
     if not parity.passed:
         raise RuntimeError(f"adaptive ONNX graphs differ from PyTorch by {parity.max_abs_diff:.2e} > {parity.tolerance:.0e} on {parity.n_images} images")
     p_global, p_full = score_both(sessions, select_images)
-    policy = fit_adaptive_policy(p_global, p_full, select_labels, classifier.config.multiview.views_per_image, config.adaptive)
+    policy = fit_adaptive_policy(p_global, p_full, select_labels, classifier.config.multiview.views_per_image, config.adaptive, select_groups)
     metadata = AdaptiveMetadata(opset=config.opset, canvas_size=global_graph.canvas_size, calibration=calibration, policy=policy, parity=[parity])
     return AdaptiveExport(global_onnx, tiles_onnx, metadata)
 
@@ -453,7 +456,9 @@ def export_bundle(classifier: RoadworkClassifier, calibration: LogitMap, decisio
     """
     parity_images = [torch.from_numpy(image) for image in read_images(val_test["uri"].head(config.parity_images))]
     exported = export_onnx(classifier, calibration, decision_threshold, parity_images, config)
-    exported.adaptive = export_adaptive(classifier, calibration, parity_images, read_images(val_select["uri"]), val_select["label"].to_numpy(), config)
+    exported.adaptive = export_adaptive(
+        classifier, calibration, parity_images, read_images(val_select["uri"]), val_select["label"].to_numpy(), config, bootstrap_groups(val_select)
+    )
     outcome, speed = measure_adaptive(exported, read_images(val_test["uri"]), val_test["label"].to_numpy(), config.threads)
     exported.adaptive.metadata.val_test, exported.adaptive.metadata.speed = outcome, speed
     for line in exported.adaptive.metadata.summary_lines():

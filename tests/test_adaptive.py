@@ -8,6 +8,7 @@ from stage1_core.adaptive import AdaptiveConfig, evaluate_adaptive, fit_adaptive
 from stage1_core.backbone import load_backbone
 from stage1_core.calibration import LogitMap
 from stage1_core.export import CalibrationLayer, GlobalViewGraph, ServingGraph, TilesGraph
+from stage1_core.metrics import bootstrap_group_weights
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 
 CALIBRATION = LogitMap.from_temperature(1.3)
@@ -24,26 +25,40 @@ def _scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fitted_bound_is_the_smallest_one_within_the_mcc_budget(seed: int) -> None:
-    labels, p_global, p_full = _scores(300, seed)
-    config = AdaptiveConfig(max_mcc_drop=0.02)
-    policy = fit_adaptive_policy(p_global, p_full, labels, 10, config)
+def test_fitted_bound_keeps_the_budget_on_most_resamples_up_to_the_first_bound_that_breaks_it(seed: int) -> None:
+    """Reference: sklearn's weighted MCC on every resample of whole sequences, bound by bound from the most confident."""
+    labels, p_global, p_full = _scores(120, seed)
+    sequences = np.repeat(np.arange(40), 3)  # three frames per sequence
+    config = AdaptiveConfig(max_mcc_drop=0.02, n_bootstrap=40, seed=3)
+    policy = fit_adaptive_policy(p_global, p_full, labels, 10, config, sequences)
 
+    weights = bootstrap_group_weights(sequences, config.n_bootstrap, config.seed)[:, sequences]
     margin = logit_margin(p_global, 0.5)
-    mcc_full = matthews_corrcoef(labels, p_full > 0.5)
-    feasible = [np.inf]
-    for bound in np.unique(margin):
+
+    def drop_at(bound: float) -> float:
         adaptive = np.where(margin >= bound, p_global, p_full) > 0.5
-        if matthews_corrcoef(labels, adaptive) >= mcc_full - config.max_mcc_drop - 1e-12:
-            feasible.append(bound)
-    assert policy.margin_threshold == pytest.approx(min(feasible))
+        drops = [matthews_corrcoef(labels, p_full > 0.5, sample_weight=w) - matthews_corrcoef(labels, adaptive, sample_weight=w) for w in weights]
+        return float(np.quantile(drops, config.confidence))
+
+    expected = np.inf
+    for bound in np.unique(margin)[::-1]:
+        if drop_at(bound) > config.max_mcc_drop + 1e-12:
+            break
+        expected = bound
+    assert policy.margin_threshold == pytest.approx(expected)
+    assert policy.confidence == config.confidence == 0.75
     outcome = policy.fitted_on
-    assert outcome.mcc_full == pytest.approx(mcc_full)
+    assert outcome.mcc_full == pytest.approx(matthews_corrcoef(labels, p_full > 0.5))
     assert outcome.mcc_global == pytest.approx(matthews_corrcoef(labels, p_global > 0.5))
-    assert outcome.mcc_drop <= config.max_mcc_drop + 1e-12
-    assert outcome.skip_rate == pytest.approx(np.mean(margin >= min(feasible)))
+    assert outcome.skip_rate == pytest.approx(np.mean(margin >= expected))
     assert outcome.views_per_image == pytest.approx(1 + 9 * (1 - outcome.skip_rate))
     assert 0 < outcome.skip_rate < 1
+
+
+def test_a_higher_confidence_never_skips_more() -> None:
+    labels, p_global, p_full = _scores(300, 4)
+    skip = [fit_adaptive_policy(p_global, p_full, labels, 10, AdaptiveConfig(max_mcc_drop=0.02, confidence=q)).fitted_on.skip_rate for q in (0.5, 0.75, 0.95)]
+    assert skip[0] >= skip[1] >= skip[2] and skip[0] > skip[2]
 
 
 def test_zero_budget_on_a_useless_global_view_never_skips_and_one_class_labels_are_refused() -> None:
