@@ -45,7 +45,7 @@ from transformers import AutoModel, Dinov2Config
 
 from stage1_core.adaptive import AdaptiveOutcome, AdaptivePolicy, evaluate_adaptive, run_adaptive
 from stage1_core.backbone import load_backbone
-from stage1_core.calibration import LogitMap
+from stage1_core.logit_map import LogitMap
 from stage1_core.demo_data import DemoDataConfig, generate_demo_dataset
 from stage1_core.export import (
     ExportConfig,

@@ -20,8 +20,9 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from stage1_core.adaptive import AdaptiveConfig, evaluate_adaptive, fit_adaptive_policy, skip_tiles
-from stage1_core.calibration import VALIDATOR_THRESHOLD, CalibrationPolicy
+from stage1_core.calibration import CalibrationPolicy
 from stage1_core.inference import predict_global_and_full_logits
+from stage1_core.logit_map import VALIDATOR_THRESHOLD
 from stage1_core.metrics import MetricValue, compute_metrics
 from stage1_core.model import RoadworkClassifier
 from stage1_core.reports import Report, metric_cell
@@ -115,6 +116,7 @@ def score_inference_modes(
     select_global, select_full = (policy.probabilities(z) for z in predict_global_and_full_logits(classifier, val_select, desc=f"{model_name}: val_select"))
     test_global, test_full = (policy.probabilities(z) for z in predict_global_and_full_logits(classifier, val_test, desc=f"{model_name}: val_test"))
     y_select, y_test = val_select["label"].to_numpy(), val_test["label"].to_numpy()
+    test_groups = bootstrap_groups(val_test)
     n_views = classifier.config.multiview.views_per_image
     bound = fit_adaptive_policy(select_global, select_full, y_select, n_views, adaptive, bootstrap_groups(val_select))
     outcome = evaluate_adaptive(test_global, test_full, y_test, bound)
@@ -126,7 +128,7 @@ def score_inference_modes(
     ]
     rows = []
     for mode, probs, views in modes:
-        report = compute_metrics(y_test, probs, threshold=VALIDATOR_THRESHOLD, n_bootstrap=evaluation.n_bootstrap, groups=bootstrap_groups(val_test),
+        report = compute_metrics(y_test, probs, threshold=VALIDATOR_THRESHOLD, n_bootstrap=evaluation.n_bootstrap, groups=test_groups,
                                  confidence=evaluation.confidence, seed=evaluation.seed, n_bins=evaluation.n_bins)
         rows.append(AblationRow(model=model_name, inference=mode, views_per_image=views, metrics={name: report.metric(name) for name in ABLATION_METRICS}))
     return rows

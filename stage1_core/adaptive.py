@@ -129,11 +129,13 @@ def evaluate_adaptive(p_global: np.ndarray, p_full: np.ndarray, labels: np.ndarr
 
 def _mcc_by_skip_count(skip_predicted: list[np.ndarray], full_predicted: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     """``[B, n + 1]`` MCC of each weighted resample when the first ``j`` images (in margin order) take the global answer."""
+    def through(cell: np.ndarray) -> np.ndarray:  # [B, n + 1]: weighted count of the cell among the first j images
+        return np.pad(np.cumsum(weights * cell, axis=1), ((0, 0), (1, 0)))
+
     counts = []
     for g, f in zip(skip_predicted, full_predicted, strict=True):
-        skipped = np.concatenate([np.zeros((len(weights), 1)), np.cumsum(weights * g, axis=1)], axis=1)
-        full = (weights * f).sum(axis=1, keepdims=True) - np.concatenate([np.zeros((len(weights), 1)), np.cumsum(weights * f, axis=1)], axis=1)
-        counts.append(skipped + full)
+        full_through = through(f)
+        counts.append(through(g) + full_through[:, -1:] - full_through)
     return np.nan_to_num(decision_metrics_from_counts(*counts)["mcc"], nan=0.0)  # undefined (one predicted class): 0, as sklearn
 
 

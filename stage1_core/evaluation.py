@@ -15,8 +15,9 @@ from pydantic import BaseModel
 from scipy.special import expit
 
 from stage1_core.ablation import AblationTable
-from stage1_core.calibration import VALIDATOR_THRESHOLD, CalibrationPolicy
+from stage1_core.calibration import CalibrationPolicy
 from stage1_core.conformal import ConformalEvaluation
+from stage1_core.logit_map import VALIDATOR_THRESHOLD
 from stage1_core.metrics import METRIC_NAMES, MetricsReport, compute_metrics
 from stage1_core.plots import confusion_matrix_png, reliability_diagram_png, risk_coverage_png
 from stage1_core.reports import Report, format_number, metric_cell

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from stage1_core.adaptive import AdaptiveConfig, AdaptiveOutcome, evaluate_adaptive, fit_adaptive_policy
-from stage1_core.calibration import LogitMap
+from stage1_core.logit_map import LogitMap
 from stage1_core.images import load_rgb
 from stage1_core.model import RoadworkClassifier, make_views, resize_to_canvas
 from stage1_core.serving import (

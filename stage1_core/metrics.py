@@ -234,8 +234,9 @@ def group_codes(groups: np.ndarray | None, length: int) -> np.ndarray | None:
     array = np.asarray(groups)
     if array.shape != (length,):
         raise ValueError(f"groups: expected one group per label ({length}), got shape {array.shape}")
-    if pd.isna(array).any():
-        raise ValueError(f"groups: {int(pd.isna(array).sum())} rows have no group (first at row {int(np.flatnonzero(pd.isna(array))[0])}); give every row one")
+    missing = np.flatnonzero(pd.isna(array))
+    if missing.size:
+        raise ValueError(f"groups: {missing.size} rows have no group (first at row {int(missing[0])}); give every row one")
     return pd.factorize(array, sort=True)[0]
 
 

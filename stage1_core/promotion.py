@@ -30,7 +30,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field, field_validator
 
-from stage1_core.calibration import VALIDATOR_THRESHOLD
+from stage1_core.logit_map import VALIDATOR_THRESHOLD
 from stage1_core.metrics import METRIC_NAMES, compute_metrics, paired_bootstrap_difference
 from stage1_core.reports import Report
 from stage1_core.splits import bootstrap_groups

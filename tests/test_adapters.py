@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from stage1_core.adapters import AdapterConfig, DoranLinear, adapter_parameters, add_adapters, has_adapters, merge_adapters
 from stage1_core.backbone import load_backbone
-from stage1_core.calibration import LogitMap
+from stage1_core.logit_map import LogitMap
 from stage1_core.export import ExportConfig, export_onnx
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 from stage1_core.training import set_trainable_blocks

@@ -6,7 +6,7 @@ from sklearn.metrics import matthews_corrcoef
 
 from stage1_core.adaptive import AdaptiveConfig, evaluate_adaptive, fit_adaptive_policy, logit_margin, run_adaptive, skip_tiles
 from stage1_core.backbone import load_backbone
-from stage1_core.calibration import LogitMap
+from stage1_core.logit_map import LogitMap
 from stage1_core.export import CalibrationLayer, GlobalViewGraph, ServingGraph, TilesGraph
 from stage1_core.metrics import bootstrap_group_weights
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier

@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import matthews_corrcoef
 
 from stage1_core.backbone import load_backbone
-from stage1_core.calibration import LogitMap
+from stage1_core.logit_map import LogitMap
 from stage1_core.export import ExportConfig, ServingGraph, TensorRTConfig, TensorRTRunner, export_bundle, export_onnx, read_images, tensorrt_unavailable
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 from stage1_core.serving import ENGINE_FILE, ExportedModel

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from stage1_core.backbone import BackboneLoadError, load_backbone
-from stage1_core.calibration import LogitMap
+from stage1_core.logit_map import LogitMap
 from stage1_core.export import ExportConfig, export_onnx, image_to_canvas
 from stage1_core.model import (
     ClassifierConfig,

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from pipelines import predict as predict_cli
 from stage1_core import predictor as predictor_module
 from stage1_core.backbone import load_backbone
-from stage1_core.calibration import LogitMap
+from stage1_core.logit_map import LogitMap
 from stage1_core.export import ExportConfig, GlobalViewGraph, ServingGraph, export_adaptive, export_onnx
 from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 from stage1_core.predictor import BadImageError, ModelLoadError, Predictor, PredictorConfig, decode_image, predict_base64_jpeg

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from onnx import TensorProto, helper
 from PIL import Image
 
-from stage1_core.calibration import LogitMap
+from stage1_core.logit_map import LogitMap
 from stage1_core.export import INPUT_NAME, ExportedModel, ExportMetadata
 from stage1_core.promotion import (
     PromotionConfig,
