@@ -6,7 +6,8 @@ Why: the demo run's val_test holds about a hundred images in sequences of four f
 independent scenes, so its MCC moves by +-0.15 between data seeds. This draws fresh scenes from the same
 generator (NATIX layout, a seed no pipeline config uses, one frame per sequence so every image is an
 independent scene) and scores the bundle as served, all ten views and adaptive, with bootstrap intervals:
-what the demo model is really worth. ``BUNDLE_DIR`` is the exported model folder the run prints.
+what the demo model is really worth, and its recall per object size class (where the misses are).
+``BUNDLE_DIR`` is the exported model folder the run prints.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from stage1_core.demo_data import DemoDataConfig, generate_demo_dataset
+from stage1_core.demo_data import SIZE_CLASSES, DemoDataConfig, generate_demo_dataset
 from stage1_core.metrics import compute_metrics
 from stage1_core.predictor import Predictor, PredictorConfig
 
@@ -28,18 +29,24 @@ METRICS = ("mcc", "accuracy", "auroc", "ece")
 
 
 def draw_scenes(directory: Path, n_images: int, seed: int) -> pd.DataFrame:
-    """``n_images`` independent demo scenes (NATIX parquet layout) as rows of image bytes and label."""
+    """``n_images`` independent demo scenes (NATIX parquet layout) as rows of image bytes, label and drawn object size class."""
     generate_demo_dataset(directory, DemoDataConfig(seed=seed, n_images=n_images, frames_per_sequence=1, test_fraction=0.0))
     shards = sorted(path for path in directory.rglob("*.parquet") if path.name != "demo_truth.parquet")
-    return pd.concat([pd.read_parquet(path, columns=["image", "label"]) for path in shards], ignore_index=True)
+    scenes = pd.concat([pd.read_parquet(path, columns=["id", "image", "label"]) for path in shards], ignore_index=True)
+    truth = pd.read_parquet(directory / "demo_truth.parquet", columns=["id", "size_class"])
+    return scenes.merge(truth, on="id", how="left", validate="one_to_one")
 
 
 def score(bundle: Path, scenes: pd.DataFrame, mode: str) -> dict[str, float]:
     """Metrics (with 95% intervals) and views per image of the bundle served in ``mode`` on ``scenes``."""
     predictor = Predictor.from_bundle(bundle, PredictorConfig(mode=mode))
     predictions = [predictor.predict_bytes(image["bytes"], f"scene {row}") for row, image in enumerate(tqdm(scenes["image"], desc=mode, unit="img"))]
-    report = compute_metrics(scenes["label"].to_numpy(), np.array([p.p_roadwork for p in predictions]), n_bootstrap=1000)
+    probs = np.array([p.p_roadwork for p in predictions])
+    report = compute_metrics(scenes["label"].to_numpy(), probs, n_bootstrap=1000)
     figures = {"views_per_image": float(np.mean([p.views for p in predictions]))}
+    for size in SIZE_CLASSES:
+        positives = (scenes["size_class"] == size).to_numpy() & (scenes["label"] == 1).to_numpy()
+        figures[f"recall_{size}"] = float(np.mean(probs[positives] >= 0.5)) if positives.any() else float("nan")
     for name in METRICS:
         metric = report.metric(name)
         figures |= {name: metric.value, f"{name}_ci_low": metric.ci_low, f"{name}_ci_high": metric.ci_high}
@@ -64,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     for mode, figures in results.items():
         cells = "".join(f"{figures[n]:>8.3f} [{figures[n + '_ci_low']:.3f}, {figures[n + '_ci_high']:.3f}]" for n in METRICS)
         print(f"{mode:<10}{figures['views_per_image']:>10.2f}{cells}")
+    positives = scenes[scenes["label"] == 1]["size_class"].value_counts()
+    print(f"\nrecall by size class of the drawn roadwork\n{'size':<10}{'scenes':>8}" + "".join(f"{mode:>10}" for mode in results))
+    for size in SIZE_CLASSES:
+        print(f"{size:<10}{positives.get(size, 0):>8}" + "".join(f"{results[mode][f'recall_{size}']:>10.2f}" for mode in results))
     return 0
 
 

@@ -25,7 +25,9 @@ other tiles each time) buys more training per CPU-second than a stream of fresh 
 
 ``python -m stage1_core.pretrain_demo OUT_DIR [--seed S] [--steps N] [--minutes M]`` writes the backbone,
 its training history, a curves figure and ``MODEL_CARD.md``. Same seed and steps, same weights (on the
-same machine and thread count). The committed result is ``stage1_core/demo_weights/dinov2-demo``, which
+same machine and thread count). ``--base-backbone DIR --stream-seed-start S`` continues from an earlier
+run's output on a fresh pool: one session's CPU time is too short for the whole schedule, so the demo
+backbone is trained in stages, and the card lists every stage's command, data and cost. The committed result is ``stage1_core/demo_weights/dinov2-demo``, which
 the demo name ``dinov2-demo`` loads.
 
 """
@@ -54,7 +56,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import matthews_corrcoef
 from sklearn.pipeline import make_pipeline
@@ -65,7 +67,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
-from stage1_core.backbone import load_backbone
+from stage1_core.backbone import load_backbone, resolve_backbone
 from stage1_core.demo_data import DAYTIMES, ENVIRONMENTS, HARD_NEGATIVE_KINDS, ROADWORK_KINDS, WEATHERS, DemoDataConfig, DrawnFrame, draw_frames
 from stage1_core.images import canvas_transform
 from stage1_core.model import IMAGENET_MEAN, IMAGENET_STD, MultiViewConfig, aggregate_view_logits, make_views
@@ -100,7 +102,7 @@ class PretrainConfig(BaseModel):
     patch_pos_weight: float = Field(5.0, gt=0, description="weight of positive patches in their loss (they are rare)")
     kinds_weight: float = Field(0.5, ge=0, description="weight of the per-view roadwork-kind loss")
     scene_weight: float = Field(0.25, ge=0, description="weight of each scene-tag loss (daytime, weather, ...)")
-    base_backbone: str = Field("dinov2-demo-random", description="randomly initialised architecture to pre-train")
+    base_backbone: str = Field("dinov2-demo-random", description="randomly initialised architecture to pre-train, or an earlier stage's output directory to continue")
     multiview: MultiViewConfig = MultiViewConfig()
     stream_seed_start: int = Field(FIRST_STREAM_SEED, ge=FIRST_STREAM_SEED, description="generator seed of the pool's first chunk")
     pool_images: int = Field(40_000, ge=1, description="scenes drawn once and reused across epochs")
@@ -138,10 +140,26 @@ class PretrainConfig(BaseModel):
                               frames_per_sequence=self.frames_per_sequence, test_fraction=test_fraction)
 
 
+class PretrainStage(BaseModel):
+    """One run of the command in a backbone's lineage: where it started, what it saw and what it cost."""
+
+    command: str
+    base_backbone: str
+    steps_run: int
+    scenes_seen: int
+    chunk_seeds: tuple[int, int]
+    seconds: float
+    finished_at: str
+
+
 class ScenePretrainSummary(BaseModel):
     """What a pre-training run did and how good its backbone is on held-out generated scenes."""
 
+    model_config = ConfigDict(ser_json_inf_nan="constants")  # a window without roadwork has a NaN patch recall: keep it readable
+
     config: PretrainConfig
+    command: str = ""
+    earlier_stages: list[PretrainStage] = []
     steps_run: int
     scenes_seen: int
     epochs: float
@@ -152,6 +170,28 @@ class ScenePretrainSummary(BaseModel):
     probe: dict[str, float]
     hardware: dict[str, str]
     finished_at: str
+
+    def stage(self) -> PretrainStage:
+        return PretrainStage(command=self.command, base_backbone=self.config.base_backbone, steps_run=self.steps_run, scenes_seen=self.scenes_seen,
+                             chunk_seeds=self.chunk_seeds, seconds=self.seconds, finished_at=self.finished_at)
+
+
+def lineage(base_backbone: str) -> list[PretrainStage]:
+    """The stages that made ``base_backbone``, oldest first: empty for a random init, else its summary's stages and itself."""
+    summary_path = Path(resolve_backbone(base_backbone)) / "pretrain_summary.json"
+    if not summary_path.is_file():
+        return []
+    earlier = ScenePretrainSummary.model_validate_json(summary_path.read_text())
+    return [*earlier.earlier_stages, earlier.stage()]
+
+
+def check_fresh_pool(config: PretrainConfig, earlier_stages: Sequence[PretrainStage]) -> None:
+    """Refuse a pool whose generator seeds an earlier stage already drew: a continuation must see new scenes."""
+    first, last = config.chunk_seed(0), config.chunk_seed(config.pool_chunks - 1)
+    for number, stage in enumerate(earlier_stages, start=1):
+        if first <= stage.chunk_seeds[1] and stage.chunk_seeds[0] <= last:
+            raise ValueError(f"the pool's generator seeds {first}..{last} overlap those of stage {number} ({stage.chunk_seeds[0]}..{stage.chunk_seeds[1]}) "
+                             f"of {config.base_backbone!r}: pass --stream-seed-start {max(s.chunk_seeds[1] for s in earlier_stages) + 1}")
 
 
 def view_regions(views: MultiViewConfig) -> np.ndarray:
@@ -349,6 +389,8 @@ def _accuracies(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tenso
 
 def pretrain_backbone(config: PretrainConfig) -> tuple[MultiTaskHeads, ScenePretrainSummary]:
     """Pre-train ``config.base_backbone`` on the scene pool; return it with its heads (eval mode) and a summary."""
+    earlier_stages = lineage(config.base_backbone)
+    check_fresh_pool(config, earlier_stages)
     torch.manual_seed(config.seed)
     backbone = load_backbone(config.base_backbone, seed=config.seed)
     model = MultiTaskHeads(backbone, config.multiview).train()
@@ -368,6 +410,7 @@ def pretrain_backbone(config: PretrainConfig) -> tuple[MultiTaskHeads, ScenePret
     seconds = time.perf_counter() - started
     summary = ScenePretrainSummary(
         config=config,
+        earlier_stages=earlier_stages,
         steps_run=steps_run,
         scenes_seen=steps_run * config.batch_size,
         epochs=steps_run * config.batch_size / len(pool),
@@ -443,16 +486,16 @@ def probe_backbone(model: MultiTaskHeads, config: PretrainConfig) -> dict[str, f
 
     ``linear_probe_mcc``: the frozen backbone's global-view features under a logistic regression
     (Alain & Bengio 2016) fitted on the first three quarters of the scenes, scored on the last quarter, for
-    this backbone and for the same architecture at random init. ``head_mcc``: the pre-training roadwork
+    this backbone and for the backbone it started from (``config.base_backbone``). ``head_mcc``: the pre-training roadwork
     head itself on the last quarter, multi-view (top-K mean), at logit 0.
     """
     frames = list(draw_frames(config.demo_config(config.probe_seed, config.probe_images)))
     labels = np.array([f.label for f in frames])
     train = np.arange(len(frames)) < (3 * len(frames)) // 4  # frames come sequence by sequence: no sequence spans both parts
-    random_backbone = load_backbone(config.base_backbone, seed=config.seed)
+    initial_backbone = load_backbone(config.base_backbone, seed=config.seed)
     results = {"probe_train_images": float(train.sum()), "probe_test_images": float((~train).sum())}
-    random_features, _ = _probe_features(MultiTaskHeads(random_backbone, config.multiview), frames)
-    results["random_init_linear_probe_mcc"] = _linear_probe_mcc(random_features, labels, train)
+    initial_features, _ = _probe_features(MultiTaskHeads(initial_backbone, config.multiview), frames)
+    results["initial_linear_probe_mcc"] = _linear_probe_mcc(initial_features, labels, train)
     features, logits = _probe_features(model, frames)
     results["linear_probe_mcc"] = _linear_probe_mcc(features, labels, train)
     results["head_mcc"] = float(matthews_corrcoef(labels[~train], (logits[~train] > 0).astype(int)))
@@ -489,9 +532,20 @@ def plot_history(history: Sequence[dict[str, float]], path: Path) -> None:
     plt.close(figure)
 
 
-def write_model_card(summary: ScenePretrainSummary, path: Path, command: str) -> None:
-    """``MODEL_CARD.md``: recipe, data, cost, hardware and figures of the run, from its own summary."""
+def write_model_card(summary: ScenePretrainSummary, path: Path) -> None:
+    """``MODEL_CARD.md``: recipe, data, cost, hardware and figures of the run and of the stages before it, from its own summary."""
     config = summary.config
+    stages = [*summary.earlier_stages, summary.stage()]
+    architecture = stages[0].base_backbone
+    commands = "\n".join(stage.command for stage in stages)
+    made_by = ("Made by this command (seeded: same seed and steps give the same weights on the same machine and thread count):" if len(stages) == 1 else
+               f"Made by these {len(stages)} commands, in order (seeded: same seeds and steps give the same weights on the same machine and thread count); "
+               "each stage starts from the directory the one before wrote (`--base-backbone`) and draws a pool of new scenes:")
+    stage_lines = "\n".join(
+        f"- Stage {number}: from `{stage.base_backbone}`, {stage.steps_run} steps, {stage.scenes_seen} scenes shown, pool seeds "
+        f"{stage.chunk_seeds[0]}..{stage.chunk_seeds[1]}, {stage.seconds / 60:.1f} min of training, finished {stage.finished_at}."
+        for number, stage in enumerate(stages, start=1)
+    )
     history = summary.history
     rows = [history[i] for i in sorted({0, len(history) // 4, len(history) // 2, 3 * len(history) // 4, len(history) - 1})] if history else []
     table = "\n".join(
@@ -503,20 +557,22 @@ def write_model_card(summary: ScenePretrainSummary, path: Path, command: str) ->
     views = config.multiview
     card = f"""# dinov2-demo: pretrained demo backbone
 
-A {config.base_backbone!r}-architecture model (DINOv2, 4 blocks, width 192, patch 14, views of {views.view_size} px),
+A {architecture!r}-architecture model (DINOv2, 4 blocks, width 192, patch 14, views of {views.view_size} px),
 pre-trained by this project's own code. It stands in for the DINOv2 / DINOv3 weights a user downloads:
 pass this directory as `--backbone DIR` and it is read through the same local-directory path as real
 weights; the run's ExPLoRA step then adapts it to the run's data. Not a general-purpose image model: it has
 only ever seen the procedural scenes of `stage1_core/demo_data.py`.
 
-Made by (seeded: same seed and steps give the same weights on the same machine and thread count):
+{made_by}
 
 ```
-{command}
+{commands}
 ```
 
-## Recipe
-- Init: `{config.base_backbone}` with seed {config.seed}. AdamW (lr {config.lr}, weight decay {config.weight_decay}),
+{stage_lines}
+
+## Recipe (this stage; the earlier stages' differences are in their commands)
+- This stage's init: `{config.base_backbone}` (seed {config.seed}). AdamW (lr {config.lr}, weight decay {config.weight_decay}),
   {config.warmup_steps} warm-up steps then cosine decay over {config.steps} steps, gradient clipping {config.grad_clip}, fp32.
 - Each step: {config.batch_size} scenes of the pool, each resized to a {views.canvas_size} px canvas (flipped horizontally with
   probability 0.5, no other augmentation), cut into the classifier's views (1 global + {views.grid}x{views.grid} tiles,
@@ -530,7 +586,7 @@ Made by (seeded: same seed and steps give the same weights on the same machine a
   holds half of an object. Daytime, weather, environment and hard-negative kind on the global view (weight {config.scene_weight} each). The heads are discarded; only the backbone is saved (`save_pretrained`).
 
 ## Data
-- A pool of {config.pool_images} scenes drawn once in memory by `stage1_core.demo_data.draw_frames` ({config.image_width}x{config.image_height}
+- This stage's pool: {config.pool_images} scenes drawn once in memory by `stage1_core.demo_data.draw_frames` ({config.image_width}x{config.image_height}
   JPEG, {config.frames_per_sequence} frames per sequence, no distribution shift), {config.chunk_images} per generator call, generator
   seeds {summary.chunk_seeds[0]}..{summary.chunk_seeds[1]}; {summary.scenes_seen} scenes shown in all ({summary.epochs:.1f} epochs). Every dataset the pipeline, its configs and the tests draw uses a seed
   below {FIRST_STREAM_SEED}: no evaluation image was seen.
@@ -538,7 +594,8 @@ Made by (seeded: same seed and steps give the same weights on the same machine a
   {int(probe.get('probe_train_images', 0))} probe-train / {int(probe.get('probe_test_images', 0))} probe-test images.
 
 ## Cost
-- {summary.steps_run} steps in {summary.seconds / 60:.1f} minutes of training after drawing the pool{' (stopped early by the time cap: the schedule did not finish)' if summary.stopped_early else ''};
+- All stages: {sum(stage.steps_run for stage in stages)} steps in {sum(stage.seconds for stage in stages) / 60:.1f} minutes of training.
+- This stage: {summary.steps_run} steps in {summary.seconds / 60:.1f} minutes of training after drawing the pool{' (stopped early by the time cap: the schedule did not finish)' if summary.stopped_early else ''};
   finished {summary.finished_at}.
 - Hardware: {summary.hardware['machine']} CPU, {summary.hardware['cpu_count']} cores (shared), {summary.hardware['torch_threads']} torch threads,
   {config.pool_workers} pool-drawing process(es), {config.num_workers} decoding worker(s); torch {summary.hardware['torch']}, Python {summary.hardware['python']}.
@@ -555,20 +612,20 @@ Held-out probe (MCC on the probe set's test part):
 
 | backbone | linear probe, global view | pre-training head, multi-view |
 |---|---|---|
-| random init (`{config.base_backbone}`) | {probe.get('random_init_linear_probe_mcc', float('nan')):.3f} | - |
+| this stage's init (`{config.base_backbone}`) | {probe.get('initial_linear_probe_mcc', float('nan')):.3f} | - |
 | this backbone | {probe.get('linear_probe_mcc', float('nan')):.3f} | {probe.get('head_mcc', float('nan')):.3f} |
 """
     path.write_text(card)
 
 
-def save_pretrained_demo(backbone: PreTrainedModel, summary: ScenePretrainSummary, out_dir: Path, command: str) -> Path:
+def save_pretrained_demo(backbone: PreTrainedModel, summary: ScenePretrainSummary, out_dir: Path) -> Path:
     """Write the backbone (``save_pretrained``), ``pretrain_summary.json``, the curves and ``MODEL_CARD.md``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone.save_pretrained(out_dir)
     (out_dir / "pretrain_summary.json").write_text(summary.model_dump_json(indent=1))
     if summary.history:
         plot_history(summary.history, out_dir / "pretraining_curves.png")
-    write_model_card(summary, out_dir / "MODEL_CARD.md", command)
+    write_model_card(summary, out_dir / "MODEL_CARD.md")
     return out_dir
 
 
@@ -581,6 +638,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock cap; the run stops early (and says so) when reached")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--base-backbone", default=defaults.base_backbone, help="random-init architecture, or an earlier stage's output directory to continue")
+    parser.add_argument("--stream-seed-start", type=int, default=defaults.stream_seed_start, help="generator seed of the pool's first chunk (a continuation needs new ones)")
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--chunk-images", type=int, default=defaults.chunk_images)
@@ -596,17 +655,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = PretrainConfig(
         seed=args.seed, steps=args.steps, max_minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+        base_backbone=args.base_backbone, stream_seed_start=args.stream_seed_start,
         warmup_steps=args.warmup_steps, chunk_images=args.chunk_images, pool_images=args.pool_images,
         pool_workers=args.pool_workers, tiles_per_scene=args.tiles_per_scene, image_width=args.image_size[0],
         image_height=args.image_size[1], multiview=MultiViewConfig(view_size=args.view_size),
         probe_images=args.probe_images, num_workers=args.num_workers, log_every=args.log_every,
     )
     model, summary = pretrain_backbone(config)
+    summary.command = "python -m stage1_core.pretrain_demo " + " ".join(argv if argv is not None else sys.argv[1:])
     if config.probe_images > 0:
         summary.probe = probe_backbone(model, config)
         logger.info("held-out probe: %s", json.dumps(summary.probe))
-    command = "python -m stage1_core.pretrain_demo " + " ".join(argv if argv is not None else sys.argv[1:])
-    save_pretrained_demo(model.backbone, summary, args.out_dir, command)
+    save_pretrained_demo(model.backbone, summary, args.out_dir)
     logger.info("backbone, summary, curves and model card written to %s", args.out_dir)
 
 

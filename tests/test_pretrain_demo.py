@@ -45,11 +45,28 @@ def test_command_writes_a_loadable_backbone_summary_and_card(tmp_path) -> None:
     summary = json.loads((out / "pretrain_summary.json").read_text())
     assert summary["steps_run"] == 3 and summary["scenes_seen"] == 6 and summary["epochs"] == 1.0 and len(summary["history"]) == 3
     assert summary["chunk_seeds"][0] >= FIRST_STREAM_SEED
-    assert all(-1.0 <= summary["probe"][key] <= 1.0 for key in ("linear_probe_mcc", "random_init_linear_probe_mcc", "head_mcc"))
+    assert all(-1.0 <= summary["probe"][key] <= 1.0 for key in ("linear_probe_mcc", "initial_linear_probe_mcc", "head_mcc"))
     assert summary["probe"]["probe_train_images"] + summary["probe"]["probe_test_images"] == 24
     card = (out / "MODEL_CARD.md").read_text()
     assert "python -m stage1_core.pretrain_demo" in card and "--steps 3" in card and "3 steps" in card
     assert (out / "pretraining_curves.png").stat().st_size > 0
+
+
+def test_a_continuation_starts_from_the_earlier_stage_on_new_scenes_and_records_the_lineage(tmp_path) -> None:
+    first, second = tmp_path / "stage-1", tmp_path / "stage-2"
+    main([str(first), *TINY_ARGS, "--probe-images", "0"])
+    first_seeds = json.loads((first / "pretrain_summary.json").read_text())["chunk_seeds"]
+    with pytest.raises(ValueError, match=f"overlap those of stage 1.*--stream-seed-start {first_seeds[1] + 1}"):
+        main([str(second), *TINY_ARGS, "--base-backbone", str(first)])
+    assert not second.exists()
+    main([str(second), *TINY_ARGS, "--base-backbone", str(first), "--stream-seed-start", str(first_seeds[1] + 1), "--seed", "1", "--probe-images", "0"])
+    summary = json.loads((second / "pretrain_summary.json").read_text())
+    assert [stage["base_backbone"] for stage in summary["earlier_stages"]] == ["dinov2-demo-random"]
+    assert summary["earlier_stages"][0]["chunk_seeds"] == first_seeds and summary["chunk_seeds"][0] == first_seeds[1] + 1
+    assert not same(state(load_backbone(str(second))), state(load_backbone(str(first)))), "the second stage trains on"
+    card = (second / "MODEL_CARD.md").read_text()
+    assert "these 2 commands" in card and f"pretrain_demo {first} " in card and f"--base-backbone {first}" in card
+    assert "- Stage 1: from `dinov2-demo-random`, 3 steps" in card and f"- Stage 2: from `{first}`, 3 steps" in card and "All stages: 6 steps" in card
 
 
 def test_pretraining_is_deterministic_for_a_seed() -> None:
