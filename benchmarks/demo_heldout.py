@@ -44,8 +44,9 @@ def score(bundle: Path, scenes: pd.DataFrame, mode: str) -> dict[str, float]:
     probs = np.array([p.p_roadwork for p in predictions])
     report = compute_metrics(scenes["label"].to_numpy(), probs, n_bootstrap=1000)
     figures = {"views_per_image": float(np.mean([p.views for p in predictions]))}
+    is_positive = (scenes["label"] == 1).to_numpy()
     for size in SIZE_CLASSES:
-        positives = (scenes["size_class"] == size).to_numpy() & (scenes["label"] == 1).to_numpy()
+        positives = is_positive & (scenes["size_class"] == size).to_numpy()
         figures[f"recall_{size}"] = float(np.mean(probs[positives] >= 0.5)) if positives.any() else float("nan")
     for name in METRICS:
         metric = report.metric(name)

@@ -27,8 +27,8 @@ other tiles each time) buys more training per CPU-second than a stream of fresh 
 its training history, a curves figure and ``MODEL_CARD.md``. Same seed and steps, same weights (on the
 same machine and thread count). ``--base-backbone DIR --stream-seed-start S`` continues from an earlier
 run's output on a fresh pool: one session's CPU time is too short for the whole schedule, so the demo
-backbone is trained in stages, and the card lists every stage's command, data and cost. The committed result is ``stage1_core/demo_weights/dinov2-demo``, which
-the demo name ``dinov2-demo`` loads.
+backbone is trained in stages, and the card lists every stage's command, data and cost. The committed
+result is ``stage1_core/demo_weights/dinov2-demo``, which the demo name ``dinov2-demo`` loads.
 
 """
 
