@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from stage1_core.adapters import AdapterConfig, adapter_parameters, add_adapters, merge_adapters
 from stage1_core.backbone import transformer_blocks
-from stage1_core.fusion import FusionConfig, sampling_weights
+from stage1_core.fusion import FusionConfig, FusionSummary, sampling_weights, summarize
 from stage1_core.images import AugmentationConfig, ManifestImageDataset, canvas_transform
 from stage1_core.model import MultiViewConfig, RoadworkClassifier, TopKSelection, choose_top_k
 from stage1_core.reliability import seed_per_epoch
@@ -91,6 +91,7 @@ class TrainSummary(BaseModel):
     adapter_params: int = 0
     ema: bool = False
     top_k: TopKSelection | None = None
+    sampling: FusionSummary  # what the class-balanced, source-mixing sampler drew from train (expected shares)
     resumed_after_epochs: int = 0  # epochs restored from a checkpoint of an interrupted run (0: trained from the start)
 
 
@@ -164,7 +165,7 @@ def select_top_k(model: RoadworkClassifier, val_select: pd.DataFrame, config: Tr
     logits, labels = [], []
     model.eval()
     with torch.inference_mode():
-        for images, batch_labels in tqdm(_loader(rows, model.config.multiview.canvas_size, config, train=False), desc="top-K on val_select", unit="batch"):
+        for images, batch_labels in tqdm(_loader(rows, model.config.multiview.canvas_size, config), desc="top-K on val_select", unit="batch"):
             logits.append(model.view_logits(images.to(model.mean.device)).float().cpu())
             labels.append(batch_labels)
     selection = choose_top_k(torch.cat(logits).numpy(), torch.cat(labels).numpy(), config.top_k_candidates)
@@ -285,12 +286,12 @@ def _checkpoint_directory(directory: Path | None) -> Iterator[Path]:
     shutil.rmtree(directory)
 
 
-def _loader(manifest: pd.DataFrame, canvas_size: int, config: TrainConfig, train: bool) -> DataLoader:
-    dataset = ManifestImageDataset(manifest, canvas_transform(canvas_size, config.augmentation if train else None))
-    if not train:
+def _loader(manifest: pd.DataFrame, canvas_size: int, config: TrainConfig, weights: pd.Series | None = None) -> DataLoader:
+    """In order and unaugmented; with sampling ``weights`` (training): augmented and drawn by the epoch-seeded sampler."""
+    dataset = ManifestImageDataset(manifest, canvas_transform(canvas_size, None if weights is None else config.augmentation))
+    if weights is None:
         return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
-    weights = torch.as_tensor(sampling_weights(manifest, config.sampling).to_numpy(), dtype=torch.double)
-    sampler = EpochWeightedSampler(weights, num_samples=len(manifest), seed=config.seed)
+    sampler = EpochWeightedSampler(torch.as_tensor(weights.to_numpy(), dtype=torch.double), num_samples=len(manifest), seed=config.seed)
     # the loader's own generator: creating its iterator must not draw from the global RNG that EpochSeeding seeds
     loader_generator = torch.Generator().manual_seed(config.seed)
     return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers, generator=loader_generator)
@@ -313,8 +314,9 @@ def train_classifier(
     model.backbone = add_adapters(model.backbone, config.adapter, config.trainable_blocks)
     model.train()
     canvas = model.config.multiview.canvas_size
-    train_loader = _loader(train, canvas, config, train=True)
-    val_loader = _loader(val_select, canvas, config, train=False)
+    weights = sampling_weights(train, config.sampling)
+    train_loader = _loader(train, canvas, config, weights)
+    val_loader = _loader(val_select, canvas, config)
     module = ClassifierModule(model, config, steps_per_epoch=len(train_loader))
     started = time.perf_counter()
     with _checkpoint_directory(checkpoint_dir) as directory:
@@ -354,6 +356,7 @@ def train_classifier(
         adapter_params=adapter_params,
         ema=config.ema.enabled,
         top_k=top_k,
+        sampling=summarize(train, weights),
         resumed_after_epochs=module.resumed_after_epochs,
     )
     logger.info("training: %d epochs, best val_select MCC %.3f at epoch %d", summary.epochs_run, summary.best_val_select_mcc, summary.best_epoch)

@@ -8,7 +8,6 @@ import pandas as pd
 from transformers import PreTrainedModel
 from zenml import log_metadata, step
 
-from stage1_core.fusion import sampling_weights, summarize
 from stage1_core.model import ClassifierConfig, RoadworkClassifier
 from stage1_core.reliability import content_hash, manifest_data_hash, reproducibility_record
 from stage1_core.splits import Consumer, take_split
@@ -30,7 +29,6 @@ def train_model(manifest: pd.DataFrame, backbone: PreTrainedModel, classifier_co
     val_select = take_split(manifest, "val_select", Consumer.MODEL_SELECTION)
     log_config(config, "train")
     log_config(classifier_config, "classifier")
-    log_metadata({"sampling": summarize(train, sampling_weights(train, config.sampling)).model_dump(mode="json")})
     training_config = config.model_copy(update={"checkpoint_root": None})  # where checkpoints live does not change the result
     fingerprint = content_hash(manifest, backbone, classifier_config, training_config)
     record = reproducibility_record(config.seed, manifest_data_hash(manifest), fingerprint)
@@ -47,6 +45,7 @@ def train_model(manifest: pd.DataFrame, backbone: PreTrainedModel, classifier_co
             "epochs_run": summary.epochs_run,
             "resumed_after_epochs": summary.resumed_after_epochs,
             "seconds": summary.seconds,
+            "sampling": summary.sampling.model_dump(mode="json"),
         }
     )
     return model, summary

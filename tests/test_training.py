@@ -60,6 +60,7 @@ def test_dora_training_chooses_k_on_val_select(splits) -> None:
     trained, summary = train_classifier(_model(), train, val_select, _config(adapter=AdapterConfig(method="dora", rank=2), top_k_candidates=[1, 3, 10]))
     assert not has_adapters(trained.backbone) and summary.adapter_params > 0
     assert summary.top_k is not None and trained.config.multiview.top_k == summary.top_k.top_k
+    assert summary.sampling.rows == len(train) and summary.sampling.label_share == pytest.approx({"0": 0.5, "1": 0.5}), "the class-balanced draw"
     dataset = ManifestImageDataset(val_select, canvas_transform(trained.config.multiview.canvas_size, None))
     canvases, labels = (torch.stack(values) for values in zip(*(dataset[i] for i in range(len(dataset)))))
     with torch.no_grad():
