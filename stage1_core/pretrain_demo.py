@@ -540,7 +540,7 @@ def write_model_card(summary: ScenePretrainSummary, path: Path) -> None:
     commands = "\n".join(stage.command for stage in stages)
     made_by = ("Made by this command (seeded: same seed and steps give the same weights on the same machine and thread count):" if len(stages) == 1 else
                f"Made by these {len(stages)} commands, in order (seeded: same seeds and steps give the same weights on the same machine and thread count); "
-               "each stage starts from the directory the one before wrote (`--base-backbone`) and draws a pool of new scenes; "
+               "each stage continues from its `--base-backbone`, which held the stage before's output when it ran (to replay, copy each output directory there before the next command), and draws a pool of new scenes; "
                "the files of the last command's output directory are the ones shipped here:")
     stage_lines = "\n".join(
         f"- Stage {number}: from `{stage.base_backbone}`, {stage.steps_run} steps, {stage.scenes_seen} scenes shown, pool seeds "
