@@ -9,7 +9,7 @@ does not depend on the weights. Figures, side by side:
 - inference images/s of single-view (global view only) and 10-view (``topk_mean`` and ``attention``),
   and of the backbone alone on the 10 pre-cut views; the ratio ``multi / (single / views)`` should be
   at least 0.9 (crops and aggregation cost at most 10% on top of the backbone);
-- the crops of a batch by ``make_views`` (unfold, one tensor operation) against a per-image, per-tile
+- the crops of a batch by ``make_views`` (one slice per tile position, over the whole batch) against a per-image, per-tile
   Python loop: time and speed ratio, with a check that both give the same tensors;
 - one training step (forward, loss, backward, AdamW; the last 2 blocks and the head trainable) for
   single-view and multi-view training: seconds per step and peak memory (CUDA: allocator peak;

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from stage1_core.adaptive import AdaptiveConfig, AdaptiveOutcome, evaluate_adaptive, fit_adaptive_policy
 from stage1_core.logit_map import LogitMap
 from stage1_core.images import load_rgb
-from stage1_core.model import RoadworkClassifier, make_views, resize_to_canvas
+from stage1_core.model import RoadworkClassifier, make_tiles, resize_to_canvas
 from stage1_core.serving import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -150,7 +150,7 @@ class TilesGraph(torch.nn.Module):
         self.multiview = classifier.config.multiview
 
     def forward(self, canvas: torch.Tensor, global_features: torch.Tensor) -> torch.Tensor:
-        tiles = make_views(canvas, self.multiview)[:, 1:]
+        tiles = make_tiles(canvas, self.multiview)
         batch, n_tiles = tiles.shape[:2]
         tile_features = self.classifier.embed(tiles.flatten(0, 1)).view(batch, n_tiles, -1)
         features = torch.cat([global_features.unsqueeze(1), tile_features], dim=1)

@@ -97,28 +97,47 @@ def prepare_canvas(images: torch.Tensor | Sequence[torch.Tensor], canvas_size: i
     return torch.cat(canvases)
 
 
+def _check_canvas(canvas: torch.Tensor, config: MultiViewConfig) -> None:
+    if canvas.ndim != 4 or tuple(canvas.shape[2:]) != (config.canvas_size, config.canvas_size):
+        raise ValueError(f"canvas of shape {tuple(canvas.shape)}, expected [B, C, {config.canvas_size}, {config.canvas_size}]: build it with prepare_canvas")
+
+
+def _tile_slices(canvas: torch.Tensor, config: MultiViewConfig) -> list[torch.Tensor]:
+    size = config.view_size
+    corners = [(row * config.tile_stride, col * config.tile_stride) for row in range(config.grid) for col in range(config.grid)]
+    return [canvas[:, :, top : top + size, left : left + size] for top, left in corners]
+
+
+def make_tiles(canvas: torch.Tensor, config: MultiViewConfig) -> torch.Tensor:
+    """The ``grid x grid`` overlapping tiles of a whole batch, row by row: ``[B, grid * grid, C, view, view]``.
+
+    Each tile is a plain slice of the batch, stacked once: the exported graph gets Slice + Concat
+    instead of the 6-D Transpose that ``unfold`` exports to, which ONNX Runtime runs slowly.
+
+    Raises:
+        ValueError: the canvas is not ``S x S`` with ``S == config.canvas_size``.
+    """
+    _check_canvas(canvas, config)
+    return torch.stack(_tile_slices(canvas, config), dim=1)
+
+
 def make_views(canvas: torch.Tensor, config: MultiViewConfig) -> torch.Tensor:
-    """Cut the global view and all tiles of a batch in one tensor operation.
+    """Cut the global view and all tiles of a whole batch.
 
     Args:
         canvas: ``[B, C, S, S]`` with ``S == config.canvas_size`` (:func:`prepare_canvas` makes it from any images).
 
     Returns:
-        ``[B, V, C, view, view]``: view 0 is the whole canvas resized, views 1.. the tiles row by row.
+        ``[B, V, C, view, view]``: view 0 is the whole canvas resized, views 1.. the tiles row by row (:func:`make_tiles`).
 
     Raises:
         ValueError: the canvas is not ``S x S``.
     """
-    if canvas.ndim != 4 or tuple(canvas.shape[2:]) != (config.canvas_size, config.canvas_size):
-        raise ValueError(f"canvas of shape {tuple(canvas.shape)}, expected [B, C, {config.canvas_size}, {config.canvas_size}]: build it with prepare_canvas")
-    size = config.view_size
-    global_view = F.interpolate(canvas, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    _check_canvas(canvas, config)
+    global_view = F.interpolate(canvas, size=(config.view_size, config.view_size), mode="bilinear", align_corners=False, antialias=True)
     if config.aggregation == "global_only":
         return global_view.unsqueeze(1)
-    batch, channels = canvas.shape[:2]
-    tiles = canvas.unfold(2, size, config.tile_stride).unfold(3, size, config.tile_stride)
-    tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(batch, config.grid * config.grid, channels, size, size)
-    return torch.cat([global_view.unsqueeze(1), tiles], dim=1)
+    return torch.stack([global_view, *_tile_slices(canvas, config)], dim=1)
 
 
 def aggregate_view_logits(view_logits: torch.Tensor, config: MultiViewConfig) -> torch.Tensor:

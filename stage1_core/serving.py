@@ -113,8 +113,14 @@ class ExportMetadata(BaseModel):
 
 
 def cpu_session(onnx_bytes: bytes, threads: int | None = None) -> onnxruntime.InferenceSession:
-    """A CPU ONNX Runtime session; ``threads`` bounds its intra-op threads (None: ONNX Runtime's default)."""
+    """A CPU ONNX Runtime session; ``threads`` bounds its intra-op threads (None: ONNX Runtime's default).
+
+    Its threads sleep when idle instead of spinning: adaptive serving alternates two sessions, and
+    each one's spinning pool took the cores from the other (measured: the adaptive path ran 1.6x
+    slower on 2 cores); a single session loses nothing measurable.
+    """
     options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])

@@ -11,6 +11,7 @@ from stage1_core.model import (
     RoadworkClassifier,
     aggregate_view_logits,
     choose_top_k,
+    make_tiles,
     make_views,
     prepare_canvas,
 )
@@ -27,6 +28,7 @@ def test_views_are_the_global_resize_and_the_overlapping_tiles() -> None:
             expected = canvas[:, :, row * stride : row * stride + 28, col * stride : col * stride + 28]
             assert torch.equal(views[:, 1 + row * 3 + col], expected)
     assert stride < 28, "tiles must overlap"
+    assert torch.equal(make_tiles(canvas, config), views[:, 1:]), "the adaptive tiles graph cuts the same tiles"
 
 
 def test_topk_mean_pools_the_highest_view_logits() -> None:
