@@ -74,6 +74,8 @@ def test_bundle_fits_adaptive_on_val_select_and_measures_it_on_val_test(tiny_mod
 
     # the val_test figures, recomputed from the bundle's own sessions
     fixed, sessions = exported.session(), adaptive.sessions()
+    for session in (fixed, sessions.global_session, sessions.tiles_session):  # the adaptive pair alternates: spinning idle pools would fight for the cores
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     images = list(read_images(val_test["uri"]))
     p_full = np.concatenate([fixed.run(None, {"image": image[None]})[0] for image in images])
     p_global = np.concatenate([sessions.global_pass(image[None])[1] for image in images])
