@@ -2,7 +2,7 @@
 
 Every model (the main one and each training ablation) is scored three ways at inference: the
 global view alone, fixed multi-view (all views, aggregated), and adaptive multi-view (tiles only
-when the global view is unsure; the bound fitted on val_select, as the exported model does). The
+when the global view is unsure; the bounds fitted on val_select, as the exported model does). The
 global view's logit goes through the model's calibration policy like the aggregated one, exactly as
 adaptive serving does. Training ablations change one thing against the main recipe and are
 trained and calibrated exactly like it: without ExPLoRA (the same initial backbone, not adapted),

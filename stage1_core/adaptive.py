@@ -3,15 +3,17 @@
 The 3x3 tiles exist for small roadwork objects that vanish in the global view (see ``model.py``).
 Most street photos are clear from the global view alone, and a tile pass costs nine backbone
 calls, so serving runs the global view first and the tiles only for images whose global margin
-``|logit(p_global) - logit(threshold)|`` is below a fitted bound. This is the early-exit idea of
+``|logit(p_global) - logit(threshold)|`` is below a fitted bound, one bound per side of the threshold
+(the tiles rarely overturn a global "roadwork" under top-K pooling, often a global "no roadwork": one
+bound for both sides wastes the first). This is the early-exit idea of
 confidence-based adaptive inference (BranchyNet, Teerapittayanon et al. 2016; "Shallow-Deep
 Networks", Kaya et al. 2019) applied to views instead of layers.
 
-This module is the policy: fitting the margin bound and applying it, in NumPy alone (a miner runs
+This module is the policy: fitting the margin bounds and applying them, in NumPy alone (a miner runs
 it without PyTorch). The two ONNX graphs it drives (global view; tiles) are built in ``export.py``
 and served by ``serving.AdaptiveSessions``: an uncertain image gets exactly the fixed 10-view result
 and a confident one the global-view result, both calibrated by the model's calibration policy. The
-margin bound is the smallest one whose MCC drop against fixed multi-view stays within ``max_mcc_drop``
+bounds are the pair that skips most while the MCC drop against fixed multi-view stays within ``max_mcc_drop``
 on most bootstrap resamples of ``val_select`` (:func:`fit_adaptive_policy` says why not on the sample alone).
 """
 
@@ -44,6 +46,7 @@ class AdaptiveConfig(BaseModel):
         "max_mcc_drop; 0.5 is about the point estimate, which on a few hundred images skips too much (measured: 4 points lost on fresh data)",
     )
     n_bootstrap: int = Field(200, ge=1, description="resamples of val_select for the confidence rule")
+    max_candidates: int = Field(64, ge=1, description="steps of the \"roadwork\" side's bound tried by the fit (each one sweeps the other side)")
     seed: int = 0
     decision_threshold: float = Field(
         VALIDATOR_THRESHOLD, gt=0.0, lt=1.0,
@@ -66,31 +69,47 @@ class AdaptiveOutcome(BaseModel):
 
 
 class AdaptivePolicy(BaseModel):
-    """Skip the tiles when ``margin >= margin_threshold`` (``inf``: never skip)."""
+    """Skip the tiles when the global view's margin reaches the bound of the side it falls on (``inf``: never skip that side)."""
 
     model_config = ConfigDict(ser_json_inf_nan="constants")
 
     decision_threshold: float = Field(gt=0.0, lt=1.0)
-    margin_threshold: float = Field(ge=0.0)
+    margin_threshold: float = Field(ge=0.0, description="bound where the global view says no roadwork (P <= threshold); both sides when positive_margin_threshold is None")
+    positive_margin_threshold: float | None = Field(
+        None, ge=0.0, description="bound where the global view says roadwork (P > threshold); None: margin_threshold (bundles exported before the two-sided fit)"
+    )
     max_mcc_drop: float
     confidence: float = 0.5  # the fit's resample share (0.5: bundles exported before the confidence rule)
     full_views: int
     fitted_on: AdaptiveOutcome | None = None  # the outcome on val_select, set by ``fit_adaptive_policy``
+
+    @property
+    def positive_bound(self) -> float:
+        return self.margin_threshold if self.positive_margin_threshold is None else self.positive_margin_threshold
+
+    def describe(self) -> str:
+        return f"skip tiles at global margin >= {self.margin_threshold:.3f} (says no roadwork) / >= {self.positive_bound:.3f} (says roadwork)"
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def signed_margin(p_global: np.ndarray, decision_threshold: float) -> np.ndarray:
+    """The global view's calibrated logit minus the decision threshold's logit: > 0 where it says roadwork."""
+    p = np.clip(np.asarray(p_global, dtype=np.float64), _PROBABILITY_EPS, 1.0 - _PROBABILITY_EPS)
+    return _logit(p) - _logit(np.float64(decision_threshold))
+
+
 def logit_margin(p_global: np.ndarray, decision_threshold: float) -> np.ndarray:
     """Distance of the global view's calibrated logit from the decision threshold's logit (confidence)."""
-    p = np.clip(np.asarray(p_global, dtype=np.float64), _PROBABILITY_EPS, 1.0 - _PROBABILITY_EPS)
-    return np.abs(_logit(p) - _logit(np.float64(decision_threshold)))
+    return np.abs(signed_margin(p_global, decision_threshold))
 
 
 def skip_tiles(p_global: np.ndarray, policy: AdaptivePolicy) -> np.ndarray:
-    """Boolean mask: images confident enough to be answered from the global view."""
-    return logit_margin(p_global, policy.decision_threshold) >= policy.margin_threshold
+    """Boolean mask: images confident enough, on their side of the threshold, to be answered from the global view."""
+    margin = signed_margin(p_global, policy.decision_threshold)
+    return np.where(margin > 0, margin >= policy.positive_bound, -margin >= policy.margin_threshold)
 
 
 def _confusion(predicted: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -139,21 +158,33 @@ def _mcc_by_skip_count(skip_predicted: list[np.ndarray], full_predicted: list[np
     return np.nan_to_num(decision_metrics_from_counts(*counts)["mcc"], nan=0.0)  # undefined (one predicted class): 0, as sklearn
 
 
+def _positive_bound_candidates(positive_margins: np.ndarray, max_candidates: int) -> np.ndarray:
+    """``inf`` (never skip a global "roadwork"), then the distinct margins of the images it gives, largest first (at most ``max_candidates``)."""
+    distinct = np.unique(positive_margins)[::-1]
+    if distinct.size > max_candidates:
+        distinct = np.unique(np.quantile(distinct, np.linspace(0.0, 1.0, max_candidates), method="higher"))[::-1]
+    return np.concatenate([[np.inf], distinct])
+
+
 def fit_adaptive_policy(
     p_global: np.ndarray, p_full: np.ndarray, labels: np.ndarray, full_views: int, config: AdaptiveConfig, groups: np.ndarray | None = None
 ) -> AdaptivePolicy:
-    """The smallest margin bound whose MCC drop against fixed multi-view (at ``config.decision_threshold``) stays within
-    ``config.max_mcc_drop`` on ``config.confidence`` of the bootstrap resamples, for it and every larger bound.
+    """The pair of margin bounds (one per side of ``config.decision_threshold``) that skips the tiles for most images while
+    the MCC drop against fixed multi-view stays within ``config.max_mcc_drop`` on ``config.confidence`` of the bootstrap resamples.
 
     Why resamples: the largest skip whose drop is within budget on the fitting sample itself is the one that
     sample flatters most (a winner's curse); on a few hundred images it lost about four times the budget on
     fresh data. Requiring the budget on most resamples, and stopping at the first bound that fails, keeps the
     promise on new images at the cost of skipping less.
 
-    Images are ranked by global margin; skipping the ``j`` most confident ones is evaluated for every ``j``
-    and every resample at once with cumulative weighted confusion counts, and only at ``j`` where the margin
-    changes (ties are skipped together). ``j = 0`` (never skip) always qualifies. An undefined MCC (every
-    image predicted one class) counts as 0 here, sklearn's convention.
+    Why two bounds: under top-K pooling a tile can lift the score but rarely lower it, so an image the global
+    view confidently calls roadwork keeps that answer with its tiles far more often than one it calls clear.
+    The "roadwork" bound is lowered step by step from ``inf`` through the margins of the images it would skip
+    (at most ``max_candidates`` steps) until that side alone breaks the budget; for each, the "no roadwork"
+    bound is the smallest whose drop stays within budget for it and every larger bound. Each sweep is
+    evaluated for every skip count and every resample at once with cumulative weighted confusion counts, at
+    margins where the count changes (ties are skipped together). Never skipping always qualifies. An undefined
+    MCC (every image predicted one class) counts as 0 here, sklearn's convention.
 
     Args:
         groups: one group per image (the split group), resampled whole; None resamples images one by one.
@@ -161,34 +192,48 @@ def fit_adaptive_policy(
     Raises:
         ValueError: bad labels, probabilities or groups (named), or labels of one class only.
     """
-    decision_threshold = config.decision_threshold
+    threshold = config.decision_threshold
     p_global, p_full, y = _checked(p_global, p_full, labels)
     codes = group_codes(groups, y.size)
     codes = np.arange(y.size) if codes is None else codes
-    margin = logit_margin(p_global, decision_threshold)
-    order = np.argsort(-margin, kind="stable")
-    margin, y = margin[order], y[order]
+    margin = signed_margin(p_global, threshold)
+    says_clear = np.flatnonzero(margin <= 0)
+    order = np.concatenate([says_clear[np.argsort(margin[says_clear], kind="stable")], np.flatnonzero(margin > 0)])  # the clear side, most confident first
+    margin, y, global_says, full_says = margin[order], y[order], (p_global > threshold)[order], (p_full > threshold)[order]
     weights = bootstrap_group_weights(codes, config.n_bootstrap, config.seed)[:, codes[order]]
-    mcc = _mcc_by_skip_count(_confusion(p_global[order] > decision_threshold, y), _confusion(p_full[order] > decision_threshold, y), weights)
-    drop = np.quantile(mcc[:, :1] - mcc, config.confidence, axis=0)
-    boundary = np.ones(y.size + 1, dtype=bool)
-    boundary[1:-1] = margin[:-1] > margin[1:]
-    failing = boundary & (drop > config.max_mcc_drop + 1e-12)
-    last = int(np.flatnonzero(failing).min()) if failing.any() else y.size + 1  # first bound that breaks the budget
-    skipped = int(np.flatnonzero(boundary[:last]).max())
+    n_clear = says_clear.size
+    clear_margin = -margin[:n_clear]
+    boundary = np.ones(n_clear + 1, dtype=bool)
+    boundary[1:-1] = clear_margin[:-1] > clear_margin[1:]
+    global_cells = _confusion(global_says, y)
+    baseline: np.ndarray | None = None
+    best_skipped, best_positive, best_clear = 0, np.inf, np.inf
+    for positive_bound in _positive_bound_candidates(margin[n_clear:], config.max_candidates):
+        answered = (margin > 0) & (margin >= positive_bound)
+        mcc = _mcc_by_skip_count(global_cells, _confusion(np.where(answered, global_says, full_says), y), weights)[:, : n_clear + 1]
+        baseline = mcc[:, :1] if baseline is None else baseline
+        drop = np.quantile(baseline - mcc, config.confidence, axis=0)
+        failing = boundary & (drop > config.max_mcc_drop + 1e-12)
+        if failing[0]:
+            break
+        last = int(np.flatnonzero(failing).min()) if failing.any() else n_clear + 1  # first clear-side bound that breaks the budget
+        clear_skipped = int(np.flatnonzero(boundary[:last]).max())
+        if int(answered.sum()) + clear_skipped > best_skipped:
+            best_skipped = int(answered.sum()) + clear_skipped
+            best_positive, best_clear = float(positive_bound), float(clear_margin[clear_skipped - 1]) if clear_skipped else np.inf
     policy = AdaptivePolicy(
-        decision_threshold=decision_threshold,
-        margin_threshold=float(margin[skipped - 1]) if skipped else float("inf"),
+        decision_threshold=threshold,
+        margin_threshold=best_clear,
+        positive_margin_threshold=best_positive,
         max_mcc_drop=config.max_mcc_drop,
         confidence=config.confidence,
         full_views=full_views,
     )
     policy.fitted_on = evaluate_adaptive(p_global[order], p_full[order], y, policy)
     logger.info(
-        "adaptive multi-view: skip tiles at margin >= %.3f: %.0f%% of %d val_select images, %.2f views/image, MCC %.4f -> %.4f "
-        "(drop within %.3f on %.0f%% of %d resamples)",
-        policy.margin_threshold, 100 * policy.fitted_on.skip_rate, y.size, policy.fitted_on.views_per_image, policy.fitted_on.mcc_full, policy.fitted_on.mcc_adaptive,
-        config.max_mcc_drop, 100 * config.confidence, config.n_bootstrap,
+        "adaptive multi-view: %s: %.0f%% of %d val_select images, %.2f views/image, MCC %.4f -> %.4f (drop within %.3f on %.0f%% of %d resamples)",
+        policy.describe(), 100 * policy.fitted_on.skip_rate, y.size, policy.fitted_on.views_per_image, policy.fitted_on.mcc_full,
+        policy.fitted_on.mcc_adaptive, config.max_mcc_drop, 100 * config.confidence, config.n_bootstrap,
     )
     return policy
 

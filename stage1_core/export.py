@@ -3,7 +3,7 @@
 The exported graph goes from a uint8 RGB image tensor of any size to P(roadwork): resize to the
 canvas, normalisation, multi-view crops, backbone, head, top-K aggregation and calibration are all
 inside, so a server needs nothing but ONNX Runtime (``serving.py``). Beside it go the two graphs of
-adaptive multi-view (global view; tiles), whose margin bound is fitted on val_select and whose MCC
+adaptive multi-view (global view; tiles), whose margin bounds are fitted on val_select and whose MCC
 and speed are measured on val_test, and, where ``tensorrt`` and a CUDA device are present, an FP16
 TensorRT engine of the fixed graph. Every runtime is checked against PyTorch on real images.
 """
@@ -368,7 +368,7 @@ def export_adaptive(
     config: ExportConfig,
     select_groups: np.ndarray | None = None,
 ) -> AdaptiveExport:
-    """Export the global and tiles graphs, check them against PyTorch, fit the margin bound on val_select.
+    """Export the global and tiles graphs, check them against PyTorch, fit the margin bounds on val_select.
 
     The bound is fitted at ``config.adaptive.decision_threshold`` (the validator's 0.5), not at the
     calibration policy's own threshold: the miner's P is judged at 0.5.
@@ -451,7 +451,7 @@ def export_bundle(classifier: RoadworkClassifier, calibration: LogitMap, decisio
     """The whole serving bundle: fixed graph (+ TensorRT engine), adaptive graphs fitted on ``val_select``, measured on ``val_test``.
 
     Args:
-        val_select: manifest rows (``uri``, ``label``) the margin bound is fitted on (model selection).
+        val_select: manifest rows (``uri``, ``label``) the margin bounds are fitted on (model selection).
         val_test: manifest rows the parity check and the adaptive figures (MCC, speed) use (evaluation).
     """
     parity_images = [torch.from_numpy(image) for image in read_images(val_test["uri"].head(config.parity_images))]

@@ -81,11 +81,11 @@ class AdaptiveMetadata(BaseModel):
         """The val_test figures against the issue's targets, for logs."""
         outcome, speed, policy = self.val_test, self.speed, self.policy
         if outcome is None or speed is None:
-            return [f"adaptive multi-view: margin bound {policy.margin_threshold:.3f} (not measured on val_test)"]
+            return [f"adaptive multi-view: {policy.describe()} (not measured on val_test)"]
         speed_ok = speed.adaptive_speedup >= ADAPTIVE_SPEEDUP_TARGET
         mcc_ok = outcome.mcc_drop <= ADAPTIVE_MCC_BUDGET
         return [
-            f"adaptive multi-view on val_test ({outcome.n_images} images): skip tiles at global margin >= {policy.margin_threshold:.3f}: "
+            f"adaptive multi-view on val_test ({outcome.n_images} images): {policy.describe()}: "
             f"{outcome.skip_rate:.0%} skipped, {outcome.views_per_image:.2f} views/image",
             f"  MCC fixed {outcome.mcc_full:.4f}, adaptive {outcome.mcc_adaptive:.4f} (drop {outcome.mcc_drop:+.4f}, "
             f"budget {ADAPTIVE_MCC_BUDGET}: {'met' if mcc_ok else 'MISSED'}), single view {outcome.mcc_global:.4f}",
@@ -110,6 +110,11 @@ class ExportMetadata(BaseModel):
     onnxruntime_fusions: dict[str, int] = {}  # fused subgraphs by kind in model.onnx (empty: the exporter's graph as is)
     torch_version: str
     onnxruntime_version: str
+
+
+def _plain_bound(bound: float) -> float | str:
+    """A margin bound as plain JSON for metadata: ``inf`` (that side never skips the tiles) as "never"."""
+    return bound if np.isfinite(bound) else "never"
 
 
 def cpu_session(onnx_bytes: bytes, threads: int | None = None) -> onnxruntime.InferenceSession:
@@ -249,7 +254,12 @@ class ExportedModel:
             values |= {f"{name}_max_abs_diff": report.max_abs_diff, f"{name}_parity_images": report.n_images}
         adaptive = self.adaptive.metadata if self.adaptive is not None else None
         if adaptive is not None:
-            values |= {"adaptive_margin_threshold": adaptive.policy.margin_threshold, "adaptive_max_mcc_drop": adaptive.policy.max_mcc_drop}
+            policy = adaptive.policy
+            values |= {
+                "adaptive_margin_threshold": _plain_bound(policy.margin_threshold),
+                "adaptive_positive_margin_threshold": _plain_bound(policy.positive_bound),
+                "adaptive_max_mcc_drop": policy.max_mcc_drop,
+            }
         if adaptive is not None and adaptive.val_test is not None:
             outcome = adaptive.val_test
             values |= {

@@ -4,7 +4,7 @@ import torch
 from scipy.special import logit as scipy_logit
 from sklearn.metrics import matthews_corrcoef
 
-from stage1_core.adaptive import AdaptiveConfig, evaluate_adaptive, fit_adaptive_policy, logit_margin, run_adaptive, skip_tiles
+from stage1_core.adaptive import AdaptiveConfig, AdaptivePolicy, evaluate_adaptive, fit_adaptive_policy, logit_margin, run_adaptive, signed_margin, skip_tiles
 from stage1_core.backbone import load_backbone
 from stage1_core.logit_map import LogitMap
 from stage1_core.export import CalibrationLayer, GlobalViewGraph, ServingGraph, TilesGraph
@@ -25,34 +25,65 @@ def _scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fitted_bound_keeps_the_budget_on_most_resamples_up_to_the_first_bound_that_breaks_it(seed: int) -> None:
-    """Reference: sklearn's weighted MCC on every resample of whole sequences, bound by bound from the most confident."""
+def test_fitted_bounds_keep_the_budget_on_most_resamples_and_skip_the_most_images_the_rule_allows(seed: int) -> None:
+    """Reference: sklearn's weighted MCC on every resample of whole sequences, for every pair of bounds the fit's rule walks through."""
     labels, p_global, p_full = _scores(120, seed)
     sequences = np.repeat(np.arange(40), 3)  # three frames per sequence
     config = AdaptiveConfig(max_mcc_drop=0.02, n_bootstrap=40, seed=3)
     policy = fit_adaptive_policy(p_global, p_full, labels, 10, config, sequences)
 
     weights = bootstrap_group_weights(sequences, config.n_bootstrap, config.seed)[:, sequences]
-    margin = logit_margin(p_global, 0.5)
+    margin = signed_margin(p_global, 0.5)
+    assert np.unique(margin[margin > 0]).size <= config.max_candidates  # every "roadwork" bound is tried
 
-    def drop_at(bound: float) -> float:
-        adaptive = np.where(margin >= bound, p_global, p_full) > 0.5
+    def skip_at(clear_bound: float, positive_bound: float) -> np.ndarray:
+        return np.where(margin > 0, margin >= positive_bound, -margin >= clear_bound)
+
+    def drop_at(clear_bound: float, positive_bound: float) -> float:
+        adaptive = np.where(skip_at(clear_bound, positive_bound), p_global, p_full) > 0.5
         drops = [matthews_corrcoef(labels, p_full > 0.5, sample_weight=w) - matthews_corrcoef(labels, adaptive, sample_weight=w) for w in weights]
         return float(np.quantile(drops, config.confidence))
 
-    expected = np.inf
-    for bound in np.unique(margin)[::-1]:
-        if drop_at(bound) > config.max_mcc_drop + 1e-12:
+    best = (0, np.inf, np.inf)
+    for positive_bound in [np.inf, *np.unique(margin[margin > 0])[::-1]]:
+        if drop_at(np.inf, positive_bound) > config.max_mcc_drop + 1e-12:
             break
-        expected = bound
-    assert policy.margin_threshold == pytest.approx(expected)
+        clear_bound = np.inf
+        for bound in np.unique(-margin[margin <= 0])[::-1]:
+            if drop_at(bound, positive_bound) > config.max_mcc_drop + 1e-12:
+                break
+            clear_bound = bound
+        skipped = int(skip_at(clear_bound, positive_bound).sum())
+        if skipped > best[0]:
+            best = (skipped, positive_bound, clear_bound)
+    assert (policy.positive_margin_threshold, policy.margin_threshold) == (pytest.approx(best[1]), pytest.approx(best[2]))
     assert policy.confidence == config.confidence == 0.75
     outcome = policy.fitted_on
     assert outcome.mcc_full == pytest.approx(matthews_corrcoef(labels, p_full > 0.5))
     assert outcome.mcc_global == pytest.approx(matthews_corrcoef(labels, p_global > 0.5))
-    assert outcome.skip_rate == pytest.approx(np.mean(margin >= expected))
+    assert outcome.skip_rate == pytest.approx(best[0] / labels.size)
     assert outcome.views_per_image == pytest.approx(1 + 9 * (1 - outcome.skip_rate))
     assert 0 < outcome.skip_rate < 1
+
+
+def test_the_side_whose_answers_the_tiles_never_change_is_skipped_whole() -> None:
+    """Top-K pooling's case: a global "roadwork" stands with the tiles, a global "no roadwork" is often overturned."""
+    labels, p_global, p_full = _scores(300, 6)
+    p_full = np.where(p_global > 0.5, np.maximum(p_full, 0.51), p_full)
+    policy = fit_adaptive_policy(p_global, p_full, labels, 10, AdaptiveConfig(max_mcc_drop=0.0))
+    assert policy.positive_margin_threshold <= signed_margin(p_global, 0.5)[p_global > 0.5].min()
+    skipped = skip_tiles(p_global, policy)
+    assert skipped[p_global > 0.5].all() and not skipped[p_global <= 0.5].all()
+    assert policy.fitted_on.mcc_drop <= 0.0
+
+
+def test_a_policy_saved_before_the_two_sided_fit_applies_its_one_bound_to_both_sides_and_bounds_survive_json() -> None:
+    saved = AdaptivePolicy.model_validate_json('{"decision_threshold": 0.5, "margin_threshold": 1.0, "max_mcc_drop": 0.01, "full_views": 10}')
+    p_global = np.array([0.2, 0.3, 0.5, 0.7, 0.8])  # logits -1.39, -0.85, 0, 0.85, 1.39
+    assert skip_tiles(p_global, saved).tolist() == [True, False, False, False, True]
+    two_sided = saved.model_copy(update={"margin_threshold": np.inf, "positive_margin_threshold": 0.5})
+    assert skip_tiles(p_global, two_sided).tolist() == [False, False, False, True, True]
+    assert AdaptivePolicy.model_validate_json(two_sided.model_dump_json()) == two_sided
 
 
 def test_a_higher_confidence_never_skips_more() -> None:
@@ -81,7 +112,7 @@ def test_adaptive_path_equals_the_full_result_for_uncertain_images_and_the_globa
         np.testing.assert_allclose(tiles_graph(canvas, global_features).numpy(), full, atol=1e-6)
         labels = np.arange(12) % 2
         policy = fit_adaptive_policy(p_global.numpy(), full, labels, 10, AdaptiveConfig())
-        policy.margin_threshold = float(np.median(logit_margin(p_global.numpy(), 0.5)))
+        policy.margin_threshold, policy.positive_margin_threshold = float(np.median(logit_margin(p_global.numpy(), 0.5))), None  # one bound, both sides
 
         def global_pass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return tuple(output.numpy() for output in global_graph(torch.from_numpy(images)))

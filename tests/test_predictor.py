@@ -122,7 +122,7 @@ def test_bundle_predictor_matches_pytorch_and_adaptive_uses_one_or_all_views(bun
     policy = adaptive.metadata.policy
     margin = np.abs(np.log(p_global / (1 - p_global)))
     served = Predictor.from_bundle(directory)
-    served.adaptive_policy = policy.model_copy(update={"margin_threshold": float(np.median(margin))})
+    served.adaptive_policy = policy.model_copy(update={"margin_threshold": float(np.median(margin)), "positive_margin_threshold": None})
     results = served.predict_arrays(arrays, sources)
     confident = np.array([p.views == 1 for p in results])
     assert served.mode == "adaptive" and 0 < confident.sum() < len(images)
