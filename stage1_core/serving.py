@@ -112,6 +112,9 @@ class ExportMetadata(BaseModel):
     onnxruntime_version: str
 
 
+SKIP_LAYER_NORM_FUSION = "SkipLayerNormFusion"  # ONNX Runtime's graph transformer, by its registered name
+
+
 def _plain_bound(bound: float) -> float | str:
     """A margin bound as plain JSON for metadata: ``inf`` (that side never skips the tiles) as "never"."""
     return bound if np.isfinite(bound) else "never"
@@ -122,13 +125,14 @@ def cpu_session(onnx_bytes: bytes, threads: int | None = None) -> onnxruntime.In
 
     Its threads sleep when idle instead of spinning: adaptive serving alternates two sessions, and
     each one's spinning pool took the cores from the other (measured: the adaptive path ran 1.6x
-    slower on 2 cores); a single session loses nothing measurable.
+    slower on 2 cores); a single session loses nothing measurable. ONNX Runtime does not fuse
+    Add + LayerNormalization into its slower SkipLayerNormalization kernel (see ``export.fuse_for_onnxruntime``).
     """
     options = onnxruntime.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"], disabled_optimizers=[SKIP_LAYER_NORM_FUSION])
 
 
 class AdaptiveSessions:
