@@ -101,11 +101,6 @@ def signed_margin(p_global: np.ndarray, decision_threshold: float) -> np.ndarray
     return _logit(p) - _logit(np.float64(decision_threshold))
 
 
-def logit_margin(p_global: np.ndarray, decision_threshold: float) -> np.ndarray:
-    """Distance of the global view's calibrated logit from the decision threshold's logit (confidence)."""
-    return np.abs(signed_margin(p_global, decision_threshold))
-
-
 def skip_tiles(p_global: np.ndarray, policy: AdaptivePolicy) -> np.ndarray:
     """Boolean mask: images confident enough, on their side of the threshold, to be answered from the global view."""
     margin = signed_margin(p_global, policy.decision_threshold)
@@ -209,7 +204,7 @@ def fit_adaptive_policy(
     baseline: np.ndarray | None = None
     best_skipped, best_positive, best_clear = 0, np.inf, np.inf
     for positive_bound in _positive_bound_candidates(margin[n_clear:], config.max_candidates):
-        answered = (margin > 0) & (margin >= positive_bound)
+        answered = margin >= positive_bound  # every candidate bound is > 0: only global "roadwork" images
         mcc = _mcc_by_skip_count(global_cells, _confusion(np.where(answered, global_says, full_says), y), weights)[:, : n_clear + 1]
         baseline = mcc[:, :1] if baseline is None else baseline
         drop = np.quantile(baseline - mcc, config.confidence, axis=0)

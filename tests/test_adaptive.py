@@ -4,7 +4,7 @@ import torch
 from scipy.special import logit as scipy_logit
 from sklearn.metrics import matthews_corrcoef
 
-from stage1_core.adaptive import AdaptiveConfig, AdaptivePolicy, evaluate_adaptive, fit_adaptive_policy, logit_margin, run_adaptive, signed_margin, skip_tiles
+from stage1_core.adaptive import AdaptiveConfig, AdaptivePolicy, evaluate_adaptive, fit_adaptive_policy, run_adaptive, signed_margin, skip_tiles
 from stage1_core.backbone import load_backbone
 from stage1_core.logit_map import LogitMap
 from stage1_core.export import CalibrationLayer, GlobalViewGraph, ServingGraph, TilesGraph
@@ -112,7 +112,7 @@ def test_adaptive_path_equals_the_full_result_for_uncertain_images_and_the_globa
         np.testing.assert_allclose(tiles_graph(canvas, global_features).numpy(), full, atol=1e-6)
         labels = np.arange(12) % 2
         policy = fit_adaptive_policy(p_global.numpy(), full, labels, 10, AdaptiveConfig())
-        policy.margin_threshold, policy.positive_margin_threshold = float(np.median(logit_margin(p_global.numpy(), 0.5))), None  # one bound, both sides
+        policy.margin_threshold, policy.positive_margin_threshold = float(np.median(np.abs(signed_margin(p_global.numpy(), 0.5)))), None  # one bound, both sides
 
         def global_pass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return tuple(output.numpy() for output in global_graph(torch.from_numpy(images)))
@@ -130,10 +130,10 @@ def test_adaptive_path_equals_the_full_result_for_uncertain_images_and_the_globa
     assert not np.allclose(full[confident], p_global.numpy()[confident], atol=1e-5)  # the two paths really differ
 
 
-def test_logit_margin_is_the_distance_of_logits_and_stays_finite_at_zero_and_one() -> None:
+def test_signed_margin_is_the_difference_of_logits_and_stays_finite_at_zero_and_one() -> None:
     p = np.array([0.0, 1e-9, 0.2, 0.3, 0.5, 0.9, 1.0])
-    margin = logit_margin(p, 0.3)
-    np.testing.assert_allclose(margin[1:-1], np.abs(scipy_logit(np.clip(p[1:-1], 1e-7, 1 - 1e-7)) - scipy_logit(0.3)), rtol=1e-12)
+    margin = signed_margin(p, 0.3)
+    np.testing.assert_allclose(margin[1:-1], scipy_logit(np.clip(p[1:-1], 1e-7, 1 - 1e-7)) - scipy_logit(0.3), rtol=1e-12)
     assert np.isfinite(margin).all() and margin[3] == 0.0
     assert margin[0] == pytest.approx(margin[1]) and margin[-1] > margin[-2]
 
