@@ -6,7 +6,7 @@ export ZENML_ANALYTICS_OPT_IN := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test install install-dev benchmarks clean-demo
+.PHONY: run test lint install install-dev benchmarks clean-demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(PY) -m pipelines.full_run
 
-test: install-dev
+# Lint first (seconds): the import contracts of pyproject.toml and ruff's format; then the whole suite.
+lint: install-dev
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest
 
 clean-demo:

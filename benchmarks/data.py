@@ -20,10 +20,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from stage1_core.demo_data import DemoDataConfig, generate_demo_dataset
-from stage1_core.ingest import IngestConfig, ingest
-from stage1_core.splits import SplitConfig, assign_splits
-from stage1_core.validation import ValidationConfig, validate_manifest
+from stage1_core.data.ingest import IngestConfig, ingest
+from stage1_core.data.splits import SplitConfig, assign_splits
+from stage1_core.data.validation import ValidationConfig, validate_manifest
+from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset
 
 
 class DataBenchmarkRun(BaseModel):
@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
-    parser.add_argument("--work", type=Path, default=Path("data/benchmark"), help="where the demo sets and image stores go")
+    parser.add_argument(
+        "--work", type=Path, default=Path("data/benchmark"), help="where the demo sets and image stores go"
+    )
     parser.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)  # child process: one measurement
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -91,18 +93,26 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for size in args.sizes:
         data = _dataset(args.work, size)
-        child = subprocess.run([sys.executable, "-m", "benchmarks.data", "--work", str(args.work), "--measure", str(data)],
-                               check=True, capture_output=True, text=True)
+        child = subprocess.run(
+            [sys.executable, "-m", "benchmarks.data", "--work", str(args.work), "--measure", str(data)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         runs.append(DataBenchmarkRun.model_validate_json(child.stdout.strip().splitlines()[-1]))
     if args.json:
         print(json.dumps({"runs": [run.model_dump() for run in runs]}))
         return 0
-    print(f"{'images':>7} {'image MB':>9} {'s':>7} {'img/s':>7} {'ingest s':>9} {'validate s':>10} {'split s':>8} "
-          f"{'base RSS MB':>11} {'peak RSS MB':>11} {'peak-base':>9} {'manifest MB':>11}")
+    print(
+        f"{'images':>7} {'image MB':>9} {'s':>7} {'img/s':>7} {'ingest s':>9} {'validate s':>10} {'split s':>8} "
+        f"{'base RSS MB':>11} {'peak RSS MB':>11} {'peak-base':>9} {'manifest MB':>11}"
+    )
     for run in runs:
-        print(f"{run.images:>7} {run.image_bytes_mb:>9.1f} {run.seconds:>7.1f} {run.images_per_second:>7.1f} "
-              f"{run.ingest_seconds:>9.1f} {run.validate_seconds:>10.1f} {run.split_seconds:>8.2f} {run.baseline_rss_mb:>11.0f} "
-              f"{run.peak_rss_mb:>11.0f} {run.peak_rss_mb - run.baseline_rss_mb:>9.0f} {run.manifest_mb:>11.1f}")
+        print(
+            f"{run.images:>7} {run.image_bytes_mb:>9.1f} {run.seconds:>7.1f} {run.images_per_second:>7.1f} "
+            f"{run.ingest_seconds:>9.1f} {run.validate_seconds:>10.1f} {run.split_seconds:>8.2f} {run.baseline_rss_mb:>11.0f} "
+            f"{run.peak_rss_mb:>11.0f} {run.peak_rss_mb - run.baseline_rss_mb:>9.0f} {run.manifest_mb:>11.1f}"
+        )
     return 0
 
 

@@ -37,17 +37,15 @@ import numpy as np
 import onnxruntime
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel
 from onnxruntime.quantization import QuantType, quantize_dynamic
+from pydantic import BaseModel
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import matthews_corrcoef
 from transformers import AutoModel, Dinov2Config
 
-from stage1_core.adaptive import AdaptiveOutcome, AdaptivePolicy, evaluate_adaptive, run_adaptive
-from stage1_core.backbone import load_backbone
-from stage1_core.logit_map import LogitMap
-from stage1_core.demo_data import DemoDataConfig, generate_demo_dataset
-from stage1_core.export import (
+from stage1_core.common.logit_map import LogitMap
+from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset
+from stage1_core.export.exporter import (
     ExportConfig,
     GlobalViewGraph,
     ServingGraph,
@@ -61,9 +59,11 @@ from stage1_core.export import (
     score_both,
     tensorrt_unavailable,
 )
-from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
-from stage1_core.predictor import PredictorConfig, decode_image
-from stage1_core.serving import ADAPTIVE_SPEEDUP_TARGET, INPUT_NAME, cpu_session
+from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
+from stage1_core.serving.adaptive import AdaptiveOutcome, AdaptivePolicy, evaluate_adaptive, run_adaptive
+from stage1_core.serving.bundle import ADAPTIVE_SPEEDUP_TARGET, INPUT_NAME, cpu_session
+from stage1_core.serving.predictor import PredictorConfig, decode_image
 
 UNCALIBRATED = LogitMap.from_temperature(1.0)  # speed does not depend on the calibration
 
@@ -130,7 +130,9 @@ def fit_head(model: RoadworkClassifier, images: list[np.ndarray], labels: np.nda
     """Logistic regression on global-view features, written into the linear head (a linear probe)."""
     with torch.inference_mode():
         canvases = image_to_canvas(torch.from_numpy(np.stack(images)), model.config.multiview.canvas_size)
-        views = torch.nn.functional.interpolate(canvases, size=(model.config.multiview.view_size,) * 2, mode="bilinear", antialias=True)
+        views = torch.nn.functional.interpolate(
+            canvases, size=(model.config.multiview.view_size,) * 2, mode="bilinear", antialias=True
+        )
         features = model.embed(views).numpy()
     probe = LogisticRegression(C=1.0, max_iter=2000).fit(features, labels)
     linear = model.head[1]
@@ -206,7 +208,9 @@ def _round(timings: _Timings, runner: Runner, stacked: np.ndarray, requests: int
         timings.over_start.append(peak - start_rss)
 
 
-def measure_all(runners: dict[tuple[str, str], Runner], images: list[np.ndarray], requests: int, batch: int, rounds: int) -> list[Measurement]:
+def measure_all(
+    runners: dict[tuple[str, str], Runner], images: list[np.ndarray], requests: int, batch: int, rounds: int
+) -> list[Measurement]:
     """Warm every configuration up, then time them in ``rounds`` interleaved rounds (load from others hits all alike)."""
     stacked = np.stack(images)
     timings = {key: _Timings(*key) for key in runners}
@@ -230,11 +234,19 @@ def measure_all(runners: dict[tuple[str, str], Runner], images: list[np.ndarray]
     return [entry.result() for entry in timings.values()]
 
 
-def torch_runners(model: RoadworkClassifier, single: RoadworkClassifier, policy: AdaptivePolicy, wrap: Callable[[torch.nn.Module], Callable]) -> dict[str, Runner]:
+def torch_runners(
+    model: RoadworkClassifier,
+    single: RoadworkClassifier,
+    policy: AdaptivePolicy,
+    wrap: Callable[[torch.nn.Module], Callable],
+) -> dict[str, Runner]:
     """Eager (``wrap`` = identity) or compiled runners of the three view modes."""
     full_views = model.config.multiview.views_per_image
     fixed, one = wrap(ServingGraph(model, UNCALIBRATED).eval()), wrap(ServingGraph(single, UNCALIBRATED).eval())
-    global_graph, tiles_graph = wrap(GlobalViewGraph(model, UNCALIBRATED).eval()), wrap(TilesGraph(model, UNCALIBRATED).eval())
+    global_graph, tiles_graph = (
+        wrap(GlobalViewGraph(model, UNCALIBRATED).eval()),
+        wrap(TilesGraph(model, UNCALIBRATED).eval()),
+    )
 
     def global_pass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return tuple(output.numpy() for output in global_graph(torch.from_numpy(images)))
@@ -244,7 +256,10 @@ def torch_runners(model: RoadworkClassifier, single: RoadworkClassifier, policy:
 
     return {
         "single-view": lambda images: (one(torch.from_numpy(images)).numpy(), np.ones(len(images))),
-        f"{full_views}-view": lambda images: (fixed(torch.from_numpy(images)).numpy(), np.full(len(images), full_views)),
+        f"{full_views}-view": lambda images: (
+            fixed(torch.from_numpy(images)).numpy(),
+            np.full(len(images), full_views),
+        ),
         "adaptive": lambda images: run_adaptive(global_pass, tiles_pass, images, policy),
     }
 
@@ -258,7 +273,9 @@ def quantize_int8(onnx_bytes: bytes) -> bytes:
         return target.read_bytes()
 
 
-def compare_int8(fp32: onnxruntime.InferenceSession, int8: onnxruntime.InferenceSession, images: list[np.ndarray], labels: np.ndarray) -> QuantizedOutcome:
+def compare_int8(
+    fp32: onnxruntime.InferenceSession, int8: onnxruntime.InferenceSession, images: list[np.ndarray], labels: np.ndarray
+) -> QuantizedOutcome:
     """Score val_test one image at a time with both graphs and count what quantization changed."""
     p_fp32 = np.concatenate([fp32.run(None, {INPUT_NAME: image[None]})[0] for image in images])
     p_int8 = np.concatenate([int8.run(None, {INPUT_NAME: image[None]})[0] for image in images])
@@ -279,7 +296,12 @@ def _session_runner(session: onnxruntime.InferenceSession, views: int) -> Runner
 
 def _single_view(model: RoadworkClassifier) -> RoadworkClassifier:
     """The same backbone and head scoring the global view only."""
-    single = RoadworkClassifier(model.backbone, model.config.model_copy(update={"multiview": model.config.multiview.model_copy(update={"aggregation": "global_only"})})).eval()
+    single = RoadworkClassifier(
+        model.backbone,
+        model.config.model_copy(
+            update={"multiview": model.config.multiview.model_copy(update={"aggregation": "global_only"})}
+        ),
+    ).eval()
     single.head = model.head
     return single
 
@@ -291,9 +313,19 @@ def cuda_runners(images: list[np.ndarray]) -> tuple[dict[tuple[str, str], Runner
     """
     if not torch.cuda.is_available():
         return {}, "skipped: no CUDA device"
-    config = Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=14, image_size=224)
+    config = Dinov2Config(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        patch_size=14,
+        image_size=224,
+    )
     torch.manual_seed(0)
-    model = RoadworkClassifier(AutoModel.from_config(config, attn_implementation="sdpa"), ClassifierConfig(multiview=MultiViewConfig(view_size=224))).eval()
+    model = RoadworkClassifier(
+        AutoModel.from_config(config, attn_implementation="sdpa"),
+        ClassifierConfig(multiview=MultiViewConfig(view_size=224)),
+    ).eval()
     classifiers = {"single-view": _single_view(model), f"{model.config.multiview.views_per_image}-view": model}
     runners: dict[tuple[str, str], Runner] = {}
     reason = tensorrt_unavailable()
@@ -302,10 +334,19 @@ def cuda_runners(images: list[np.ndarray]) -> tuple[dict[tuple[str, str], Runner
         parity = [torch.from_numpy(image) for image in images[:2]]
         try:
             for name, classifier in classifiers.items():
-                exported = export_onnx(classifier, UNCALIBRATED, 0.5, parity, ExportConfig(parity_images=2, fuse_for_onnxruntime=False, tensorrt=TensorRTConfig(enabled=False)))
+                exported = export_onnx(
+                    classifier,
+                    UNCALIBRATED,
+                    0.5,
+                    parity,
+                    ExportConfig(parity_images=2, fuse_for_onnxruntime=False, tensorrt=TensorRTConfig(enabled=False)),
+                )
                 engine = TensorRTRunner(build_tensorrt_engine(exported.onnx_bytes, TensorRTConfig()))
                 views = classifier.config.multiview.views_per_image
-                runners[("tensorrt fp16 ViT-B", name)] = lambda batch, engine=engine, views=views: (engine(batch), np.full(len(batch), views))
+                runners[("tensorrt fp16 ViT-B", name)] = lambda batch, engine=engine, views=views: (
+                    engine(batch),
+                    np.full(len(batch), views),
+                )
             status = "TensorRT FP16 ran"
         except Exception as error:  # noqa: BLE001 - the TensorRT branch reports its failure next to the figures that did run
             status = f"TensorRT failed: {type(error).__name__}: {error}"
@@ -313,7 +354,9 @@ def cuda_runners(images: list[np.ndarray]) -> tuple[dict[tuple[str, str], Runner
         graph = ServingGraph(classifier, UNCALIBRATED).eval().cuda()
         views = classifier.config.multiview.views_per_image
 
-        def eager_fp16(batch: np.ndarray, graph: ServingGraph = graph, views: int = views) -> tuple[np.ndarray, np.ndarray]:
+        def eager_fp16(
+            batch: np.ndarray, graph: ServingGraph = graph, views: int = views
+        ) -> tuple[np.ndarray, np.ndarray]:
             with torch.autocast("cuda", dtype=torch.float16):
                 return graph(torch.from_numpy(batch).cuda()).float().cpu().numpy(), np.full(len(batch), views)
 
@@ -321,7 +364,9 @@ def cuda_runners(images: list[np.ndarray]) -> tuple[dict[tuple[str, str], Runner
     return runners, f"PyTorch FP16 (autocast) ran on {torch.cuda.get_device_name()}; {status}"
 
 
-def run(n_images: int, requests: int, batch: int, threads: int, compile_models: bool, rounds: int = 3, seed: int = 0) -> BenchmarkResult:
+def run(
+    n_images: int, requests: int, batch: int, threads: int, compile_models: bool, rounds: int = 3, seed: int = 0
+) -> BenchmarkResult:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         images, labels = demo_images(n_images, seed, Path(tmp))
@@ -336,8 +381,13 @@ def run(n_images: int, requests: int, batch: int, threads: int, compile_models: 
     export_config = ExportConfig(parity_images=4, tensorrt=TensorRTConfig(enabled=False))
     fixed_onnx = export_onnx(model, UNCALIBRATED, 0.5, parity_images, export_config)
     single_onnx = export_onnx(single, UNCALIBRATED, 0.5, parity_images, export_config)
-    plain_onnx = export_onnx(model, UNCALIBRATED, 0.5, parity_images, export_config.model_copy(update={"fuse_for_onnxruntime": False}))
-    fixed_session, plain_session = cpu_session(fixed_onnx.onnx_bytes, threads), cpu_session(plain_onnx.onnx_bytes, threads)
+    plain_onnx = export_onnx(
+        model, UNCALIBRATED, 0.5, parity_images, export_config.model_copy(update={"fuse_for_onnxruntime": False})
+    )
+    fixed_session, plain_session = (
+        cpu_session(fixed_onnx.onnx_bytes, threads),
+        cpu_session(plain_onnx.onnx_bytes, threads),
+    )
     int8_session = cpu_session(quantize_int8(plain_onnx.onnx_bytes), threads)
     adaptive = export_adaptive(model, UNCALIBRATED, parity_images, select, y_select, export_config)
     policy = adaptive.metadata.policy
@@ -358,7 +408,9 @@ def run(n_images: int, requests: int, batch: int, threads: int, compile_models: 
         "onnxruntime-int8": {fixed: _session_runner(int8_session, full_views)},
     }
     if compile_models:
-        backends["torch.compile"] = torch_runners(model, single, policy, lambda module: torch.compile(module, dynamic=True))
+        backends["torch.compile"] = torch_runners(
+            model, single, policy, lambda module: torch.compile(module, dynamic=True)
+        )
     runners = {(backend, views): runner for backend, by_views in backends.items() for views, runner in by_views.items()}
     cuda, cuda_status = cuda_runners(test)
     runners |= cuda
@@ -367,7 +419,11 @@ def run(n_images: int, requests: int, batch: int, threads: int, compile_models: 
     ratios, verdicts = _ratios(measurements, full_views)
     return BenchmarkResult(
         threads=threads,
-        n_images={"train (linear probe)": len(train), "val_select (adaptive fit)": len(select), "val_test (timed)": len(test)},
+        n_images={
+            "train (linear probe)": len(train),
+            "val_select (adaptive fit)": len(select),
+            "val_test (timed)": len(test),
+        },
         batch=batch,
         requests=requests,
         rounds=rounds,
@@ -395,7 +451,9 @@ def _ratios(measurements: list[Measurement], full_views: int) -> tuple[dict[str,
         f"onnxruntime-plain / eager ({fixed})": ratio(("onnxruntime-plain", fixed), ("eager", fixed)),
         f"onnxruntime / onnxruntime-plain ({fixed})": ratio(("onnxruntime", fixed), ("onnxruntime-plain", fixed)),
         f"onnxruntime-int8 / eager ({fixed})": ratio(("onnxruntime-int8", fixed), ("eager", fixed)),
-        f"onnxruntime-int8 / onnxruntime-plain ({fixed})": ratio(("onnxruntime-int8", fixed), ("onnxruntime-plain", fixed)),
+        f"onnxruntime-int8 / onnxruntime-plain ({fixed})": ratio(
+            ("onnxruntime-int8", fixed), ("onnxruntime-plain", fixed)
+        ),
         f"tensorrt / cuda fp16 ViT-B ({fixed})": ratio(("tensorrt fp16 ViT-B", fixed), ("cuda fp16 ViT-B", fixed)),
     }
     for backend in sorted({m.backend for m in measurements}):
@@ -404,14 +462,20 @@ def _ratios(measurements: list[Measurement], full_views: int) -> tuple[dict[str,
                 ratios[f"{views} / {fixed} ({backend})"] = ratio((backend, views), (backend, fixed))
     ratios[f"torch.compile / eager ({fixed})"] = ratio(("torch.compile", fixed), ("eager", fixed))
     verdicts = []
-    for name, target in [(f"onnxruntime / eager ({fixed})", ONNX_TARGET), (f"adaptive / {fixed} (onnxruntime)", ADAPTIVE_SPEEDUP_TARGET), (f"adaptive / {fixed} (eager)", ADAPTIVE_SPEEDUP_TARGET)]:
+    for name, target in [
+        (f"onnxruntime / eager ({fixed})", ONNX_TARGET),
+        (f"adaptive / {fixed} (onnxruntime)", ADAPTIVE_SPEEDUP_TARGET),
+        (f"adaptive / {fixed} (eager)", ADAPTIVE_SPEEDUP_TARGET),
+    ]:
         value = ratios.get(name)
         if value is None:
             verdicts.append(f"{name}: not measured")
         elif value >= target:
             verdicts.append(f"{name}: {value:.2f}x, target {target}x met")
         else:
-            verdicts.append(f"{name}: {value:.2f}x, target {target}x MISSED by {target - value:.2f}x ({100 * (1 - value / target):.0f}% short)")
+            verdicts.append(
+                f"{name}: {value:.2f}x, target {target}x MISSED by {target - value:.2f}x ({100 * (1 - value / target):.0f}% short)"
+            )
     return ratios, verdicts
 
 
@@ -420,8 +484,12 @@ def _format(value: float | None, spec: str) -> str:
 
 
 def print_table(result: BenchmarkResult) -> None:
-    print(f"threads {result.threads}, batch {result.batch}, {result.requests} single-image requests x {result.rounds} rounds; images: {result.n_images}")
-    print(f"{'backend':<20}{'views':<13}{'img/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'peak MB':>9}{'+MB':>7}{'views/img':>10}{'warmup s':>10}")
+    print(
+        f"threads {result.threads}, batch {result.batch}, {result.requests} single-image requests x {result.rounds} rounds; images: {result.n_images}"
+    )
+    print(
+        f"{'backend':<20}{'views':<13}{'img/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'peak MB':>9}{'+MB':>7}{'views/img':>10}{'warmup s':>10}"
+    )
     for m in result.measurements:
         if m.error:
             print(f"{m.backend:<20}{m.views:<13}  failed: {m.error}")
@@ -430,7 +498,9 @@ def print_table(result: BenchmarkResult) -> None:
             f"{m.backend:<20}{m.views:<13}{_format(m.images_per_s, '8.2f')}{_format(m.p50_ms, '9.1f')}{_format(m.p99_ms, '9.1f')}"
             f"{_format(m.peak_rss_mb, '9.0f')}{_format(m.peak_over_start_mb, '7.0f')}{_format(m.views_per_image, '10.2f')}{_format(m.warmup_s, '10.1f')}"
         )
-    print(f"onnxruntime (the bundle's graphs) fusions: {result.onnxruntime_fusions or 'none'}; CUDA branch: {result.cuda}")
+    print(
+        f"onnxruntime (the bundle's graphs) fusions: {result.onnxruntime_fusions or 'none'}; CUDA branch: {result.cuda}"
+    )
     int8 = result.int8_val_test
     print(
         f"onnxruntime-int8 on val_test ({int8.n_images} images): |P(int8) - P(plain fp32)| max {int8.max_abs_diff:.4f}, mean {int8.mean_abs_diff:.4f}; "
@@ -454,14 +524,25 @@ def print_table(result: BenchmarkResult) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object of the figures")
-    parser.add_argument("--images", type=int, default=120, help="demo images: 40%% linear probe, 30%% adaptive fit, 30%% timed")
+    parser.add_argument(
+        "--images", type=int, default=120, help="demo images: 40%% linear probe, 30%% adaptive fit, 30%% timed"
+    )
     parser.add_argument("--requests", type=int, default=24, help="single-image requests timed per configuration")
     parser.add_argument("--batch", type=int, default=8, help="images per call for the throughput figure")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads for PyTorch and ONNX Runtime alike")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="intra-op threads for PyTorch and ONNX Runtime alike",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; images/s is the best round")
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes minutes on a small CPU)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip torch.compile (its compilation takes minutes on a small CPU)"
+    )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO if not args.json else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if not args.json else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("onnxscript", "onnx_ir", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     result = run(args.images, args.requests, args.batch, args.threads, not args.no_compile, args.rounds)

@@ -16,7 +16,7 @@ import time
 import numpy as np
 from sklearn import metrics as skm
 
-from stage1_core.metrics import bootstrap_indices, compute_metrics
+from stage1_core.common.metrics import bootstrap_indices, compute_metrics
 
 TARGET_SECONDS = 5.0
 NAIVE_RESAMPLES = 10
@@ -82,10 +82,14 @@ def main() -> None:
         print(json.dumps(figures))
         return
     print(f"{figures['n']} predictions, {figures['n_bootstrap']} bootstrap resamples, all 16 metrics")
-    print(f"  vectorised compute_metrics : {figures['vectorised_s']:8.2f} s   (target < {TARGET_SECONDS:.0f} s: "
-          f"{'ok' if figures['within_target'] else 'OVER'}; CPU {figures['vectorised_cpu_s']:.2f} s)")
-    print(f"  naive sklearn loop, 10 metrics (extrapolated from {NAIVE_RESAMPLES} resamples): "
-          f"{figures['naive_sklearn_extrapolated_s']:8.2f} s")
+    print(
+        f"  vectorised compute_metrics : {figures['vectorised_s']:8.2f} s   (target < {TARGET_SECONDS:.0f} s: "
+        f"{'ok' if figures['within_target'] else 'OVER'}; CPU {figures['vectorised_cpu_s']:.2f} s)"
+    )
+    print(
+        f"  naive sklearn loop, 10 metrics (extrapolated from {NAIVE_RESAMPLES} resamples): "
+        f"{figures['naive_sklearn_extrapolated_s']:8.2f} s"
+    )
     print(f"  speed-up vs naive          : {figures['speedup_vs_naive']:8.1f} x")
 
 

@@ -19,6 +19,7 @@ does not depend on the weights. Figures, side by side:
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -28,10 +29,10 @@ from pydantic import BaseModel
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from benchmarks.inference import reset_peak_rss, process_rss_mb
-from stage1_core.backbone import load_backbone
-from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier, make_views
-from stage1_core.training import set_trainable_blocks
+from benchmarks.inference import process_rss_mb, reset_peak_rss
+from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier, make_views
+from stage1_core.modeling.training import set_trainable_blocks
 
 TARGET_RATIO = 0.9
 
@@ -76,7 +77,11 @@ def loop_views(canvas: torch.Tensor, config: MultiViewConfig) -> torch.Tensor:
     size, stride = config.view_size, config.tile_stride
     images = []
     for image in canvas:
-        views = [F.interpolate(image.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]]
+        views = [
+            F.interpolate(image.unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False, antialias=True)[
+                0
+            ]
+        ]
         for row in range(config.grid):
             for col in range(config.grid):
                 views.append(image[:, row * stride : row * stride + size, col * stride : col * stride + size])
@@ -84,7 +89,13 @@ def loop_views(canvas: torch.Tensor, config: MultiViewConfig) -> torch.Tensor:
     return torch.stack(images)
 
 
-def _training_step(model: RoadworkClassifier, canvas: torch.Tensor, labels: torch.Tensor, views: MultiViewConfig, optimizer: torch.optim.Optimizer) -> None:
+def _training_step(
+    model: RoadworkClassifier,
+    canvas: torch.Tensor,
+    labels: torch.Tensor,
+    views: MultiViewConfig,
+    optimizer: torch.optim.Optimizer,
+) -> None:
     optimizer.zero_grad(set_to_none=True)
     F.binary_cross_entropy_with_logits(model(canvas, views), labels).backward()
     optimizer.step()
@@ -109,7 +120,10 @@ def run(batch: int, threads: int, rounds: int, train_steps: int, seed: int = 0) 
     single = multiview.model_copy(update={"aggregation": "global_only"})
     attention = multiview.model_copy(update={"aggregation": "attention"})
     backbone = load_backbone("dinov2-demo", seed=seed)
-    models = {"topk_mean": RoadworkClassifier(backbone, ClassifierConfig(multiview=multiview)), "attention": RoadworkClassifier(backbone, ClassifierConfig(multiview=attention))}
+    models = {
+        "topk_mean": RoadworkClassifier(backbone, ClassifierConfig(multiview=multiview)),
+        "attention": RoadworkClassifier(backbone, ClassifierConfig(multiview=attention)),
+    }
     for model in models.values():
         model.to(device).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -136,11 +150,17 @@ def run(batch: int, threads: int, rounds: int, train_steps: int, seed: int = 0) 
 
     training = []
     labels = torch.randint(0, 2, (batch,), generator=generator).float().to(device)
-    for name, train_views in tqdm([("single_view", single), ("multi_view", multiview)], desc="training", unit="variant"):
-        trained = RoadworkClassifier(load_backbone("dinov2-demo", seed=seed), ClassifierConfig(multiview=multiview)).to(device).train()
+    for name, train_views in tqdm(
+        [("single_view", single), ("multi_view", multiview)], desc="training", unit="variant"
+    ):
+        trained = (
+            RoadworkClassifier(load_backbone("dinov2-demo", seed=seed), ClassifierConfig(multiview=multiview))
+            .to(device)
+            .train()
+        )
         set_trainable_blocks(trained, 2)
         optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=1e-4)
-        step = lambda: _training_step(trained, canvas, labels, train_views, optimizer)  # noqa: E731 - a timed closure
+        step = functools.partial(_training_step, trained, canvas, labels, train_views, optimizer)
         seconds = _best_seconds(step, train_steps)
         training.append(TrainingFigure(views=name, seconds_per_step=seconds, peak_memory_mb=_peak_memory(step, device)))
     return MultiViewBenchmark(
@@ -160,14 +180,18 @@ def run(batch: int, threads: int, rounds: int, train_steps: int, seed: int = 0) 
 
 
 def print_table(result: MultiViewBenchmark) -> None:
-    print(f"device {result.device}, threads {result.threads}, batch {result.batch}, {result.views_per_image} views per image")
+    print(
+        f"device {result.device}, threads {result.threads}, batch {result.batch}, {result.views_per_image} views per image"
+    )
     print(f"{'inference':<26}{'img/s':>9}")
     for name, value in result.images_per_s.items():
         print(f"{name:<26}{value:>9.2f}")
     for name, ratio in result.multi_over_single_per_view.items():
         print(f"multi ({name}) / (single / {result.views_per_image}): {ratio:.3f}  (target >= {TARGET_RATIO})")
     print(f"crops + aggregation over the backbone alone: {result.crop_overhead:+.1%}")
-    print(f"crops of the batch: vectorised {result.crops_vectorised_ms:.2f} ms, per-image per-tile loop {result.crops_loop_ms:.2f} ms: {result.crops_speedup:.1f}x")
+    print(
+        f"crops of the batch: vectorised {result.crops_vectorised_ms:.2f} ms, per-image per-tile loop {result.crops_loop_ms:.2f} ms: {result.crops_speedup:.1f}x"
+    )
     print(f"{'training step':<26}{'s/step':>9}{'peak MB':>10}")
     for figure in result.training:
         peak = "-" if figure.peak_memory_mb is None else f"{figure.peak_memory_mb:.0f}"
@@ -181,8 +205,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object of the figures")
     parser.add_argument("--batch", type=int, default=8, help="images per call")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads, the same for every variant")
-    parser.add_argument("--rounds", type=int, default=5, help="timed repetitions per inference figure (the best counts)")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="intra-op threads, the same for every variant"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="timed repetitions per inference figure (the best counts)"
+    )
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps per variant (the best counts)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

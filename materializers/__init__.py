@@ -6,4 +6,10 @@ from materializers.classifier import ClassifierMaterializer
 from materializers.exported_model import ExportedModelMaterializer
 from materializers.report import ReportMaterializer
 
-__all__ = ["BackboneMaterializer", "CalibrationPolicyMaterializer", "ClassifierMaterializer", "ExportedModelMaterializer", "ReportMaterializer"]
+__all__ = [
+    "BackboneMaterializer",
+    "CalibrationPolicyMaterializer",
+    "ClassifierMaterializer",
+    "ExportedModelMaterializer",
+    "ReportMaterializer",
+]

@@ -6,7 +6,6 @@ from typing import Any, ClassVar
 
 from transformers import AutoModel, PreTrainedModel
 from zenml.enums import ArtifactType
-
 from zenml.materializers.base_materializer import BaseMaterializer
 
 from materializers.directory import load_directory, save_directory
@@ -25,4 +24,8 @@ class BackboneMaterializer(BaseMaterializer):
         return load_directory(self, lambda path: AutoModel.from_pretrained(path, local_files_only=True).eval())
 
     def extract_metadata(self, data: PreTrainedModel) -> dict[str, Any]:
-        return {"model_type": data.config.model_type, "parameters": sum(p.numel() for p in data.parameters()), "hidden_size": data.config.hidden_size}
+        return {
+            "model_type": data.config.model_type,
+            "parameters": sum(p.numel() for p in data.parameters()),
+            "hidden_size": data.config.hidden_size,
+        }

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from zenml.enums import ArtifactType
 
 from materializers.report import ReportMaterializer
-from stage1_core.calibration import CalibrationPolicy
+from stage1_core.evaluation.calibration import CalibrationPolicy
 
 
 class CalibrationPolicyMaterializer(ReportMaterializer):

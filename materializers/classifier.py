@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from zenml.enums import ArtifactType
-
 from zenml.materializers.base_materializer import BaseMaterializer
 
 from materializers.directory import load_directory, save_directory
-from stage1_core.model import RoadworkClassifier
+from stage1_core.modeling.model import RoadworkClassifier
 
 
 class ClassifierMaterializer(BaseMaterializer):
@@ -26,4 +25,9 @@ class ClassifierMaterializer(BaseMaterializer):
 
     def extract_metadata(self, data: RoadworkClassifier) -> dict[str, Any]:
         multiview = data.config.multiview
-        return {"views_per_image": multiview.views_per_image, "aggregation": multiview.aggregation, "canvas_size": multiview.canvas_size, "parameters": sum(p.numel() for p in data.parameters())}
+        return {
+            "views_per_image": multiview.views_per_image,
+            "aggregation": multiview.aggregation,
+            "canvas_size": multiview.canvas_size,
+            "parameters": sum(p.numel() for p in data.parameters()),
+        }

@@ -1,7 +1,7 @@
 """Shared plumbing: objects that save themselves to a folder, published atomically to the artifact store.
 
 On a local artifact store the object writes into a hidden staging folder next to the artifact URI, which is
-renamed onto the URI once complete (``stage1_core.atomic_io.atomic_directory``): a crash mid-save never leaves
+renamed onto the URI once complete (``stage1_core.common.atomic_io.atomic_directory``): a crash mid-save never leaves
 a half-written artifact folder. On an object store (s3...) the object is written to a local temporary folder
 and uploaded; objects there appear whole or not at all. Loading copies to a local folder, so the project's
 save/load code stays plain (it works from a notebook or a miner).
@@ -17,7 +17,7 @@ from fsspec.utils import get_protocol
 from zenml.materializers.base_materializer import BaseMaterializer
 from zenml.utils import io_utils
 
-from stage1_core.atomic_io import atomic_directory, write_atomic
+from stage1_core.common.atomic_io import atomic_directory, write_atomic
 
 
 def is_local(uri: str) -> bool:

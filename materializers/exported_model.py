@@ -8,7 +8,7 @@ from zenml.enums import ArtifactType
 from zenml.materializers.base_materializer import BaseMaterializer
 
 from materializers.directory import load_directory, save_directory
-from stage1_core.serving import ExportedModel
+from stage1_core.serving.bundle import ExportedModel
 
 
 class ExportedModelMaterializer(BaseMaterializer):

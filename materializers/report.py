@@ -7,12 +7,17 @@ import os
 from typing import Any, ClassVar
 
 from zenml.enums import ArtifactType, VisualizationType
-
 from zenml.materializers.base_materializer import BaseMaterializer
-from materializers.directory import save_file
-from stage1_core.reports import Report
 
-VISUALIZATION_TYPES = {".html": VisualizationType.HTML, ".png": VisualizationType.IMAGE, ".md": VisualizationType.MARKDOWN, ".csv": VisualizationType.CSV}
+from materializers.directory import save_file
+from stage1_core.common.reports import Report
+
+VISUALIZATION_TYPES = {
+    ".html": VisualizationType.HTML,
+    ".png": VisualizationType.IMAGE,
+    ".md": VisualizationType.MARKDOWN,
+    ".csv": VisualizationType.CSV,
+}
 DATA_FILE = "report.json"
 
 

@@ -20,7 +20,9 @@ from PIL import Image
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from stage1_core.predictor import BadImageError, ModelLoadError, Prediction, Predictor, PredictorConfig, decode_image
+from stage1_core.common.cli import EXIT_FINDING, EXIT_OK, configure_logging, run_command
+from stage1_core.registry.champion import CHAMPION, load_predictor, load_registered_model
+from stage1_core.serving.predictor import BadImageError, Prediction, PredictorConfig, decode_image
 
 IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
 CHUNK = 64  # decoded images held in memory at once
@@ -64,7 +66,7 @@ def _tracking_uri(explicit: str | None) -> str | None:
     if explicit or os.environ.get("MLFLOW_TRACKING_URI"):
         return explicit or os.environ["MLFLOW_TRACKING_URI"]
     try:
-        from stacks.local import mlflow_tracking_uri
+        from stacks.local import mlflow_tracking_uri  # imported only here: scoring a bundle folder never pays for ZenML
 
         return mlflow_tracking_uri() or None
     except Exception as error:  # noqa: BLE001 - any ZenML failure only means "no URI from ZenML"; the predictor then says what to pass
@@ -72,7 +74,9 @@ def _tracking_uri(explicit: str | None) -> str | None:
         return None
 
 
-def _decoded(files: list[Path], config: PredictorConfig, failures: list[Failure]) -> Iterator[list[tuple[str, np.ndarray]]]:
+def _decoded(
+    files: list[Path], config: PredictorConfig, failures: list[Failure]
+) -> Iterator[list[tuple[str, np.ndarray]]]:
     """Chunks of (source, uint8 image) for the readable inputs; failures are appended as they occur."""
     chunk: list[tuple[str, np.ndarray]] = []
     for path in tqdm(files, desc="predict", unit="img", disable=len(files) < CHUNK):
@@ -94,45 +98,84 @@ def _read(path: Path, config: PredictorConfig) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status (0 all scored, 1 some input failed, 2 model or usage, 3 internal)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    parser.add_argument("--model", default="champion", help="an exported bundle folder (model.onnx + metadata.json) or an MLflow registry alias (default: champion)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else the active ZenML stack's)")
+    parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR")
+    parser.add_argument(
+        "--model",
+        default=CHAMPION,
+        help="an exported bundle folder (model.onnx + metadata.json) or an MLflow registry alias (default: champion)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, else the active ZenML stack's)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     parser.add_argument(
-        "--mode", choices=["adaptive", "full"], default="adaptive",
+        "--mode",
+        choices=["adaptive", "full"],
+        default="adaptive",
         help="adaptive: global view first, tiles only for uncertain images (when the model has the adaptive graphs); full: all views for every image",
     )
-    parser.add_argument("--max-pixels", type=int, default=PredictorConfig().max_pixels, help="refuse larger images (pixels)")
-    parser.add_argument("--min-side", type=int, default=PredictorConfig().min_side, help="refuse images with a smaller side (px)")
+    parser.add_argument(
+        "--max-pixels", type=int, default=PredictorConfig().max_pixels, help="refuse larger images (pixels)"
+    )
+    parser.add_argument(
+        "--min-side", type=int, default=PredictorConfig().min_side, help="refuse images with a smaller side (px)"
+    )
+    parser.add_argument(
+        "--save-bundle",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the registered model's bundle folder here (what a miner serves) instead of scoring",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    config = PredictorConfig(max_pixels=args.max_pixels, min_side=args.min_side, mode=args.mode)
-    try:
-        is_path = Path(args.model).expanduser().exists()
-        predictor = Predictor.load(args.model, tracking_uri=None if is_path else _tracking_uri(args.tracking_uri), config=config)
-    except ModelLoadError as error:
-        print(f"error: cannot load the model: {error}", file=sys.stderr)
-        return 2
-    files, skipped = expand_inputs(args.inputs)
-    failures: list[Failure] = []
-    predictions: list[Prediction] = []
-    for chunk in _decoded(files, config, failures):
-        predictions += predictor.predict_arrays([image for _, image in chunk], [source for source, _ in chunk])
-    views = sum(p.views for p in predictions) / len(predictions) if predictions else None
-    report = PredictReport(model=predictor.origin, mode=predictor.mode, predictions=predictions, failures=failures, skipped=skipped, views_per_image=views)
-    if args.json:
-        print(report.model_dump_json(indent=2))
-    else:
-        for prediction in predictions:
-            print(f"{prediction.source}\t{prediction.p_roadwork:.4f}\tviews={prediction.views}" + (f"\twarning: {prediction.warning}" if prediction.warning else ""))
-        for failure in failures:
-            print(f"FAILED {failure.source}: {failure.error}", file=sys.stderr)
-        for name in skipped:
-            print(f"skipped {name}: not an image file extension", file=sys.stderr)
-        summary = f"{len(predictions)} scored, {len(failures)} failed, {len(skipped)} skipped; model {predictor.origin} ({predictor.mode})"
-        print(summary + (f", {views:.2f} views/image" if views is not None else ""), file=sys.stderr)
-    return 1 if failures or not files else 0
+    if not args.inputs and args.save_bundle is None:
+        parser.error("give images or folders to score, or --save-bundle DIR")
+    configure_logging(logging.WARNING)
+    is_path = Path(args.model).expanduser().exists()
+    tracking_uri = None if is_path else _tracking_uri(args.tracking_uri)
+
+    def run() -> int:
+        if args.save_bundle is not None:
+            exported, origin = load_registered_model(args.model, tracking_uri=tracking_uri)
+            print(f"{origin} written to {exported.save(args.save_bundle)}")
+            return EXIT_OK
+        config = PredictorConfig(max_pixels=args.max_pixels, min_side=args.min_side, mode=args.mode)
+        predictor = load_predictor(args.model, tracking_uri=tracking_uri, config=config)
+        files, skipped = expand_inputs(args.inputs)
+        failures: list[Failure] = []
+        predictions: list[Prediction] = []
+        for chunk in _decoded(files, config, failures):
+            predictions += predictor.predict_arrays([image for _, image in chunk], [source for source, _ in chunk])
+        views = sum(p.views for p in predictions) / len(predictions) if predictions else None
+        report = PredictReport(
+            model=predictor.origin,
+            mode=predictor.mode,
+            predictions=predictions,
+            failures=failures,
+            skipped=skipped,
+            views_per_image=views,
+        )
+        if args.json:
+            print(report.model_dump_json(indent=2))
+        else:
+            for prediction in predictions:
+                print(
+                    f"{prediction.source}\t{prediction.p_roadwork:.4f}\tviews={prediction.views}"
+                    + (f"\twarning: {prediction.warning}" if prediction.warning else "")
+                )
+            for failure in failures:
+                print(f"FAILED {failure.source}: {failure.error}", file=sys.stderr)
+            for name in skipped:
+                print(f"skipped {name}: not an image file extension", file=sys.stderr)
+            summary = f"{len(predictions)} scored, {len(failures)} failed, {len(skipped)} skipped; model {predictor.origin} ({predictor.mode})"
+            print(summary + (f", {views:.2f} views/image" if views is not None else ""), file=sys.stderr)
+        return EXIT_FINDING if failures or not files else EXIT_OK
+
+    return run_command("predict", run)
 
 
 if __name__ == "__main__":

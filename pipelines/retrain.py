@@ -18,34 +18,28 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from mlflow import MlflowClient
 from zenml import Model, pipeline
 from zenml.client import Client
 from zenml.execution.pipeline.dynamic.run_context import DynamicPipelineRunContext
+from zenml.models import PipelineRunResponse
 
-from pipelines.drift_monitor import BatchError, ReferenceNotFoundError, find_reference, read_batch
-from pipelines.full_run import LIBRARY_AWARE_CACHE, MODEL_NAME, train_and_gate
-from stage1_core.ablation import AblationConfig
-from stage1_core.calibration import CalibrationConfig
-from stage1_core.drift import DriftConfig
-from stage1_core.evaluation import EvaluationConfig
-from stage1_core.explora import ExploraConfig
-from stage1_core.export import ExportConfig
-from stage1_core.ingest import IngestConfig, dataset_fingerprint
-from stage1_core.model import ClassifierConfig
-from stage1_core.promotion import PromotionConfig, RegistryUnavailableError, check_registry
-from stage1_core.splits import SplitConfig
-from stage1_core.training import TrainConfig
-from stage1_core.validation import ValidationConfig
+from pipelines.drift_reference import find_reference
+from pipelines.launch import CONFIGS, exclusive_run, prepare_run, print_summary
+from pipelines.train_and_gate import LIBRARY_AWARE_CACHE, MODEL_DESCRIPTION, MODEL_NAME, train_and_gate
+from stacks.local import mlflow_tracking_uri
+from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
+from stage1_core.data.ingest import IngestConfig, dataset_fingerprint
+from stage1_core.monitoring.batch import read_batch
+from stage1_core.registry.promotion import check_registry
+from stage1_core.run.config import RunConfig
+from stage1_core.run.settings import load_run_config
 from steps.adapt_backbone import adapt_backbone
 from steps.add_batch import add_batch
 from steps.check_drift import check_drift
 from steps.ingest_data import ingest_data
 from steps.train_model import train_model
-
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "retrain.yaml"
 
 logger = logging.getLogger(__name__)
 
@@ -73,54 +67,37 @@ def discard_model_version() -> None:
         logger.info("no retraining: deleted the empty version %s of model %s", version.number, version.model.name)
 
 
-@pipeline(dynamic=True, depends_on=[adapt_backbone, train_model], model=Model(name=MODEL_NAME, description="P(roadwork) from a street-level photo"), cache_policy=LIBRARY_AWARE_CACHE)
+@pipeline(
+    dynamic=True,
+    depends_on=[adapt_backbone, train_model],
+    model=Model(name=MODEL_NAME, description=MODEL_DESCRIPTION),
+    cache_policy=LIBRARY_AWARE_CACHE,
+)
 def retrain_pipeline(
-    batch: IngestConfig,
-    data: IngestConfig,
+    config: RunConfig,
     data_fingerprint: str,
-    validation: ValidationConfig,
-    split: SplitConfig,
-    backbone: str,
     backbone_fingerprint: str,
-    seed: int,
-    explora_enabled: bool,
-    explora: ExploraConfig,
-    classifier: ClassifierConfig,
-    train: TrainConfig,
-    calibration: CalibrationConfig,
-    evaluation: EvaluationConfig,
-    export: ExportConfig,
-    drift: DriftConfig,
-    promotion: PromotionConfig,
-    ablation: AblationConfig,
+    batch: IngestConfig,
     batch_name: str = "batch",
     force: bool = False,
 ) -> None:
     """Drift check of ``batch`` against the production reference; retrain and gate when warranted or ``force``d."""
     reference = find_reference()
     batch_manifest = ingest_data(batch, dataset_fingerprint(batch.path), id="ingest_batch")
-    report = check_drift(batch_manifest, reference.reference, reference.projection, reference.classifier, drift)
+    report = check_drift(batch_manifest, reference.reference, reference.projection, reference.classifier, config.drift)
     if not (force or report.load().retrain_recommended):
         discard_model_version()
         return
-    raw_manifest = add_batch(ingest_data(data, data_fingerprint), batch_manifest, batch_name)
-    train_and_gate(
-        raw_manifest, validation, split, backbone, backbone_fingerprint, seed, explora_enabled,
-        explora, classifier, train, calibration, evaluation, export, drift, promotion, ablation,
-    )
+    raw_manifest = add_batch(ingest_data(config.data, data_fingerprint), batch_manifest, batch_name)
+    train_and_gate(raw_manifest, config, backbone_fingerprint)
 
 
-def retrain_kwargs(run_kwargs: dict[str, Any], batch: IngestConfig, *, batch_name: str = "batch", force: bool = False) -> dict[str, Any]:
-    """``retrain_pipeline``'s arguments: ``prepare_run``'s (the training recipe and data) plus the batch (also for schedules)."""
-    return run_kwargs | {"batch": batch, "batch_name": batch_name, "force": force}
-
-
-def print_outcome(run: Any) -> None:
+def print_outcome(run: PipelineRunResponse) -> None:
     """The drift verdict, and the gate's summary when the run retrained."""
-    from pipelines.run_config import print_summary
-
     report = run.steps["check_drift"].outputs["batch_drift_report"][0].load()
-    print(f"\nDrift: {report.drift_share:.0%} of columns drifted {report.drifted_columns}; retraining {'warranted' if report.retrain_recommended else 'not warranted'} ({report.retrain_reason})")
+    print(
+        f"\nDrift: {report.drift_share:.0%} of columns drifted {report.drifted_columns}; retraining {'warranted' if report.retrain_recommended else 'not warranted'} ({report.retrain_reason})"
+    )
     if "promote_model" in run.steps:
         print_summary(run)
     else:
@@ -131,28 +108,32 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: check the batch, the reference and the registry first (exit 2 with one line), then run."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", required=True, help="folder of new labelled images in an ingest layout")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="ZenML YAML run config (default: pipelines/configs/retrain.yaml)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=CONFIGS / "retrain.yaml",
+        help="ZenML YAML run config (default: pipelines/configs/retrain.yaml)",
+    )
     parser.add_argument("--force", action="store_true", help="retrain even when the drift check does not warrant it")
     parser.add_argument("--batch-name", default="batch", help="source name of the batch in the fused manifest")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pipelines.run_config import ConfigError, exclusive_run, load_run_config, prepare_run
-    from stacks.local import mlflow_tracking_uri
+    configure_logging()
 
-    try:
+    def run() -> int:
         settings = load_run_config(args.config)
         with exclusive_run(settings):
             batch = read_batch(args.batch, settings.config.data.image_store)
-            run_kwargs = prepare_run(settings)
+            run_arguments = prepare_run(settings)
             find_reference()
             uri = mlflow_tracking_uri()
             check_registry(MlflowClient(tracking_uri=uri, registry_uri=uri))
-            run = retrain_pipeline.with_options(**settings.zenml_options)(**retrain_kwargs(run_kwargs, batch, batch_name=args.batch_name, force=args.force))
-    except (ConfigError, BatchError, ReferenceNotFoundError, RegistryUnavailableError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print_outcome(run)
-    return 0
+            pipeline_run = retrain_pipeline.with_options(**settings.zenml_options)(
+                **run_arguments, batch=batch, batch_name=args.batch_name, force=args.force
+            )
+        print_outcome(pipeline_run)
+        return EXIT_OK
+
+    return run_command("retrain", run)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,18 @@ def _get_or_create_component(client: Client, component_type: StackComponentType,
         return str(client.get_stack_component(component_type, name, allow_name_prefix_match=False).id)
     except KeyError:
         logger.info("registering %s %s (flavor %s)", component_type.value, name, flavor)
-        return str(client.create_stack_component(name=name, flavor=flavor, component_type=component_type, configuration={}).id)
+        return str(
+            client.create_stack_component(name=name, flavor=flavor, component_type=component_type, configuration={}).id
+        )
 
 
 def ensure_local_stack(client: Client | None = None) -> str:
     """Register (if missing) and activate the local stack; returns its name."""
     client = client or Client()
-    components = {component_type: _get_or_create_component(client, component_type, name, flavor) for component_type, (name, flavor) in COMPONENTS.items()}
+    components = {
+        component_type: _get_or_create_component(client, component_type, name, flavor)
+        for component_type, (name, flavor) in COMPONENTS.items()
+    }
     try:
         client.get_stack(STACK_NAME, allow_name_prefix_match=False)
     except KeyError:

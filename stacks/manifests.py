@@ -36,14 +36,16 @@ from zenml.integrations.kubernetes.manifest_utils import (
     pod_template_manifest_from_pod,
 )
 from zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator import KubernetesOrchestrator
-from zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator_entrypoint_configuration import KubernetesOrchestratorEntrypointConfiguration
+from zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator_entrypoint_configuration import (
+    KubernetesOrchestratorEntrypointConfiguration,
+)
 from zenml.models import PipelineSnapshotBase
 from zenml.orchestrators.utils import get_step_entrypoint_command
 from zenml.pipelines.dynamic.entrypoint_configuration import DynamicPipelineEntrypointConfiguration
 from zenml.stack import Stack
 from zenml.step_operators.step_operator_entrypoint_configuration import StepOperatorEntrypointConfiguration
 
-from stacks.kubernetes import RemoteStackConfig, StackConfigError, prepared_scheduled_pipeline
+from stacks.remote import RemoteStackConfig, StackConfigError, prepared_scheduled_pipeline
 
 
 class ManifestError(ValueError):
@@ -62,7 +64,9 @@ def validate_manifest(manifest: dict[str, Any], kubernetes_version: str) -> None
         kubernetes_validate.validate(manifest, kubernetes_version, strict=True)
     except kubernetes_validate.ValidationError as error:
         path = ".".join(str(part) for part in error.path)
-        raise ManifestError(f"{name}: {path or '(root)'}: {error.message} (Kubernetes {error.version} schema)") from None
+        raise ManifestError(
+            f"{name}: {path or '(root)'}: {error.message} (Kubernetes {error.version} schema)"
+        ) from None
     except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.InvalidSchemaError) as error:
         raise ManifestError(f"{name}: {error.message}") from None
 
@@ -72,7 +76,13 @@ def orchestrator_image(config: RemoteStackConfig, pipeline_name: str) -> str:
     return f"{config.container_registry.uri}/zenml:{pipeline_name}-orchestrator"
 
 
-def cron_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase, cron_expression: str, image: str, snapshot_id: UUID) -> dict[str, Any]:
+def cron_job_manifest(
+    orchestrator: KubernetesOrchestrator,
+    snapshot: PipelineSnapshotBase,
+    cron_expression: str,
+    image: str,
+    snapshot_id: UUID,
+) -> dict[str, Any]:
     """The CronJob that starts the orchestrator pod on each firing; that pod then runs the pipeline (see the module doc)."""
     settings = cast(KubernetesOrchestratorSettings, orchestrator.get_settings(snapshot))
     pipeline_name = snapshot.pipeline_configuration.name
@@ -80,7 +90,9 @@ def cron_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSn
         "project_id": kube_utils.sanitize_label_value(str(Client().active_project.id)),
         "pipeline": kube_utils.sanitize_label_value(pipeline_name),
     }
-    entrypoint = DynamicPipelineEntrypointConfiguration if snapshot.is_dynamic else KubernetesOrchestratorEntrypointConfiguration
+    entrypoint = (
+        DynamicPipelineEntrypointConfiguration if snapshot.is_dynamic else KubernetesOrchestratorEntrypointConfiguration
+    )
     job = orchestrator._prepare_job_manifest(
         name=orchestrator._get_job_name(settings, pipeline_name=pipeline_name),
         command=entrypoint.get_entrypoint_command(),
@@ -104,11 +116,16 @@ def cron_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSn
     return to_api_dict(cron_job)
 
 
-def step_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase, step_name: str, image: str, snapshot_id: UUID) -> dict[str, Any]:
+def step_job_manifest(
+    orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase, step_name: str, image: str, snapshot_id: UUID
+) -> dict[str, Any]:
     """The Job the orchestrator pod of a static pipeline creates for one step (the GPU request lands here)."""
     step = snapshot.step_configurations[step_name]
     settings = cast(KubernetesOrchestratorSettings, orchestrator.get_settings(step))
-    labels = {"pipeline": kube_utils.sanitize_label_value(snapshot.pipeline_configuration.name), "step_name": kube_utils.sanitize_label_value(step_name)}
+    labels = {
+        "pipeline": kube_utils.sanitize_label_value(snapshot.pipeline_configuration.name),
+        "step_name": kube_utils.sanitize_label_value(step_name),
+    }
     pod = build_pod_manifest(
         pod_name=None,
         image_name=image,
@@ -122,7 +139,9 @@ def step_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSn
     )
     retry = step.config.retry
     job = build_job_manifest(
-        job_name=kube_utils.sanitize_label(f"{settings.job_name_prefix or ''}-{step_name}-{snapshot.pipeline_configuration.name}"),
+        job_name=kube_utils.sanitize_label(
+            f"{settings.job_name_prefix or ''}-{step_name}-{snapshot.pipeline_configuration.name}"
+        ),
         pod_template=pod_template_manifest_from_pod(pod),
         backoff_limit=(retry.max_retries if retry else 0) + settings.backoff_limit_margin,
         ttl_seconds_after_finished=settings.ttl_seconds_after_finished,
@@ -134,13 +153,19 @@ def step_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSn
     return to_api_dict(job) | {"apiVersion": "batch/v1", "kind": "Job"}
 
 
-def isolated_step_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase, step_name: str, image: str, snapshot_id: UUID) -> dict[str, Any]:
+def isolated_step_job_manifest(
+    orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase, step_name: str, image: str, snapshot_id: UUID
+) -> dict[str, Any]:
     """The Job the orchestrator pod of a dynamic pipeline creates for an isolated step (no resource pool allocation)."""
     step = snapshot.step_configurations[step_name]
     settings = cast(KubernetesOrchestratorSettings, orchestrator.get_settings(step))
     pipeline_name = snapshot.pipeline_configuration.name
     command, args = get_step_entrypoint_command(
-        invocation_id=step_name, config=step.config, entrypoint_config_class=StepOperatorEntrypointConfiguration, snapshot_id=snapshot_id, step_run_id=str(uuid4())
+        invocation_id=step_name,
+        config=step.config,
+        entrypoint_config_class=StepOperatorEntrypointConfiguration,
+        snapshot_id=snapshot_id,
+        step_run_id=str(uuid4()),
     )
     job = orchestrator._prepare_job_manifest(
         name=orchestrator._get_job_name(settings, pipeline_name=pipeline_name, step_name=step_name),
@@ -148,7 +173,10 @@ def isolated_step_job_manifest(orchestrator: KubernetesOrchestrator, snapshot: P
         args=args,
         image=image,
         environment={},
-        labels={"pipeline": kube_utils.sanitize_label_value(pipeline_name), "step_name": kube_utils.sanitize_label_value(step_name)},
+        labels={
+            "pipeline": kube_utils.sanitize_label_value(pipeline_name),
+            "step_name": kube_utils.sanitize_label_value(step_name),
+        },
         annotations={STEP_NAME_ANNOTATION_KEY: step_name},
         settings=settings,
         pod_settings=settings.pod_settings,
@@ -162,13 +190,21 @@ def step_pods(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBa
     if not snapshot.is_dynamic:
         return list(snapshot.step_configurations)
     docker = snapshot.pipeline_configuration.docker_settings
-    return [name for name, step in snapshot.step_configurations.items() if get_step_runtime(step.config, docker, orchestrator)[0] == StepRuntime.ISOLATED]
+    return [
+        name
+        for name, step in snapshot.step_configurations.items()
+        if get_step_runtime(step.config, docker, orchestrator)[0] == StepRuntime.ISOLATED
+    ]
 
 
-def compiled_schedule(config: RemoteStackConfig, client: Client) -> tuple[KubernetesOrchestrator, PipelineSnapshotBase, str]:
+def compiled_schedule(
+    config: RemoteStackConfig, client: Client
+) -> tuple[KubernetesOrchestrator, PipelineSnapshotBase, str]:
     """The registered stack's orchestrator, the scheduled pipeline compiled by ZenML on that stack, and its cron."""
     if config.orchestrator != "kubernetes":
-        raise StackConfigError("manifests are rendered for the kubernetes orchestrator; Kubeflow compiles its own KFP YAML at submission")
+        raise StackConfigError(
+            "manifests are rendered for the kubernetes orchestrator; Kubeflow compiles its own KFP YAML at submission"
+        )
     stack = Stack.from_model(client.get_stack(config.name, allow_name_prefix_match=False))
     pipeline, run_configuration, _ = prepared_scheduled_pipeline(config)
     assert run_configuration.schedule is not None and run_configuration.schedule.cron_expression is not None
@@ -183,7 +219,10 @@ def scheduled_manifests(config: RemoteStackConfig, client: Client) -> list[dict[
     snapshot_id = uuid4()
     manifests = [cron_job_manifest(orchestrator, snapshot, cron_expression, image, snapshot_id)]
     step_job = isolated_step_job_manifest if snapshot.is_dynamic else step_job_manifest
-    manifests += [step_job(orchestrator, snapshot, step_name, image, snapshot_id) for step_name in step_pods(orchestrator, snapshot)]
+    manifests += [
+        step_job(orchestrator, snapshot, step_name, image, snapshot_id)
+        for step_name in step_pods(orchestrator, snapshot)
+    ]
     for manifest in manifests:
         validate_manifest(manifest, config.cluster.kubernetes_version)
     return manifests

@@ -5,8 +5,8 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
-from stage1_core.drift import as_batch_source
-from stage1_core.manifest import conform_manifest
+from stage1_core.common.manifest import conform_manifest
+from stage1_core.monitoring.drift import as_batch_source
 
 
 @step

@@ -5,14 +5,23 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
-from stage1_core.drift import DriftConfig, DriftReport, EmbeddingProjection, build_reference, drift_features, drift_report
-from stage1_core.model import RoadworkClassifier
-from stage1_core.splits import Consumer, take_split
-from stage1_core.tracking import log_files
+from stage1_core.data.splits import Consumer, take_split
+from stage1_core.modeling.model import RoadworkClassifier
+from stage1_core.monitoring.drift import (
+    DriftConfig,
+    DriftReport,
+    EmbeddingProjection,
+    build_reference,
+    drift_features,
+    drift_report,
+)
+from stage1_core.registry.tracking import log_files
 
 
 @step(experiment_tracker=True)
-def build_drift_reference(manifest: pd.DataFrame, classifier: RoadworkClassifier, config: DriftConfig) -> tuple[
+def build_drift_reference(
+    manifest: pd.DataFrame, classifier: RoadworkClassifier, config: DriftConfig
+) -> tuple[
     Annotated[pd.DataFrame, "drift_reference"],
     Annotated[EmbeddingProjection, "embedding_projection"],
     Annotated[DriftReport, "drift_report"],
@@ -25,10 +34,12 @@ def build_drift_reference(manifest: pd.DataFrame, classifier: RoadworkClassifier
     holdout = drift_features(take_split(manifest, "val_test", Consumer.EVALUATION), classifier, projection)
     report = drift_report(reference, holdout, config)
     log_files(report.visualizations(), "drift_reference")
-    log_metadata({
-        "reference_rows": len(reference),
-        "embedding_explained_variance": sum(projection.explained_variance_ratio),
-        "holdout_drift_share": report.drift_share,
-        "holdout_dataset_drift": report.dataset_drift,
-    })
+    log_metadata(
+        {
+            "reference_rows": len(reference),
+            "embedding_explained_variance": sum(projection.explained_variance_ratio),
+            "holdout_drift_share": report.drift_share,
+            "holdout_dataset_drift": report.dataset_drift,
+        }
+    )
     return reference, projection, report

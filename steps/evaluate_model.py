@@ -5,19 +5,23 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
-from stage1_core.ablation import AblationTable
-from stage1_core.calibration import CalibrationPolicy
-from stage1_core.evaluation import EvaluationConfig, EvaluationReport, evaluate_predictions
-from stage1_core.inference import predict_logits
-from stage1_core.model import RoadworkClassifier
-from stage1_core.slices import object_size_classes, robustness_logits
-from stage1_core.splits import Consumer, bootstrap_groups, take_split
-from stage1_core.tracking import log_files, log_metrics
+from stage1_core.data.splits import Consumer, bootstrap_groups, take_split
+from stage1_core.evaluation.ablation import AblationTable
+from stage1_core.evaluation.calibration import CalibrationPolicy
+from stage1_core.evaluation.report import EvaluationConfig, EvaluationReport, evaluate_predictions
+from stage1_core.evaluation.slices import object_size_classes, robustness_logits
+from stage1_core.modeling.inference import predict_logits
+from stage1_core.modeling.model import RoadworkClassifier
+from stage1_core.registry.tracking import log_files, log_metrics
 
 
 @step(experiment_tracker=True)
 def evaluate_model(
-    manifest: pd.DataFrame, classifier: RoadworkClassifier, policy: CalibrationPolicy, config: EvaluationConfig, ablation: AblationTable | None = None
+    manifest: pd.DataFrame,
+    classifier: RoadworkClassifier,
+    policy: CalibrationPolicy,
+    config: EvaluationConfig,
+    ablation: AblationTable | None = None,
 ) -> Annotated[EvaluationReport, "evaluation_report"]:
     """Score val_test before and after calibration, per slice, under the validator's views, and the conformal policy; show the ablations."""
     val_test = take_split(manifest, "val_test", Consumer.EVALUATION)

@@ -5,15 +5,17 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
-from stage1_core.calibration import CalibrationPolicy
-from stage1_core.export import ExportConfig, export_bundle
-from stage1_core.model import RoadworkClassifier
-from stage1_core.serving import ExportedModel
-from stage1_core.splits import Consumer, take_split
+from stage1_core.data.splits import Consumer, take_split
+from stage1_core.evaluation.calibration import CalibrationPolicy
+from stage1_core.export.exporter import ExportConfig, export_bundle
+from stage1_core.modeling.model import RoadworkClassifier
+from stage1_core.serving.bundle import ExportedModel
 
 
 @step
-def export_model(manifest: pd.DataFrame, classifier: RoadworkClassifier, policy: CalibrationPolicy, config: ExportConfig) -> Annotated[ExportedModel, "exported_model"]:
+def export_model(
+    manifest: pd.DataFrame, classifier: RoadworkClassifier, policy: CalibrationPolicy, config: ExportConfig
+) -> Annotated[ExportedModel, "exported_model"]:
     """Export classifier + calibration; the adaptive bound is fitted on val_select and measured on val_test.
 
     Fails if ONNX Runtime and PyTorch disagree beyond the tolerance; TensorRT never fails it (its status is recorded).

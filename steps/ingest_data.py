@@ -5,7 +5,7 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
-from stage1_core.ingest import IngestConfig, ingest
+from stage1_core.data.ingest import IngestConfig, ingest
 
 
 @step
@@ -17,5 +17,12 @@ def ingest_data(config: IngestConfig, data_fingerprint: str) -> Annotated[pd.Dat
         data_fingerprint: hash of the data files; only here so the step cache notices changed data.
     """
     manifest = ingest(config)
-    log_metadata({"rows": len(manifest), "sources": manifest["source"].value_counts().to_dict(), "labels": manifest["label"].value_counts().to_dict(), "data_fingerprint": data_fingerprint})
+    log_metadata(
+        {
+            "rows": len(manifest),
+            "sources": manifest["source"].value_counts().to_dict(),
+            "labels": manifest["label"].value_counts().to_dict(),
+            "data_fingerprint": data_fingerprint,
+        }
+    )
     return manifest

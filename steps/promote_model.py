@@ -10,13 +10,14 @@ from zenml import get_step_context, log_metadata, step
 from zenml.client import Client
 from zenml.enums import ModelStages
 
-from stage1_core.config import RunConfig
-from stage1_core.evaluation import EvaluationReport
-from stage1_core.export import ExportedModel
-from stage1_core.promotion import PromotionConfig, PromotionDecision, register_and_promote, val_test_evidence
-from stage1_core.splits import Consumer, take_split
-from stage1_core.tracking import log_files, log_lineage, log_run_parameters
-from stage1_core.validation import ValidationReport
+from stage1_core.data.splits import Consumer, take_split
+from stage1_core.data.validation import ValidationReport
+from stage1_core.evaluation.report import EvaluationReport
+from stage1_core.export.exporter import ExportedModel
+from stage1_core.registry.champion import log_exported_model
+from stage1_core.registry.promotion import PromotionConfig, PromotionDecision, register_and_promote, val_test_evidence
+from stage1_core.registry.tracking import log_files, log_lineage, log_run_parameters
+from stage1_core.run.config import RunConfig
 
 
 class ZenMLStageTransition:
@@ -52,20 +53,49 @@ class ZenMLStageTransition:
 
 @step(experiment_tracker=True)
 def promote_model(
-    evaluation_report: EvaluationReport, exported_model: ExportedModel, validation_report: ValidationReport, manifest: pd.DataFrame, config: PromotionConfig
+    evaluation_report: EvaluationReport,
+    exported_model: ExportedModel,
+    validation_report: ValidationReport,
+    manifest: pd.DataFrame,
+    config: PromotionConfig,
 ) -> Annotated[PromotionDecision, "promotion_decision"]:
     """Log params, lineage and the ONNX model to the run's MLflow run; register it; move alias and ZenML stage together."""
     context = get_step_context()
-    log_run_parameters(context.pipeline_run.config.parameters or {}, RunConfig, exclude={"demo", "demo_sources"})
+    parameters = dict(context.pipeline_run.config.parameters or {})
+    log_run_parameters(
+        RunConfig.model_validate(parameters.pop("config", {})), parameters, exclude={"demo", "demo_sources"}
+    )
     lineage = log_lineage(manifest)
-    model_info = exported_model.log_to_mlflow()
-    evidence = val_test_evidence(take_split(manifest, "val_test", Consumer.EVALUATION), evaluation_report.labels, evaluation_report.calibrated_probs().tolist())
+    model_info = log_exported_model(exported_model)
+    evidence = val_test_evidence(
+        take_split(manifest, "val_test", Consumer.EVALUATION),
+        evaluation_report.labels,
+        evaluation_report.calibrated_probs().tolist(),
+    )
     blocking = [f"data validation failed critically: {reason}" for reason in validation_report.critical_reasons]
-    tags = {"manifest_sha256": lineage.manifest_sha256, "zenml_run": context.pipeline_run.name, "zenml_model_version": str(context.model.number)}
+    tags = {
+        "manifest_sha256": lineage.manifest_sha256,
+        "zenml_run": context.pipeline_run.name,
+        "zenml_model_version": str(context.model.number),
+    }
     decision = register_and_promote(
-        MlflowClient(), model_info.model_uri, mlflow.active_run().info.run_id, evaluation_report.gate_metrics(), config, blocking,
-        evidence=evidence, stage=ZenMLStageTransition(Client(), context.model.name, context.model.id), tags=tags,
+        MlflowClient(),
+        model_info.model_uri,
+        mlflow.active_run().info.run_id,
+        evaluation_report.gate_metrics(),
+        config,
+        blocking,
+        evidence=evidence,
+        stage=ZenMLStageTransition(Client(), context.model.name, context.model.id),
+        tags=tags,
     )
     log_files(decision.visualizations(), "promotion")
-    log_metadata(decision.metadata() | {"manifest_sha256": lineage.manifest_sha256, "rows_per_source": lineage.rows_per_source, "split_sizes": lineage.split_sizes})
+    log_metadata(
+        decision.metadata()
+        | {
+            "manifest_sha256": lineage.manifest_sha256,
+            "rows_per_source": lineage.rows_per_source,
+            "split_sizes": lineage.split_sizes,
+        }
+    )
     return decision

@@ -5,12 +5,12 @@ from typing import Annotated
 import pandas as pd
 from zenml import step
 
-from stage1_core.ablation import AblationTable, score_inference_modes
-from stage1_core.adaptive import AdaptiveConfig
-from stage1_core.calibration import CalibrationPolicy
-from stage1_core.evaluation import EvaluationConfig
-from stage1_core.model import RoadworkClassifier
-from stage1_core.splits import Consumer, take_split
+from stage1_core.data.splits import Consumer, take_split
+from stage1_core.evaluation.ablation import AblationTable, score_inference_modes
+from stage1_core.evaluation.calibration import CalibrationPolicy
+from stage1_core.evaluation.report import EvaluationConfig
+from stage1_core.modeling.model import RoadworkClassifier
+from stage1_core.serving.adaptive import AdaptiveConfig
 
 
 @step

@@ -5,12 +5,14 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
-from stage1_core.splits import SplitConfig, assign_splits, check_groups_within_one_split, split_counts
-from stage1_core.validation import ValidationReport, raise_on_critical_failure
+from stage1_core.data.splits import SplitConfig, assign_splits, check_groups_within_one_split, split_counts
+from stage1_core.data.validation import ValidationReport, raise_on_critical_failure
 
 
 @step
-def split_data(manifest: pd.DataFrame, validation_report: ValidationReport, config: SplitConfig) -> Annotated[pd.DataFrame, "split_manifest"]:
+def split_data(
+    manifest: pd.DataFrame, validation_report: ValidationReport, config: SplitConfig
+) -> Annotated[pd.DataFrame, "split_manifest"]:
     """Assign every valid row to one split; stops the run if validation failed critically."""
     raise_on_critical_failure(validation_report)
     split = assign_splits(manifest, config)

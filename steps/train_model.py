@@ -8,15 +8,17 @@ import pandas as pd
 from transformers import PreTrainedModel
 from zenml import log_metadata, step
 
-from stage1_core.model import ClassifierConfig, RoadworkClassifier
-from stage1_core.reliability import content_hash, manifest_data_hash, reproducibility_record
-from stage1_core.splits import Consumer, take_split
-from stage1_core.tracking import log_config, log_history
-from stage1_core.training import TrainConfig, TrainSummary, train_classifier
+from stage1_core.data.splits import Consumer, take_split
+from stage1_core.modeling.model import ClassifierConfig, RoadworkClassifier
+from stage1_core.modeling.training import TrainConfig, TrainSummary, train_classifier
+from stage1_core.registry.tracking import log_config, log_history
+from stage1_core.run.reliability import content_hash, manifest_data_hash, reproducibility_record
 
 
 @step(experiment_tracker=True)
-def train_model(manifest: pd.DataFrame, backbone: PreTrainedModel, classifier_config: ClassifierConfig, config: TrainConfig) -> tuple[
+def train_model(
+    manifest: pd.DataFrame, backbone: PreTrainedModel, classifier_config: ClassifierConfig, config: TrainConfig
+) -> tuple[
     Annotated[RoadworkClassifier, "classifier"],
     Annotated[TrainSummary, "train_summary"],
 ]:
@@ -29,14 +31,18 @@ def train_model(manifest: pd.DataFrame, backbone: PreTrainedModel, classifier_co
     val_select = take_split(manifest, "val_select", Consumer.MODEL_SELECTION)
     log_config(config, "train")
     log_config(classifier_config, "classifier")
-    training_config = config.model_copy(update={"checkpoint_root": None})  # where checkpoints live does not change the result
+    training_config = config.model_copy(
+        update={"checkpoint_root": None}
+    )  # where checkpoints live does not change the result
     fingerprint = content_hash(manifest, backbone, classifier_config, training_config)
     record = reproducibility_record(config.seed, manifest_data_hash(manifest), fingerprint)
     log_config(record, "reproducibility")
     log_metadata({"reproducibility": record.model_dump(mode="json")})
     L.seed_everything(config.seed, workers=True)  # the head's initialisation draws from the global RNG
     checkpoint_dir = Path(config.checkpoint_root).expanduser() / fingerprint[:16] if config.checkpoint_root else None
-    model, summary = train_classifier(RoadworkClassifier(backbone, classifier_config), train, val_select, config, checkpoint_dir)
+    model, summary = train_classifier(
+        RoadworkClassifier(backbone, classifier_config), train, val_select, config, checkpoint_dir
+    )
     log_history(summary.history, "")
     log_metadata(
         {

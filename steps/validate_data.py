@@ -5,11 +5,13 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
-from stage1_core.validation import DataValidationError, ValidationConfig, ValidationReport, validate_manifest
+from stage1_core.data.validation import DataValidationError, ValidationConfig, ValidationReport, validate_manifest
 
 
 @step
-def validate_data(manifest: pd.DataFrame, config: ValidationConfig) -> tuple[
+def validate_data(
+    manifest: pd.DataFrame, config: ValidationConfig
+) -> tuple[
     Annotated[pd.DataFrame, "valid_manifest"],
     Annotated[pd.DataFrame, "quarantine"],
     Annotated[ValidationReport, "validation_report"],
@@ -23,5 +25,12 @@ def validate_data(manifest: pd.DataFrame, config: ValidationConfig) -> tuple[
         result = validate_manifest(manifest, config)
     except DataValidationError as error:
         result = error.result
-    log_metadata({"ingested": result.report.n_ingested, "valid": result.report.n_valid, "quarantined": result.report.n_quarantined, "critical_failure": result.report.critical_failure})
+    log_metadata(
+        {
+            "ingested": result.report.n_ingested,
+            "valid": result.report.n_valid,
+            "quarantined": result.report.n_quarantined,
+            "critical_failure": result.report.critical_failure,
+        }
+    )
     return result.valid, result.quarantine, result.report

@@ -16,8 +16,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from stage1_core.demo_data import DemoDataConfig, generate_demo_dataset  # noqa: E402
-from stage1_core.ingest import IngestConfig, ingest  # noqa: E402
+from stage1_core.data.ingest import IngestConfig, ingest  # noqa: E402
+from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,9 @@ def session_dir() -> Path:
 @pytest.fixture(scope="session")
 def demo_dataset(session_dir: Path) -> Path:
     """A small demo dataset in the NATIX parquet layout, generated once per test session."""
-    return generate_demo_dataset(session_dir / "demo", DemoDataConfig(n_images=64, seed=3, image_width=320, image_height=240))
+    return generate_demo_dataset(
+        session_dir / "demo", DemoDataConfig(n_images=64, seed=3, image_width=320, image_height=240)
+    )
 
 
 @pytest.fixture(scope="session")

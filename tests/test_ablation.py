@@ -5,20 +5,22 @@ import pandas as pd
 import pytest
 import torch
 
-from stage1_core.ablation import AblationTable, recipe_name, score_inference_modes, slug
-from stage1_core.adaptive import AdaptiveConfig
-from stage1_core.backbone import load_backbone
-from stage1_core.calibration import CalibrationConfig, fit_calibration_policy
-from stage1_core.evaluation import EvaluationConfig
-from stage1_core.inference import manifest_canvases, predict_global_and_full_logits, predict_logits
-from stage1_core.metrics import compute_metrics
-from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
-from stage1_core.splits import SPLIT_GROUP_COLUMN, bootstrap_groups, split_groups
+from stage1_core.common.metrics import compute_metrics
+from stage1_core.data.splits import SPLIT_GROUP_COLUMN, bootstrap_groups, split_groups
+from stage1_core.evaluation.ablation import AblationTable, recipe_name, score_inference_modes, slug
+from stage1_core.evaluation.calibration import CalibrationConfig, fit_calibration_policy
+from stage1_core.evaluation.report import EvaluationConfig
+from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.inference import manifest_canvases, predict_global_and_full_logits, predict_logits
+from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
+from stage1_core.serving.adaptive import AdaptiveConfig
 
 
 @pytest.fixture(scope="module")
 def classifier() -> RoadworkClassifier:
-    return RoadworkClassifier(load_backbone("dinov2-demo-random", seed=4), ClassifierConfig(multiview=MultiViewConfig(view_size=28))).eval()
+    return RoadworkClassifier(
+        load_backbone("dinov2-demo-random", seed=4), ClassifierConfig(multiview=MultiViewConfig(view_size=28))
+    ).eval()
 
 
 def halves(manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -43,15 +45,23 @@ def test_one_pass_gives_the_global_view_and_the_aggregated_logits(classifier, de
 
 def test_each_mode_is_scored_on_val_test_with_its_views(classifier, demo_manifest) -> None:
     val_select, val_test = halves(demo_manifest)
-    policy = fit_calibration_policy(predict_logits(classifier, val_select), val_select["label"].to_numpy(), CalibrationConfig())
+    policy = fit_calibration_policy(
+        predict_logits(classifier, val_select), val_select["label"].to_numpy(), CalibrationConfig()
+    )
     evaluation = EvaluationConfig(n_bootstrap=50)
-    rows = score_inference_modes("main: ExPLoRA + linear head", classifier, policy, val_select, val_test, evaluation, AdaptiveConfig())
+    rows = score_inference_modes(
+        "main: ExPLoRA + linear head", classifier, policy, val_select, val_test, evaluation, AdaptiveConfig()
+    )
     assert [row.inference for row in rows] == ["global view", "multi-view", "adaptive"]
     global_logits, full_logits = predict_global_and_full_logits(classifier, val_test)
     labels = val_test["label"].to_numpy()
     for row, logits in zip(rows[:2], (global_logits, full_logits), strict=True):
-        expected = compute_metrics(labels, policy.probabilities(logits), n_bootstrap=50, groups=bootstrap_groups(val_test))
-        assert expected.n_groups == val_test[SPLIT_GROUP_COLUMN].nunique() < len(val_test)  # frames of a sequence resampled together
+        expected = compute_metrics(
+            labels, policy.probabilities(logits), n_bootstrap=50, groups=bootstrap_groups(val_test)
+        )
+        assert (
+            expected.n_groups == val_test[SPLIT_GROUP_COLUMN].nunique() < len(val_test)
+        )  # frames of a sequence resampled together
         assert row.metrics["mcc"] == expected.mcc and row.metrics["auroc"] == expected.auroc
     assert rows[0].views_per_image == 1.0 and rows[1].views_per_image == 10.0
     assert 1.0 <= rows[2].views_per_image <= 10.0

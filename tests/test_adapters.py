@@ -6,21 +6,32 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from stage1_core.adapters import AdapterConfig, DoranLinear, adapter_parameters, add_adapters, has_adapters, merge_adapters
-from stage1_core.backbone import load_backbone
-from stage1_core.logit_map import LogitMap
-from stage1_core.export import ExportConfig, export_onnx
-from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
-from stage1_core.training import set_trainable_blocks
+from stage1_core.common.logit_map import LogitMap
+from stage1_core.export.exporter import ExportConfig, export_onnx
+from stage1_core.modeling.adapters import (
+    AdapterConfig,
+    DoranLinear,
+    adapter_parameters,
+    add_adapters,
+    has_adapters,
+    merge_adapters,
+)
+from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
+from stage1_core.modeling.training import set_trainable_blocks
 
 RANK, HIDDEN, WIDTH, BLOCKS = 4, 6, 192, 4  # the dinov2-demo config: 4 blocks of width 192
 
 
 def _classifier(method: str, trainable_blocks: int, seed: int = 0) -> RoadworkClassifier:
     torch.manual_seed(seed)
-    model = RoadworkClassifier(load_backbone("dinov2-demo", seed=seed), ClassifierConfig(multiview=MultiViewConfig(view_size=28)))
+    model = RoadworkClassifier(
+        load_backbone("dinov2-demo", seed=seed), ClassifierConfig(multiview=MultiViewConfig(view_size=28))
+    )
     set_trainable_blocks(model, trainable_blocks)
-    model.backbone = add_adapters(model.backbone, AdapterConfig(method=method, rank=RANK, doran_hidden=HIDDEN), trainable_blocks)
+    model.backbone = add_adapters(
+        model.backbone, AdapterConfig(method=method, rank=RANK, doran_hidden=HIDDEN), trainable_blocks
+    )
     return model
 
 
@@ -40,7 +51,9 @@ def test_only_adapters_head_and_final_norm_train_and_counts_match_the_definition
     head = list(model.head.parameters())
     final_norm = [p for name, p in model.backbone.named_parameters() if name.split(".")[-2] == "layernorm"]
     assert final_norm and trainable == {id(p) for p in adapters + head + final_norm}
-    per_projection = (2 * RANK * WIDTH + WIDTH) if method == "dora" else (2 * RANK * HIDDEN + 2 * HIDDEN * WIDTH + WIDTH + 1)
+    per_projection = (
+        (2 * RANK * WIDTH + WIDTH) if method == "dora" else (2 * RANK * HIDDEN + 2 * HIDDEN * WIDTH + WIDTH + 1)
+    )
     shared_per_block = 0 if method == "dora" else 2 * (HIDDEN * HIDDEN + HIDDEN)
     assert sum(p.numel() for p in adapters) == BLOCKS * (2 * per_projection + shared_per_block)
 
@@ -48,7 +61,9 @@ def test_only_adapters_head_and_final_norm_train_and_counts_match_the_definition
 def test_adapters_skip_the_fully_trained_blocks_and_keep_their_trainability() -> None:
     model = _classifier("doran", trainable_blocks=1)
     doran = [name for name, module in model.backbone.named_modules() if isinstance(module, DoranLinear)]
-    assert doran == [f"encoder.layer.{block}.attention.{leaf}" for block in range(BLOCKS - 1) for leaf in ("q_proj", "v_proj")]
+    assert doran == [
+        f"encoder.layer.{block}.attention.{leaf}" for block in range(BLOCKS - 1) for leaf in ("q_proj", "v_proj")
+    ]
     last_block = model.backbone.encoder.layer[-1]
     assert all(p.requires_grad for p in last_block.parameters())
     assert not any(p.requires_grad for p in model.backbone.encoder.layer[0].mlp.parameters())
@@ -88,10 +103,18 @@ def test_merge_is_exact_and_the_merged_model_saves_loads_and_exports(method: str
         assert not has_adapters(model.backbone) and type(model.backbone).__name__ == "Dinov2Model"
         merged = model(canvas)
         assert torch.allclose(adapted, merged, atol=1e-5)
-        assert (adapted - RoadworkClassifier(load_backbone("dinov2-demo"), model.config).eval()(canvas)).abs().max() > 1e-3, "the adapters changed the model"
+        assert (
+            adapted - RoadworkClassifier(load_backbone("dinov2-demo"), model.config).eval()(canvas)
+        ).abs().max() > 1e-3, "the adapters changed the model"
         model.save(tmp_path / "model")
         assert torch.allclose(RoadworkClassifier.load(tmp_path / "model")(canvas), merged, atol=1e-6)
     generator = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in [(60, 80), (90, 40)]]
-    exported = export_onnx(model, calibration=LogitMap(a=1.0, b=1.0, c=0.0), decision_threshold=0.5, images=images, config=ExportConfig(parity_images=2))
+    exported = export_onnx(
+        model,
+        calibration=LogitMap(a=1.0, b=1.0, c=0.0),
+        decision_threshold=0.5,
+        images=images,
+        config=ExportConfig(parity_images=2),
+    )
     assert exported.metadata.parity[0].passed and exported.metadata.parity[0].max_abs_diff <= 1e-4

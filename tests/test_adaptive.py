@@ -4,12 +4,20 @@ import torch
 from scipy.special import logit as scipy_logit
 from sklearn.metrics import matthews_corrcoef
 
-from stage1_core.adaptive import AdaptiveConfig, AdaptivePolicy, evaluate_adaptive, fit_adaptive_policy, run_adaptive, signed_margin, skip_tiles
-from stage1_core.backbone import load_backbone
-from stage1_core.logit_map import LogitMap
-from stage1_core.export import CalibrationLayer, GlobalViewGraph, ServingGraph, TilesGraph
-from stage1_core.metrics import bootstrap_group_weights
-from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
+from stage1_core.common.logit_map import LogitMap
+from stage1_core.common.metrics import bootstrap_group_weights
+from stage1_core.export.exporter import CalibrationLayer, GlobalViewGraph, ServingGraph, TilesGraph
+from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
+from stage1_core.serving.adaptive import (
+    AdaptiveConfig,
+    AdaptivePolicy,
+    evaluate_adaptive,
+    fit_adaptive_policy,
+    run_adaptive,
+    signed_margin,
+    skip_tiles,
+)
 
 CALIBRATION = LogitMap.from_temperature(1.3)
 
@@ -41,7 +49,11 @@ def test_fitted_bounds_keep_the_budget_on_most_resamples_and_skip_the_most_image
 
     def drop_at(clear_bound: float, positive_bound: float) -> float:
         adaptive = np.where(skip_at(clear_bound, positive_bound), p_global, p_full) > 0.5
-        drops = [matthews_corrcoef(labels, p_full > 0.5, sample_weight=w) - matthews_corrcoef(labels, adaptive, sample_weight=w) for w in weights]
+        drops = [
+            matthews_corrcoef(labels, p_full > 0.5, sample_weight=w)
+            - matthews_corrcoef(labels, adaptive, sample_weight=w)
+            for w in weights
+        ]
         return float(np.quantile(drops, config.confidence))
 
     best = (0, np.inf, np.inf)
@@ -56,7 +68,10 @@ def test_fitted_bounds_keep_the_budget_on_most_resamples_and_skip_the_most_image
         skipped = int(skip_at(clear_bound, positive_bound).sum())
         if skipped > best[0]:
             best = (skipped, positive_bound, clear_bound)
-    assert (policy.positive_margin_threshold, policy.margin_threshold) == (pytest.approx(best[1]), pytest.approx(best[2]))
+    assert (policy.positive_margin_threshold, policy.margin_threshold) == (
+        pytest.approx(best[1]),
+        pytest.approx(best[2]),
+    )
     assert policy.confidence == config.confidence == 0.75
     outcome = policy.fitted_on
     assert outcome.mcc_full == pytest.approx(matthews_corrcoef(labels, p_full > 0.5))
@@ -78,7 +93,9 @@ def test_the_side_whose_answers_the_tiles_never_change_is_skipped_whole() -> Non
 
 
 def test_a_policy_saved_before_the_two_sided_fit_applies_its_one_bound_to_both_sides_and_bounds_survive_json() -> None:
-    saved = AdaptivePolicy.model_validate_json('{"decision_threshold": 0.5, "margin_threshold": 1.0, "max_mcc_drop": 0.01, "full_views": 10}')
+    saved = AdaptivePolicy.model_validate_json(
+        '{"decision_threshold": 0.5, "margin_threshold": 1.0, "max_mcc_drop": 0.01, "full_views": 10}'
+    )
     p_global = np.array([0.2, 0.3, 0.5, 0.7, 0.8])  # logits -1.39, -0.85, 0, 0.85, 1.39
     assert skip_tiles(p_global, saved).tolist() == [True, False, False, False, True]
     two_sided = saved.model_copy(update={"margin_threshold": np.inf, "positive_margin_threshold": 0.5})
@@ -88,7 +105,12 @@ def test_a_policy_saved_before_the_two_sided_fit_applies_its_one_bound_to_both_s
 
 def test_a_higher_confidence_never_skips_more() -> None:
     labels, p_global, p_full = _scores(300, 4)
-    skip = [fit_adaptive_policy(p_global, p_full, labels, 10, AdaptiveConfig(max_mcc_drop=0.02, confidence=q)).fitted_on.skip_rate for q in (0.5, 0.75, 0.95)]
+    skip = [
+        fit_adaptive_policy(
+            p_global, p_full, labels, 10, AdaptiveConfig(max_mcc_drop=0.02, confidence=q)
+        ).fitted_on.skip_rate
+        for q in (0.5, 0.75, 0.95)
+    ]
     assert skip[0] >= skip[1] >= skip[2] and skip[0] > skip[2]
 
 
@@ -103,7 +125,9 @@ def test_zero_budget_on_a_useless_global_view_never_skips_and_one_class_labels_a
 
 
 def test_adaptive_path_equals_the_full_result_for_uncertain_images_and_the_global_result_for_confident_ones() -> None:
-    model = RoadworkClassifier(load_backbone("dinov2-demo", seed=1), ClassifierConfig(multiview=MultiViewConfig(view_size=28))).eval()
+    model = RoadworkClassifier(
+        load_backbone("dinov2-demo", seed=1), ClassifierConfig(multiview=MultiViewConfig(view_size=28))
+    ).eval()
     global_graph, tiles_graph = GlobalViewGraph(model, CALIBRATION), TilesGraph(model, CALIBRATION)
     batch = torch.randint(0, 256, (12, 3, 64, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -112,7 +136,10 @@ def test_adaptive_path_equals_the_full_result_for_uncertain_images_and_the_globa
         np.testing.assert_allclose(tiles_graph(canvas, global_features).numpy(), full, atol=1e-6)
         labels = np.arange(12) % 2
         policy = fit_adaptive_policy(p_global.numpy(), full, labels, 10, AdaptiveConfig())
-        policy.margin_threshold, policy.positive_margin_threshold = float(np.median(np.abs(signed_margin(p_global.numpy(), 0.5)))), None  # one bound, both sides
+        policy.margin_threshold, policy.positive_margin_threshold = (
+            float(np.median(np.abs(signed_margin(p_global.numpy(), 0.5)))),
+            None,
+        )  # one bound, both sides
 
         def global_pass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return tuple(output.numpy() for output in global_graph(torch.from_numpy(images)))
@@ -133,17 +160,28 @@ def test_adaptive_path_equals_the_full_result_for_uncertain_images_and_the_globa
 def test_signed_margin_is_the_difference_of_logits_and_stays_finite_at_zero_and_one() -> None:
     p = np.array([0.0, 1e-9, 0.2, 0.3, 0.5, 0.9, 1.0])
     margin = signed_margin(p, 0.3)
-    np.testing.assert_allclose(margin[1:-1], scipy_logit(np.clip(p[1:-1], 1e-7, 1 - 1e-7)) - scipy_logit(0.3), rtol=1e-12)
+    np.testing.assert_allclose(
+        margin[1:-1], scipy_logit(np.clip(p[1:-1], 1e-7, 1 - 1e-7)) - scipy_logit(0.3), rtol=1e-12
+    )
     assert np.isfinite(margin).all() and margin[3] == 0.0
     assert margin[0] == pytest.approx(margin[1]) and margin[-1] > margin[-2]
 
 
 @pytest.mark.parametrize("aggregation", ["mean", "attention"])
 def test_tiles_graph_reproduces_the_fixed_graph_for_every_aggregation(aggregation: str) -> None:
-    model = RoadworkClassifier(load_backbone("dinov2-demo", seed=3), ClassifierConfig(multiview=MultiViewConfig(view_size=28, aggregation=aggregation))).eval()
+    model = RoadworkClassifier(
+        load_backbone("dinov2-demo", seed=3),
+        ClassifierConfig(multiview=MultiViewConfig(view_size=28, aggregation=aggregation)),
+    ).eval()
     batch = torch.randint(0, 256, (3, 3, 40, 56), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         global_features, p_global, canvas = GlobalViewGraph(model, CALIBRATION)(batch)
-        np.testing.assert_allclose(TilesGraph(model, CALIBRATION)(canvas, global_features).numpy(), ServingGraph(model, CALIBRATION)(batch).numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            TilesGraph(model, CALIBRATION)(canvas, global_features).numpy(),
+            ServingGraph(model, CALIBRATION)(batch).numpy(),
+            atol=1e-6,
+        )
         single = model.config.multiview.model_copy(update={"aggregation": "global_only"})
-        np.testing.assert_allclose(p_global.numpy(), CalibrationLayer(CALIBRATION)(model(canvas, single)).numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            p_global.numpy(), CalibrationLayer(CALIBRATION)(model(canvas, single)).numpy(), atol=1e-6
+        )

@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from stage1_core.demo_data import DemoDataConfig, generate_demo_dataset
-from stage1_core.ingest import DataLayoutError, IngestConfig, ingest
-from stage1_core.manifest import MANIFEST_COLUMNS
-from stage1_core.validation import DataValidationError, ValidationConfig, validate_manifest
+from stage1_core.common.manifest import MANIFEST_COLUMNS
+from stage1_core.data.ingest import DataLayoutError, IngestConfig, ingest
+from stage1_core.data.validation import DataValidationError, ValidationConfig, validate_manifest
+from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset
 
 LENIENT = ValidationConfig(max_failure_rate=1.0, min_positive_rate=0.0, max_positive_rate=1.0)
 
@@ -40,10 +40,15 @@ def _scene(size: tuple[int, int] = (160, 120)) -> Image.Image:
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares ``width x height`` in its header but holds no pixel data: opening it is cheap,
     decoding it is not possible."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _ingest_and_validate(path: Path, tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -94,10 +99,18 @@ def test_bad_image_files_are_quarantined_with_their_reason(folder: Path, tmp_pat
     assert "pixel mode I;16 (high bit depth) is rejected" in reasons["folder:no_roadwork/deep.png"]
     assert "60.0 megapixels, above the 50 limit: not decoded" in reasons["folder:roadwork/huge.png"]
     assert "image larger than 50 megapixels" in reasons["folder:roadwork/huge.png"]
-    assert quarantine.loc["folder:roadwork/huge.png", ["width", "height"]].tolist() == [10_000, 6_000], "size from the header"
+    assert quarantine.loc["folder:roadwork/huge.png", ["width", "height"]].tolist() == [10_000, 6_000], (
+        "size from the header"
+    )
     assert sorted(quarantine.index) == sorted(
-        f"folder:{name}" for name in
-        ["roadwork/corrupt.jpg", "roadwork/truncated.jpg", "roadwork/empty.jpg", "no_roadwork/deep.png", "roadwork/huge.png"]
+        f"folder:{name}"
+        for name in [
+            "roadwork/corrupt.jpg",
+            "roadwork/truncated.jpg",
+            "roadwork/empty.jpg",
+            "no_roadwork/deep.png",
+            "roadwork/huge.png",
+        ]
     )
 
 
@@ -124,7 +137,9 @@ def _natix_table(demo: Path) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def small_natix(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = DemoDataConfig(n_images=8, seed=4, image_width=128, image_height=96, frames_per_sequence=2, test_fraction=0.0)
+    config = DemoDataConfig(
+        n_images=8, seed=4, image_width=128, image_height=96, frames_per_sequence=2, test_fraction=0.0
+    )
     return generate_demo_dataset(tmp_path_factory.mktemp("natix"), config)
 
 
@@ -167,15 +182,20 @@ def test_missing_manifest_columns_quarantine_every_row_and_stop(small_natix: Pat
 
 
 def test_mapillary_image_without_polygons_is_quarantined(tmp_path: Path) -> None:
-    root = generate_demo_dataset(tmp_path / "vistas", DemoDataConfig(layout="mapillary", n_images=6, seed=1, image_width=128,
-                                                                     image_height=96, test_fraction=0.0))
+    root = generate_demo_dataset(
+        tmp_path / "vistas",
+        DemoDataConfig(layout="mapillary", n_images=6, seed=1, image_width=128, image_height=96, test_fraction=0.0),
+    )
     polygons = sorted((root / "training" / "v2.0" / "polygons").glob("*.json"))
     polygons[0].unlink()
     polygons[1].write_text("{not json")
     manifest, valid, quarantine = _ingest_and_validate(root, tmp_path)
     assert len(manifest) == 6 and len(valid) == 4
     missing, unreadable = (f"mapillary:training:{path.stem}" for path in polygons[:2])
-    assert f"source adapter reported a problem: polygons file {polygons[0]} is missing" in quarantine.loc[missing, "reason"]
+    assert (
+        f"source adapter reported a problem: polygons file {polygons[0]} is missing"
+        in quarantine.loc[missing, "reason"]
+    )
     assert "is unreadable (JSONDecodeError" in quarantine.loc[unreadable, "reason"]
     assert quarantine.loc[missing, "label"] == -1
 

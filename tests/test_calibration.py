@@ -8,7 +8,7 @@ from scipy.special import expit, log_expit
 from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
-from stage1_core.calibration import (
+from stage1_core.evaluation.calibration import (
     CalibrationConfig,
     CalibrationPolicy,
     DirichletCalibrator,
@@ -158,10 +158,16 @@ def test_dirichlet_reduces_to_beta_calibration() -> None:
     dirichlet = DirichletCalibrator.fit(z, labels, tiny)
     # softmax(W ln p + b)[1] is sigmoid of the beta form a ln p - b ln(1 - p) + c
     beta = dirichlet.logit_map
-    np.testing.assert_allclose(dirichlet.class_probabilities(z)[:, 1], expit(beta.a * log_expit(z) - beta.b * log_expit(-z) + beta.c), rtol=1e-10)
+    np.testing.assert_allclose(
+        dirichlet.class_probabilities(z)[:, 1],
+        expit(beta.a * log_expit(z) - beta.b * log_expit(-z) + beta.c),
+        rtol=1e-10,
+    )
     np.testing.assert_allclose(dirichlet.class_probabilities(z).sum(axis=1), 1.0)
     # beta calibration fitted directly (Kull et al. 2017: logistic regression on ln p and -ln(1 - p)) gives the same map
-    reference = LogisticRegression(C=1e8, tol=1e-10, max_iter=10_000).fit(np.column_stack([log_expit(z), -log_expit(-z)]), labels)
+    reference = LogisticRegression(C=1e8, tol=1e-10, max_iter=10_000).fit(
+        np.column_stack([log_expit(z), -log_expit(-z)]), labels
+    )
     assert (beta.a, beta.b, beta.c) == pytest.approx((*reference.coef_[0], reference.intercept_[0]), rel=1e-3, abs=1e-3)
 
 
@@ -173,7 +179,9 @@ def test_temperature_is_the_symmetric_beta_map() -> None:
 
 def test_dirichlet_policy_round_trips_and_keeps_its_diagnostics() -> None:
     z, labels = beta_miscalibrated(600, seed=10)
-    policy = fit_calibration_policy(z, labels, CalibrationConfig(method="dirichlet", threshold_objective="balanced_accuracy"))
+    policy = fit_calibration_policy(
+        z, labels, CalibrationConfig(method="dirichlet", threshold_objective="balanced_accuracy")
+    )
     assert policy.method == "dirichlet" and policy.conformal is not None and policy.conformal.scrc is not None
     restored = CalibrationPolicy.model_validate_json(policy.model_dump_json())
     assert restored == policy and isinstance(restored.calibrator, DirichletCalibrator)
@@ -183,7 +191,9 @@ def test_dirichlet_policy_round_trips_and_keeps_its_diagnostics() -> None:
     assert metadata["method"] == "dirichlet" and metadata["nll_after"] < metadata["nll_before"]
     assert {"beta_a", "odir_lambda", "conformal_lac_q_hat", "scrc_risk_threshold"} <= set(metadata)
     files = policy.visualizations()
-    assert files["reliability_val_calib_before.png"].startswith(b"\x89PNG") and files["reliability_val_calib_after.png"].startswith(b"\x89PNG")
+    assert files["reliability_val_calib_before.png"].startswith(b"\x89PNG") and files[
+        "reliability_val_calib_after.png"
+    ].startswith(b"\x89PNG")
     assert "dirichlet" in files["calibration.html"]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from stage1_core.conformal import (
+from stage1_core.evaluation.conformal import (
     ConformalConfig,
     ConformalPolicy,
     ConformalPredictor,
@@ -32,7 +32,9 @@ def synthetic(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
     return labels, expit(2.0 * z + rng.normal(0.0, 0.7, n))
 
 
-def reference_sets(probs: np.ndarray, labels: np.ndarray, test: np.ndarray, alpha: float, score: str, u_cal, u_test) -> tuple[float, np.ndarray]:
+def reference_sets(
+    probs: np.ndarray, labels: np.ndarray, test: np.ndarray, alpha: float, score: str, u_cal, u_test
+) -> tuple[float, np.ndarray]:
     """A plain per-sample loop: scores by the definitions in methods.md, q_hat as the ceil((n+1)(1-alpha))-th smallest."""
 
     def score_of(row: np.ndarray, label: int, u: float) -> float:
@@ -41,9 +43,16 @@ def reference_sets(probs: np.ndarray, labels: np.ndarray, test: np.ndarray, alph
         above = sum(row[j] for j in range(len(row)) if row[j] > row[label] or (row[j] == row[label] and j < label))
         return above + (1.0 if u is None else u) * row[label]
 
-    scores = sorted(score_of(row, int(y), None if u_cal is None else u_cal[i]) for i, (row, y) in enumerate(zip(probs, labels)))
+    scores = sorted(
+        score_of(row, int(y), None if u_cal is None else u_cal[i]) for i, (row, y) in enumerate(zip(probs, labels))
+    )
     q_hat = scores[math.ceil((len(scores) + 1) * (1 - alpha)) - 1]
-    sets = np.array([[score_of(row, k, None if u_test is None else u_test[i]) <= q_hat for k in range(row.size)] for i, row in enumerate(test)])
+    sets = np.array(
+        [
+            [score_of(row, k, None if u_test is None else u_test[i]) <= q_hat for k in range(row.size)]
+            for i, row in enumerate(test)
+        ]
+    )
     return q_hat, sets
 
 
@@ -55,7 +64,9 @@ def test_binary_predictor_matches_a_direct_reference_computation(name: str) -> N
     randomized = name.endswith("randomized")
     u_cal = np.random.default_rng(5).random(200) if randomized else None
     u_test = np.random.default_rng(6).random(100) if randomized else None
-    expected_q, expected_sets = reference_sets(probs[:200], labels[:200], probs[200:], 0.1, name.split("_")[0], u_cal, u_test)
+    expected_q, expected_sets = reference_sets(
+        probs[:200], labels[:200], probs[200:], 0.1, name.split("_")[0], u_cal, u_test
+    )
     assert predictor.q_hat == pytest.approx(expected_q, abs=1e-12)
     np.testing.assert_array_equal(predictor.prediction_sets(probs[200:], np.random.default_rng(6)), expected_sets)
 
@@ -77,7 +88,9 @@ def test_quantile_is_the_exact_order_statistic_and_needs_enough_samples() -> Non
     assert conformal_quantile(scores, 0.1) == np.sort(scores)[rank - 1]
     assert conformal_quantile(scores, 0.1) == np.quantile(scores, rank / 99, method="inverted_cdf")
     assert conformal_quantile(np.arange(9.0), 0.1) == 8.0  # n = 1/alpha - 1 is just enough: the largest score
-    with pytest.raises(TooFewCalibrationSamples, match="8 calibration samples are too few for alpha=0.1.*n >= 1/alpha - 1 = 9.0"):
+    with pytest.raises(
+        TooFewCalibrationSamples, match="8 calibration samples are too few for alpha=0.1.*n >= 1/alpha - 1 = 9.0"
+    ):
         conformal_quantile(np.arange(8.0), 0.1)
     with pytest.raises(ValueError, match="empty calibration split"):
         conformal_quantile(np.array([]), 0.1)
@@ -92,8 +105,12 @@ def test_coverage_is_at_least_one_minus_alpha_over_random_splits(name: str) -> N
     for trial in range(trials):
         rows = rng.permutation(np.arange(trial * 2 * n_cal, (trial + 1) * 2 * n_cal))
         calib, test = rows[:n_cal], rows[n_cal:]
-        predictor = ConformalPredictor.fit(name, labels[calib], class_probabilities(p[calib]), alpha, rng=rng, raps_lambda=0.2, raps_k_reg=1)
-        coverages.append(evaluate_sets(predictor.prediction_sets(class_probabilities(p[test]), rng), labels[test]).coverage)
+        predictor = ConformalPredictor.fit(
+            name, labels[calib], class_probabilities(p[calib]), alpha, rng=rng, raps_lambda=0.2, raps_k_reg=1
+        )
+        coverages.append(
+            evaluate_sets(predictor.prediction_sets(class_probabilities(p[test]), rng), labels[test]).coverage
+        )
     mean = float(np.mean(coverages))
     standard_error = float(np.std(coverages) / np.sqrt(trials))
     assert mean >= 1 - alpha - 3 * standard_error
@@ -104,9 +121,13 @@ def test_raps_with_k_reg_two_equals_aps_for_two_classes_but_not_with_k_reg_one()
     labels, p = synthetic(500, np.random.default_rng(3))
     probs = class_probabilities(p)
     aps = ConformalPredictor.fit("aps_randomized", labels, probs, 0.1, rng=np.random.default_rng(4))
-    raps = ConformalPredictor.fit("raps_randomized", labels, probs, 0.1, rng=np.random.default_rng(4), raps_lambda=0.5, raps_k_reg=2)
+    raps = ConformalPredictor.fit(
+        "raps_randomized", labels, probs, 0.1, rng=np.random.default_rng(4), raps_lambda=0.5, raps_k_reg=2
+    )
     assert raps.q_hat == aps.q_hat
-    np.testing.assert_array_equal(raps.prediction_sets(probs, np.random.default_rng(7)), aps.prediction_sets(probs, np.random.default_rng(7)))
+    np.testing.assert_array_equal(
+        raps.prediction_sets(probs, np.random.default_rng(7)), aps.prediction_sets(probs, np.random.default_rng(7))
+    )
     penalised = class_scores(probs, "raps", raps_lambda=0.5, raps_k_reg=1)
     np.testing.assert_allclose(penalised - class_scores(probs, "aps"), np.where(probs < probs[:, ::-1], 0.5, 0.0))
 
@@ -140,11 +161,21 @@ def test_scrc_controls_the_risk_among_selected_images_and_hits_the_selection_rat
     assert np.mean(rates) == pytest.approx(0.7, abs=0.02)
     # without the selection the same alpha needs larger sets: selection buys singletons
     full = ConformalPredictor.fit("lac", labels[:300], class_probabilities(p[:300]), config.alpha, rng=rng)
-    assert evaluate_sets(full.prediction_sets(class_probabilities(p[300:]), rng), labels[300:]).mean_size > result.selective_mean_size
+    assert (
+        evaluate_sets(full.prediction_sets(class_probabilities(p[300:]), rng), labels[300:]).mean_size
+        > result.selective_mean_size
+    )
 
 
 def test_decisions_accept_only_selected_single_class_sets() -> None:
-    policy = SCRCPolicy(target_selection_rate=0.5, alpha=0.1, selection_threshold=0.8, risk_threshold=0.3, n_calibration=10, n_selected=5)
+    policy = SCRCPolicy(
+        target_selection_rate=0.5,
+        alpha=0.1,
+        selection_threshold=0.8,
+        risk_threshold=0.3,
+        n_calibration=10,
+        n_selected=5,
+    )
     decisions = policy.decide(class_probabilities(np.array([0.95, 0.6, 0.1, 0.75])))
     np.testing.assert_array_equal(decisions.selected, [True, False, True, False])
     np.testing.assert_array_equal(decisions.accept, [True, False, True, False])
@@ -161,7 +192,9 @@ def test_policy_fits_every_predictor_round_trips_and_reports_small_splits() -> N
     assert evaluation.sets["lac"].coverage >= 0.9 and evaluation.scrc is not None
     assert "conformal_lac_coverage" in evaluation.to_flat_dict()
 
-    small = fit_conformal_policy(labels[:12], p[:12], ConformalConfig(alpha=0.1, scrc=SCRCConfig(target_selection_rate=0.5, alpha=0.1)))
+    small = fit_conformal_policy(
+        labels[:12], p[:12], ConformalConfig(alpha=0.1, scrc=SCRCConfig(target_selection_rate=0.5, alpha=0.1))
+    )
     assert small.scrc is None and "no lambda reaches risk 0.1" in small.scrc_undefined_reason
     with pytest.raises(TooFewCalibrationSamples):
         fit_conformal_policy(labels[:5], p[:5], ConformalConfig(alpha=0.1))

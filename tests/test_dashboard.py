@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from zenml import pipeline
 
-from stage1_core.ingest import IngestConfig
-from stage1_core.validation import ValidationConfig
+from stage1_core.data.ingest import IngestConfig
+from stage1_core.data.validation import ValidationConfig
 from steps.ingest_data import ingest_data
 from steps.validate_data import validate_data
 
@@ -68,12 +68,25 @@ def _stop_server(env: dict[str, str], config_dir: Path) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
     """A running local server: its URL and the environment of a client connected to it."""
     config_dir = tmp_path_factory.mktemp("zenml-server")
-    env = os.environ | {"ZENML_CONFIG_PATH": str(config_dir), "ZENML_ANALYTICS_OPT_IN": "false", "ZENML_AUTO_OPEN_DASHBOARD": "false"}
+    env = os.environ | {
+        "ZENML_CONFIG_PATH": str(config_dir),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "ZENML_AUTO_OPEN_DASHBOARD": "false",
+    }
     port = _free_port()
     try:
-        login = subprocess.run([str(ZENML_CLI), "login", "--local", "--port", str(port)], env=env, cwd=REPO, capture_output=True, text=True, timeout=SERVER_START_TIMEOUT_S)
+        login = subprocess.run(
+            [str(ZENML_CLI), "login", "--local", "--port", str(port)],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=SERVER_START_TIMEOUT_S,
+        )
         url = f"http://127.0.0.1:{port}"
-        assert login.returncode == 0, f"`zenml login --local` failed (exit {login.returncode}):\n{login.stdout[-3000:]}\n{login.stderr[-3000:]}"
+        assert login.returncode == 0, (
+            f"`zenml login --local` failed (exit {login.returncode}):\n{login.stdout[-3000:]}\n{login.stderr[-3000:]}"
+        )
         with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
             assert response.status == 200, f"the local ZenML server at {url} is not healthy"
         yield url, env
@@ -83,25 +96,37 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
 
 @pytest.mark.dashboard
 @pytest.mark.slow
-def test_run_and_visualizations_are_served(server: tuple[str, dict[str, str]], demo_dataset: Path, tmp_path: Path) -> None:
+def test_run_and_visualizations_are_served(
+    server: tuple[str, dict[str, str]], demo_dataset: Path, tmp_path: Path
+) -> None:
     url, env = server
     with urllib.request.urlopen(url, timeout=30) as response:
         assert "ZenML Dashboard" in response.read().decode(), "the dashboard page is not served"
 
     runner = subprocess.run(
         [sys.executable, "-m", "tests.test_dashboard", str(demo_dataset), str(tmp_path / "image_store")],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
     )
-    assert runner.returncode == 0, f"the pipeline run against the server failed:\n{runner.stdout[-3000:]}\n{runner.stderr[-3000:]}"
+    assert runner.returncode == 0, (
+        f"the pipeline run against the server failed:\n{runner.stdout[-3000:]}\n{runner.stderr[-3000:]}"
+    )
     run_id = runner.stdout.strip().splitlines()[-1]
 
     api = f"{url}/api/v1"
     run = _get(f"{api}/runs/{run_id}")
     assert run["name"].startswith("dashboard_pipeline") and run["body"]["status"] == "completed"
     steps = {step["name"]: step for step in _get(f"{api}/steps?pipeline_run_id={run_id}&hydrate=true")["items"]}
-    assert set(steps) == {"ingest_data", "validate_data"} and all(step["body"]["status"] == "completed" for step in steps.values())
+    assert set(steps) == {"ingest_data", "validate_data"} and all(
+        step["body"]["status"] == "completed" for step in steps.values()
+    )
 
-    report_version = _get(f"{api}/artifact_versions/{steps['validate_data']['resources']['outputs']['validation_report'][0]['id']}?hydrate=true")
+    report_version = _get(
+        f"{api}/artifact_versions/{steps['validate_data']['resources']['outputs']['validation_report'][0]['id']}?hydrate=true"
+    )
     assert [visualization["body"]["type"] for visualization in report_version["metadata"]["visualizations"]] == ["html"]
     metadata = report_version["metadata"]["run_metadata"]
     rows = steps["ingest_data"]["metadata"]["run_metadata"]["rows"]
@@ -110,14 +135,21 @@ def test_run_and_visualizations_are_served(server: tuple[str, dict[str, str]], d
     visualization = _get(f"{api}/artifact_versions/{report_version['id']}/visualize?index=0")
     assert visualization["type"] == "html"
     assert "<title>Manifest validation</title>" in visualization["value"]
-    assert f"<td>{metadata['n_ingested']}</td><td>{metadata['n_valid']}</td><td>{metadata['n_quarantined']}</td>" in visualization["value"]
+    assert (
+        f"<td>{metadata['n_ingested']}</td><td>{metadata['n_valid']}</td><td>{metadata['n_quarantined']}</td>"
+        in visualization["value"]
+    )
 
-    manifest_version = _get(f"{api}/artifact_versions/{steps['ingest_data']['resources']['outputs']['raw_manifest'][0]['id']}?hydrate=true")
+    manifest_version = _get(
+        f"{api}/artifact_versions/{steps['ingest_data']['resources']['outputs']['raw_manifest'][0]['id']}?hydrate=true"
+    )
     assert manifest_version["metadata"]["visualizations"], "the manifest DataFrame has no visualization"
     assert _get(f"{api}/artifact_versions/{manifest_version['id']}/visualize?index=0")["value"]
 
 
 if __name__ == "__main__":
     data_path, image_store = sys.argv[1:3]
-    finished = dashboard_pipeline.with_options(enable_cache=False)(IngestConfig(path=data_path, image_store=image_store), ValidationConfig())
+    finished = dashboard_pipeline.with_options(enable_cache=False)(
+        IngestConfig(path=data_path, image_store=image_store), ValidationConfig()
+    )
     print(finished.id)

@@ -8,17 +8,22 @@ import pandas as pd
 import pytest
 
 from pipelines.data_check import main, quarantine_path
-from stage1_core.demo_data import DemoDataConfig, generate_demo_dataset
-from stage1_core.manifest import MANIFEST_COLUMNS, SPLITS
+from stage1_core.common.manifest import MANIFEST_COLUMNS, SPLITS
+from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset
 
 SMALL = DemoDataConfig(n_images=40, seed=6, image_width=128, image_height=96, frames_per_sequence=2)
 
 
 @pytest.mark.parametrize("source", ["natix", "mapillary", "roadwork"])
-def test_writes_a_split_manifest_and_prints_its_counts(source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_writes_a_split_manifest_and_prints_its_counts(
+    source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = generate_demo_dataset(tmp_path / source, SMALL.model_copy(update={"layout": source}))
     out = tmp_path / "out" / "manifest.parquet"
-    assert main(["--source", source, "--path", str(root), "--out", str(out), "--image-store", str(tmp_path / "store")]) == 0
+    assert (
+        main(["--source", source, "--path", str(root), "--out", str(out), "--image-store", str(tmp_path / "store")])
+        == 0
+    )
     manifest = pd.read_parquet(out)
     assert list(manifest.columns)[: len(MANIFEST_COLUMNS)] == list(MANIFEST_COLUMNS)
     assert len(manifest) == SMALL.n_images and set(manifest["split"]) <= set(SPLITS) and manifest["split"].notna().all()
@@ -31,7 +36,9 @@ def test_writes_a_split_manifest_and_prints_its_counts(source: str, tmp_path: Pa
 
 def test_quarantine_is_written_beside_the_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "folder"
-    generated = generate_demo_dataset(tmp_path / "vistas", SMALL.model_copy(update={"layout": "mapillary", "test_fraction": 0.0}))
+    generated = generate_demo_dataset(
+        tmp_path / "vistas", SMALL.model_copy(update={"layout": "mapillary", "test_fraction": 0.0})
+    )
     for folder in ("roadwork", "no_roadwork"):
         (root / folder).mkdir(parents=True)
     for index, image in enumerate(sorted((generated / "training" / "images").glob("*.jpg"))):

@@ -4,8 +4,8 @@ rendered daytime/weather, and that the roadwork objects are the only difference 
 from __future__ import annotations
 
 import dataclasses
-import json
 import io
+import json
 import math
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from stage1_core.demo_data import (
+from stage1_core.demo.data import (
     _FOG_RGB,
     DAYTIMES,
     ENVIRONMENTS,
@@ -77,8 +77,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def rows(tiny: Path) -> pd.DataFrame:
-    return pd.concat([_read_split(tiny, "train").assign(split="train"), _read_split(tiny, "test").assign(split="test")],
-                     ignore_index=True)
+    return pd.concat(
+        [_read_split(tiny, "train").assign(split="train"), _read_split(tiny, "test").assign(split="test")],
+        ignore_index=True,
+    )
 
 
 def test_files_follow_the_natix_shard_layout(tiny: Path) -> None:
@@ -110,8 +112,15 @@ def test_scene_description_is_set_exactly_on_roadwork_rows(rows: pd.DataFrame) -
 
 
 def test_sequences_share_label_split_and_scene_with_ordered_frames(rows: pd.DataFrame) -> None:
-    tags = ["label", "split", "city_name", "scene_level_tags.daytime", "scene_level_tags.weather",
-            "scene_level_tags.scene_environment", "video_info.vid_id"]
+    tags = [
+        "label",
+        "split",
+        "city_name",
+        "scene_level_tags.daytime",
+        "scene_level_tags.weather",
+        "scene_level_tags.scene_environment",
+        "video_info.vid_id",
+    ]
     for seq_id, frames in rows.sort_values("id").groupby("video_info.seq_id"):
         assert (frames[tags].nunique() == 1).all(), f"sequence {seq_id} mixes {frames[tags].nunique().to_dict()}"
         assert frames["video_info.frame_id"].tolist() == [f"{i:06d}" for i in range(len(frames))]
@@ -181,8 +190,19 @@ def test_shifted_batch_is_darker_foggier_and_from_an_unseen_city(tmp_path: Path)
 
 
 def _plan(**changes: object) -> _SequencePlan:
-    plan = _SequencePlan(seq_id=0, first_id=0, n_frames=1, label=1, split="train", city="Berlin", environment="urban",
-                         daytime="day", weather="clear", size_class="medium", hard_negative="none")
+    plan = _SequencePlan(
+        seq_id=0,
+        first_id=0,
+        n_frames=1,
+        label=1,
+        split="train",
+        city="Berlin",
+        environment="urban",
+        daytime="day",
+        weather="clear",
+        size_class="medium",
+        hard_negative="none",
+    )
     return dataclasses.replace(plan, **changes)
 
 
@@ -225,7 +245,14 @@ def test_roadwork_objects_are_the_only_difference_between_classes(environment: s
 
 def test_size_classes_follow_pixels_after_a_224_resize() -> None:
     assert [size_class_of(v) for v in (120.0, 40.0, 39.9, 16.0, 8.0, 7.9, 1.0)] == [
-        "large", "large", "medium", "medium", "small", "tiny", "tiny"]
+        "large",
+        "large",
+        "medium",
+        "medium",
+        "small",
+        "tiny",
+        "tiny",
+    ]
 
 
 def test_refuses_to_mix_with_stale_shards(tmp_path: Path) -> None:
@@ -257,7 +284,12 @@ def test_mapillary_layout_has_config_images_and_polygons_with_traps(tmp_path: Pa
     config = json.loads((root / "config_v2.0.json").read_text())
     names = {label["name"] for label in config["labels"]}
     assert all(set(label) >= {"name", "readable", "color", "instances", "evaluate"} for label in config["labels"])
-    assert {"object--traffic-cone", "construction--flat--road", "construction--barrier--curb", "object--pothole"} <= names
+    assert {
+        "object--traffic-cone",
+        "construction--flat--road",
+        "construction--barrier--curb",
+        "object--pothole",
+    } <= names
     truth = pq.read_table(root / "demo_truth.parquet").to_pandas().set_index("id")
     images = sorted(root.glob("*/images/*.jpg"))
     assert len(images) == TINY.n_images and truth["seq_id"].is_unique, "Vistas images are single frames"
@@ -284,11 +316,20 @@ def test_roadwork_layout_is_coco_positives_named_by_sequence(tmp_path: Path) -> 
         categories = {category["id"]: category["name"] for category in document["categories"]}
         for image in document["images"]:
             city, seq, frame = image["file_name"][:-4].split("_")
-            assert int(seq) == truth.at[image["id"], "seq_id"] and (root / "scene" / "images" / image["file_name"]).is_file()
+            assert (
+                int(seq) == truth.at[image["id"], "seq_id"]
+                and (root / "scene" / "images" / image["file_name"]).is_file()
+            )
             assert len(image["gps"]) == 2 and image["scene_description"]
         for annotation in document["annotations"]:
             x, y, w, h = annotation["bbox"]
-            assert categories[annotation["category_id"]] in {"Cone", "Barrier", "Temporary Traffic Control Sign", "Worker", "Arrow Board"}
+            assert categories[annotation["category_id"]] in {
+                "Cone",
+                "Barrier",
+                "Temporary Traffic Control Sign",
+                "Worker",
+                "Arrow Board",
+            }
             assert x >= 0 and y >= 0 and w >= 1 and h >= 1 and x + w <= WIDTH + 0.1 and y + h <= HEIGHT + 0.1
         annotated = {annotation["image_id"] for annotation in document["annotations"]}
         visible = {image["id"] for image in document["images"] if truth.at[image["id"], "n_roadwork_objects"] > 0}

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stage1_core.drift import DriftConfig, DriftReport, drift_report, image_features
+from stage1_core.monitoring.drift import DriftConfig, DriftReport, drift_report, image_features
 
 SIZES = np.array([(1920, 1080), (1280, 720), (4032, 3024)])
 
@@ -148,7 +148,7 @@ def test_image_features_measure_the_images(tmp_path: Path, caplog: pytest.LogCap
     broken.write_bytes(b"not an image")
     rows.append({"id": "broken", "uri": str(broken), "daytime": "night", "weather": "rain"})
 
-    with caplog.at_level(logging.WARNING, logger="stage1_core.drift"):
+    with caplog.at_level(logging.WARNING, logger="stage1_core.monitoring.drift"):
         features = image_features(pd.DataFrame(rows))
 
     assert list(features.index) == [*images, "broken"]

@@ -11,14 +11,27 @@ import pandas as pd
 import pytest
 import torch
 
-from pipelines.drift_monitor import main, write_outputs
-from stage1_core.backbone import load_backbone
-from stage1_core.demo_data import DemoDataConfig, generate_demo_dataset
-from stage1_core.drift import DriftConfig, DriftReport, EmbeddingProjection, as_batch_source, batch_drift, build_reference, fit_embedding_projection
-from stage1_core.ingest import IngestConfig, ingest
-from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
+from pipelines.drift_monitor import main
+from stage1_core.data.ingest import IngestConfig, ingest
+from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset
+from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
+from stage1_core.monitoring.batch import write_verdict
+from stage1_core.monitoring.drift import (
+    DriftConfig,
+    DriftReport,
+    EmbeddingProjection,
+    as_batch_source,
+    batch_drift,
+    build_reference,
+    fit_embedding_projection,
+)
 
-SIZE = {"image_width": 320, "image_height": 240, "frames_per_sequence": 1}  # independent images: frames of one sequence are near-copies
+SIZE = {
+    "image_width": 320,
+    "image_height": 240,
+    "frames_per_sequence": 1,
+}  # independent images: frames of one sequence are near-copies
 # A reference four times the batch (see DriftConfig on chi-square false alarms); batches of 40 images.
 CONFIG = DriftConfig(retrain_min_rows=20, embedding_components=3)
 
@@ -38,7 +51,9 @@ def _manifest(root: Path, name: str, **demo: object) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def classifier() -> RoadworkClassifier:
     torch.manual_seed(0)
-    return RoadworkClassifier(load_backbone("dinov2-demo", seed=0), ClassifierConfig(multiview=MultiViewConfig(view_size=28))).eval()
+    return RoadworkClassifier(
+        load_backbone("dinov2-demo", seed=0), ClassifierConfig(multiview=MultiViewConfig(view_size=28))
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +101,7 @@ def test_iid_batch_does_not_warrant_retraining(iid_report: DriftReport, shifted_
 
 
 def test_verdict_files_are_written(iid_report: DriftReport, tmp_path: Path) -> None:
-    path = write_outputs(iid_report, tmp_path / "out", "batch/folder", "requested: pipeline run x")
+    path = write_verdict(iid_report, tmp_path / "out", "batch/folder", "requested: pipeline run x")
     verdict = json.loads(path.read_text())
     assert verdict["retrain_recommended"] is False and verdict["reference"] == "requested: pipeline run x"
     assert verdict["drifted_columns"] == iid_report.drifted_columns and "html" not in verdict
@@ -97,7 +112,9 @@ def test_projection_refuses_embeddings_of_another_backbone() -> None:
     projection = fit_embedding_projection(np.random.default_rng(0).normal(size=(30, 8)), 2)
     with pytest.raises(ValueError, match="8 dimensions|have 5 dimensions"):
         projection.transform(np.zeros((3, 5)), pd.RangeIndex(3))
-    assert fit_embedding_projection(np.zeros((1, 8)), 4) == EmbeddingProjection(mean=[], components=[], explained_variance_ratio=[])
+    assert fit_embedding_projection(np.zeros((1, 8)), 4) == EmbeddingProjection(
+        mean=[], components=[], explained_variance_ratio=[]
+    )
 
 
 def test_batch_becomes_its_own_source_without_id_collisions(demo: dict) -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from stage1_core.calibration import CalibrationConfig, fit_calibration_policy
-from stage1_core.evaluation import EvaluationConfig, EvaluationReport, evaluate_predictions
+from stage1_core.evaluation.calibration import CalibrationConfig, fit_calibration_policy
+from stage1_core.evaluation.report import EvaluationConfig, EvaluationReport, evaluate_predictions
 
 
 def test_report_holds_slices_views_and_conformal_results() -> None:
@@ -19,10 +19,17 @@ def test_report_holds_slices_views_and_conformal_results() -> None:
     test_labels, test_logits = labels[300:], logits[300:]
     groups = pd.DataFrame({"daytime": rng.choice(["day", "night", ""], 300), "source": "natix"})
     views = {"L0": test_logits + rng.normal(0.0, 1.0, 300), "L3": test_logits * 0.2}
-    report = evaluate_predictions(test_labels, test_logits, policy, EvaluationConfig(n_bootstrap=50), slice_columns=groups, view_logits=views)
+    report = evaluate_predictions(
+        test_labels, test_logits, policy, EvaluationConfig(n_bootstrap=50), slice_columns=groups, view_logits=views
+    )
 
     assert [(row.group, row.value) for row in report.slices] == [
-        ("daytime", "(missing)"), ("daytime", "day"), ("daytime", "night"), ("source", "natix"), ("robustness", "L0"), ("robustness", "L3"),
+        ("daytime", "(missing)"),
+        ("daytime", "day"),
+        ("daytime", "night"),
+        ("source", "natix"),
+        ("robustness", "L0"),
+        ("robustness", "L3"),
     ]
     assert report.slices[3].metrics.accuracy.value == report.calibrated.accuracy.value
     assert report.conformal is not None and report.conformal.sets["lac"].coverage >= 0.85
@@ -30,7 +37,11 @@ def test_report_holds_slices_views_and_conformal_results() -> None:
     flat = report.flat_metrics()
     assert {"slice_robustness_L3_mcc", "conformal_lac_coverage", "scrc_selection_rate"} <= set(flat)
     files = report.visualizations()
-    assert "<td>night</td>" in files["slices.html"] and "<td>L3</td>" in files["slices.html"] and "SCRC" in files["conformal.html"]
+    assert (
+        "<td>night</td>" in files["slices.html"]
+        and "<td>L3</td>" in files["slices.html"]
+        and "SCRC" in files["conformal.html"]
+    )
     metadata = report.metadata()
     assert metadata["calibration_method"] == "dirichlet" and "val_test_conformal_lac_coverage" in metadata
     assert EvaluationReport.model_validate_json(report.model_dump_json()) == report
@@ -46,7 +57,9 @@ def test_every_interval_resamples_the_given_groups() -> None:
     sequences = np.repeat([f"seq-{i}" for i in range(100)], 4)
     slice_columns = pd.DataFrame({"daytime": np.repeat(rng.choice(["day", "night"], 100), 4)})
     config = EvaluationConfig(n_bootstrap=50)
-    report = evaluate_predictions(labels, logits, policy, config, slice_columns=slice_columns, view_logits={"L0": logits + 0.5}, groups=sequences)
+    report = evaluate_predictions(
+        labels, logits, policy, config, slice_columns=slice_columns, view_logits={"L0": logits + 0.5}, groups=sequences
+    )
     assert report.calibrated.n_groups == report.uncalibrated.n_groups == report.at_policy_threshold.n_groups == 100
     day = slice_columns["daytime"].to_numpy() == "day"
     assert [row.metrics.n_groups for row in report.slices] == [int(day.sum()) // 4, int((~day).sum()) // 4, 100]

@@ -10,14 +10,13 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from stage1_core.backbone import load_backbone
-from stage1_core.explora import (
+from stage1_core.modeling.backbone import load_backbone, lora_target_modules
+from stage1_core.modeling.explora import (
     ExploraConfig,
     dino_loss,
     explora_trainable_report,
     ibot_loss,
     koleo_loss,
-    lora_target_modules,
     merge_explora_backbone,
     prepare_explora_backbone,
     random_patch_masks,

@@ -39,7 +39,10 @@ EXPECTED_OUTPUTS = {
 @pytest.fixture(scope="module")
 def tiny_config(session_dir: Path) -> Path:
     document = yaml.safe_load((REPO / "pipelines" / "configs" / "tiny.yaml").read_text())
-    document["parameters"]["data"] = {"path": str(session_dir / "tiny"), "image_store": str(session_dir / "tiny_images")}
+    document["parameters"]["data"] = {
+        "path": str(session_dir / "tiny"),
+        "image_store": str(session_dir / "tiny_images"),
+    }
     document["parameters"]["train"]["checkpoint_root"] = str(session_dir / "checkpoints")
     document["parameters"]["evaluation"]["slices"]["truth_path"] = str(session_dir / "tiny" / "demo_truth.parquet")
     document["parameters"]["ablation"] = {"without_explora": True, "doran_head": True}
@@ -63,7 +66,9 @@ def test_full_run_completes_with_every_named_artifact(completed_run) -> None:
         assert step_name in completed_run.steps, step_name
         assert set(completed_run.steps[step_name].outputs) == outputs, step_name
     report = completed_run.steps["evaluate_model"].outputs["evaluation_report"][0]
-    assert {"metrics.html", "reliability_diagram.png", "ablations.html"} <= {Path(v.uri).name for v in report.visualizations}
+    assert {"metrics.html", "reliability_diagram.png", "ablations.html"} <= {
+        Path(v.uri).name for v in report.visualizations
+    }
     assert completed_run.steps["export_model"].outputs["exported_model"][0].load().metadata.parity[0].passed
 
 
@@ -78,11 +83,20 @@ def test_evaluation_report_shows_every_model_under_every_inference_mode(complete
     ]
     assert table.n_images == report.calibrated.n
     main_multiview = table.rows[1].metrics["mcc"]
-    assert main_multiview.value == pytest.approx(report.calibrated.mcc.value), "the main model's multi-view row is the report's own figure"
-    assert [row.views_per_image for row in table.rows[:2]] == [1.0, 10.0] and 1.0 <= table.rows[2].views_per_image <= 10.0
-    trained = {completed_run.steps[name].outputs["classifier"][0].id for name in ("train_model", "train_model_no_explora_linear_head", "train_model_explora_doran_adapter")}
+    assert main_multiview.value == pytest.approx(report.calibrated.mcc.value), (
+        "the main model's multi-view row is the report's own figure"
+    )
+    assert [row.views_per_image for row in table.rows[:2]] == [1.0, 10.0] and 1.0 <= table.rows[
+        2
+    ].views_per_image <= 10.0
+    trained = {
+        completed_run.steps[name].outputs["classifier"][0].id
+        for name in ("train_model", "train_model_no_explora_linear_head", "train_model_explora_doran_adapter")
+    }
     assert len(trained) == 3, "each ablation trains its own model"
-    assert report.flat_metrics()["ablation_main_explora_linear_head_multi_view_mcc"] == pytest.approx(main_multiview.value)
+    assert report.flat_metrics()["ablation_main_explora_linear_head_multi_view_mcc"] == pytest.approx(
+        main_multiview.value
+    )
 
 
 @pytest.mark.slow
@@ -111,7 +125,13 @@ def test_unchanged_second_run_hits_the_step_cache(completed_run, tiny_config: Pa
 
 def test_missing_data_path_fails_in_one_line_before_training(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
-    result = subprocess.run([sys.executable, "-m", "pipelines.full_run", "--data", str(missing)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.full_run", "--data", str(missing)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert str(missing) in result.stderr and "natix" in result.stderr.lower()
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -129,7 +149,7 @@ def test_empty_or_unknown_layout_is_refused(tmp_path: Path, kind: str, capsys) -
 
 
 def test_library_fingerprint_follows_the_python_sources_only(tmp_path: Path) -> None:
-    from stage1_core.code_version import source_fingerprint
+    from stage1_core.run.code_version import source_fingerprint
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.py").write_text("x = 1\n")
@@ -150,9 +170,9 @@ def test_changed_library_code_reruns_the_steps(completed_run, tiny_config: Path,
     """The step cache keys on the library code too: with another stage1_core fingerprint nothing is reused."""
     from zenml.client import Client
 
-    import stage1_core.code_version
+    import stage1_core.run.code_version
 
-    monkeypatch.setattr(stage1_core.code_version, "library_fingerprint", lambda: "an edited stage1_core")
+    monkeypatch.setattr(stage1_core.run.code_version, "library_fingerprint", lambda: "an edited stage1_core")
     assert main(["--config", str(tiny_config)]) == 0
     rerun = Client().get_pipeline("full_run").last_run
     assert "cached" not in {step.status.value for step in rerun.steps.values()}

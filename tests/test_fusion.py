@@ -11,7 +11,7 @@ import torch
 from pydantic import ValidationError
 from torch.utils.data import WeightedRandomSampler
 
-from stage1_core.fusion import FusionConfig, hard_negatives, sampling_weights, summarize
+from stage1_core.data.fusion import FusionConfig, hard_negatives, sampling_weights, summarize
 
 
 def _manifest(counts: dict[tuple[str, int], int], hard_per_source: int = 0) -> pd.DataFrame:
@@ -20,8 +20,14 @@ def _manifest(counts: dict[tuple[str, int], int], hard_per_source: int = 0) -> p
     for (source, label), n in counts.items():
         for index in range(n):
             hard = label == 0 and index < hard_per_source
-            rows.append({"id": f"{source}:{label}:{index}", "source": source, "label": label,
-                         "extras": json.dumps({"hard_negative": hard})})
+            rows.append(
+                {
+                    "id": f"{source}:{label}:{index}",
+                    "source": source,
+                    "label": label,
+                    "extras": json.dumps({"hard_negative": hard}),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -35,7 +41,9 @@ def test_defaults_balance_classes_and_follow_source_size_within_a_class() -> Non
 
 
 def test_source_mix_holds_and_class_balance_wins_where_a_source_lacks_a_class() -> None:
-    manifest = _manifest({("natix", 1): 800, ("natix", 0): 200, ("mapillary", 1): 50, ("mapillary", 0): 450, ("roadwork", 1): 300})
+    manifest = _manifest(
+        {("natix", 1): 800, ("natix", 0): 200, ("mapillary", 1): 50, ("mapillary", 0): 450, ("roadwork", 1): 300}
+    )
     two = manifest[manifest["source"] != "roadwork"]
     summary = summarize(two, sampling_weights(two, FusionConfig(source_mix={"natix": 0.3, "mapillary": 0.7})))
     assert summary.source_share == pytest.approx({"natix": 0.3, "mapillary": 0.7})
@@ -59,7 +67,9 @@ def test_hard_negatives_are_oversampled_by_the_factor_within_their_cell() -> Non
     assert weights[negatives].sum() == pytest.approx(0.5)
     summary = summarize(manifest, weights)
     assert summary.hard_negative_share == pytest.approx(0.5 * 30 / (30 + 30))
-    drawn = list(WeightedRandomSampler(torch.as_tensor(weights.to_numpy()), 20_000, generator=torch.Generator().manual_seed(0)))
+    drawn = list(
+        WeightedRandomSampler(torch.as_tensor(weights.to_numpy()), 20_000, generator=torch.Generator().manual_seed(0))
+    )
     share = np.isin(drawn, np.flatnonzero(hard.to_numpy())).mean()
     assert abs(share - summary.hard_negative_share) < 0.02, "a torch sampler draws what the summary says"
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from stage1_core.demo_data import DemoDataConfig, generate_demo_dataset, generate_fused_demo
-from stage1_core.ingest import (
+from stage1_core.common.manifest import MANIFEST_COLUMNS
+from stage1_core.data.ingest import (
     LAYOUTS,
     MAPILLARY_ROADWORK_LABELS,
     DataLayoutError,
@@ -22,7 +22,7 @@ from stage1_core.ingest import (
     detect_layout,
     ingest,
 )
-from stage1_core.manifest import MANIFEST_COLUMNS
+from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset, generate_fused_demo
 
 
 def test_natix_parquet_ingests_every_row_into_the_manifest(demo_dataset: Path, demo_manifest) -> None:
@@ -43,7 +43,9 @@ def test_undecodable_image_is_kept_with_its_error(demo_dataset: Path, tmp_path: 
     table = pq.read_table(source).slice(0, 3)
     images = table.column("image").to_pylist()
     images[1] = {"bytes": b"\xff\xd8\xff\xe0 not really a jpeg", "path": "broken.jpg"}
-    broken = table.set_column(table.schema.get_field_index("image"), "image", pa.array(images, type=table.schema.field("image").type))
+    broken = table.set_column(
+        table.schema.get_field_index("image"), "image", pa.array(images, type=table.schema.field("image").type)
+    )
     (tmp_path / "data").mkdir()
     pq.write_table(broken, tmp_path / "data" / "train-00000-of-00001.parquet")
     manifest = ingest(IngestConfig(path=str(tmp_path), image_store=str(tmp_path / "store")))
@@ -88,16 +90,31 @@ def _write_arrow(table: pa.Table, path: Path) -> None:
 
 
 @pytest.mark.parametrize("shape", ["save_to_disk", "cache"])
-def test_natix_datasets_arrow_folder_reads_like_the_parquet(tmp_path: Path, demo_dataset: Path, demo_manifest, shape: str) -> None:
+def test_natix_datasets_arrow_folder_reads_like_the_parquet(
+    tmp_path: Path, demo_dataset: Path, demo_manifest, shape: str
+) -> None:
     for split in ("train", "test"):
-        table = pa.concat_tables(pq.read_table(file) for file in sorted((demo_dataset / "data").glob(f"{split}-*.parquet")))
+        table = pa.concat_tables(
+            pq.read_table(file) for file in sorted((demo_dataset / "data").glob(f"{split}-*.parquet"))
+        )
         if shape == "save_to_disk":
             _write_arrow(table, tmp_path / "natix" / split / "data-00000-of-00001.arrow")
             (tmp_path / "natix" / split / "state.json").write_text("{}")
         else:
-            _write_arrow(table, tmp_path / "natix" / "natix___roadwork" / "default" / "0.0.0" / "f00d" / f"roadwork-{split}-00000-of-00001.arrow")
+            _write_arrow(
+                table,
+                tmp_path
+                / "natix"
+                / "natix___roadwork"
+                / "default"
+                / "0.0.0"
+                / "f00d"
+                / f"roadwork-{split}-00000-of-00001.arrow",
+            )
     assert detect_layout(tmp_path / "natix") == "natix_arrow"
-    manifest = ingest(IngestConfig(path=str(tmp_path / "natix"), image_store=str(tmp_path / "store"), record_batch_size=3))
+    manifest = ingest(
+        IngestConfig(path=str(tmp_path / "natix"), image_store=str(tmp_path / "store"), record_batch_size=3)
+    )
     columns = ["id", "sha256", "phash", "label", "group_id", "official_split", "width", "height"]
     expected = demo_manifest[columns].sort_values("id").reset_index(drop=True)
     assert manifest[columns].sort_values("id").reset_index(drop=True).equals(expected)
@@ -119,27 +136,47 @@ def test_mapillary_labels_come_from_exact_roadwork_label_names(tmp_path: Path) -
     assert {"construction--flat--road", "construction--barrier--curb"} <= labels_seen, "trap labels are in every image"
     negatives = manifest[manifest["label"] == 0]
     assert negatives["extras"].str.contains('"construction--flat--road"').sum() == 0
-    assert (negatives["extras"].map(json.loads).map(lambda e: e["roadwork_labels"]) == pd.Series([[]] * len(negatives), index=negatives.index)).all()
+    assert (
+        negatives["extras"].map(json.loads).map(lambda e: e["roadwork_labels"])
+        == pd.Series([[]] * len(negatives), index=negatives.index)
+    ).all()
 
 
 def test_mapillary_traps_never_count_and_potholes_tag_hard_negatives(tmp_path: Path) -> None:
-    root = generate_demo_dataset(tmp_path / "vistas", SMALL.model_copy(update={"layout": "mapillary", "n_images": 2, "test_fraction": 0.0}))
+    root = generate_demo_dataset(
+        tmp_path / "vistas", SMALL.model_copy(update={"layout": "mapillary", "n_images": 2, "test_fraction": 0.0})
+    )
     polygons = sorted((root / "training" / "v2.0" / "polygons").glob("*.json"))
-    traps = ["construction--flat--road", "construction--barrier--curb", "construction--barrier--fence",
-             "construction--barrier--guard-rail", "construction--barrier--concrete-block"]
-    polygons[0].write_text(json.dumps({"objects": [{"id": i, "label": label, "polygon": []} for i, label in enumerate(traps)]}))
+    traps = [
+        "construction--flat--road",
+        "construction--barrier--curb",
+        "construction--barrier--fence",
+        "construction--barrier--guard-rail",
+        "construction--barrier--concrete-block",
+    ]
+    polygons[0].write_text(
+        json.dumps({"objects": [{"id": i, "label": label, "polygon": []} for i, label in enumerate(traps)]})
+    )
     polygons[1].write_text(json.dumps({"objects": [{"id": 0, "label": "object--pothole", "polygon": []}]}))
     config = IngestConfig(path=str(root), image_store=str(tmp_path / "store"), orange_red_min_fraction=0.0)
     manifest = ingest(config).set_index("id")
     trap_row, pothole_row = (manifest.loc[f"mapillary:training:{path.stem}"] for path in polygons[:2])
     assert trap_row["label"] == 0 and json.loads(trap_row["extras"])["hard_negative"] is False
-    assert pothole_row["label"] == 0 and json.loads(pothole_row["extras"])["hard_negative_reasons"] == ["object--pothole"]
-    jersey = config.mapillary.model_copy(update={"roadwork_labels": [*MAPILLARY_ROADWORK_LABELS, "construction--barrier--concrete-block"]})
+    assert pothole_row["label"] == 0 and json.loads(pothole_row["extras"])["hard_negative_reasons"] == [
+        "object--pothole"
+    ]
+    jersey = config.mapillary.model_copy(
+        update={"roadwork_labels": [*MAPILLARY_ROADWORK_LABELS, "construction--barrier--concrete-block"]}
+    )
     with_jersey = ingest(config.model_copy(update={"mapillary": jersey})).set_index("id")
-    assert with_jersey.loc[f"mapillary:training:{polygons[0].stem}", "label"] == 1, "concrete blocks count only when configured"
+    assert with_jersey.loc[f"mapillary:training:{polygons[0].stem}", "label"] == 1, (
+        "concrete blocks count only when configured"
+    )
     with pytest.raises(ValidationError, match="never roadwork evidence"):
         MapillaryConfig(roadwork_labels=["construction--flat--road"])
-    with pytest.raises(ValueError, match=r"does not define the configured Mapillary labels \['object--traffic-cones'\]"):
+    with pytest.raises(
+        ValueError, match=r"does not define the configured Mapillary labels \['object--traffic-cones'\]"
+    ):
         ingest(config.model_copy(update={"mapillary": MapillaryConfig(roadwork_labels=["object--traffic-cones"])}))
 
 
@@ -159,13 +196,21 @@ def test_roadwork_coco_is_positives_grouped_by_sequence(tmp_path: Path) -> None:
 
 def test_plain_folder_labels_by_subfolder_and_keeps_fsspec_uris(tmp_path: Path) -> None:
     fs = fsspec.filesystem("memory")
-    for name, colour in [("roadwork/a.png", (250, 100, 0)), ("roadwork/deep/b.png", (240, 120, 10)), ("no_roadwork/c.png", (20, 40, 200))]:
+    for name, colour in [
+        ("roadwork/a.png", (250, 100, 0)),
+        ("roadwork/deep/b.png", (240, 120, 10)),
+        ("no_roadwork/c.png", (20, 40, 200)),
+    ]:
         buffer = io.BytesIO()
         Image.new("RGB", (80, 64), colour).save(buffer, format="PNG")
         fs.pipe(f"/folderdata/{name}", buffer.getvalue())
     assert detect_layout("memory://folderdata") == "folder"
     manifest = ingest(IngestConfig(path="memory://folderdata", image_store=str(tmp_path / "store"))).set_index("id")
-    assert manifest["label"].to_dict() == {"folder:no_roadwork/c.png": 0, "folder:roadwork/a.png": 1, "folder:roadwork/deep/b.png": 1}
+    assert manifest["label"].to_dict() == {
+        "folder:no_roadwork/c.png": 0,
+        "folder:roadwork/a.png": 1,
+        "folder:roadwork/deep/b.png": 1,
+    }
     assert manifest.loc["folder:roadwork/a.png", "uri"].startswith("memory://"), "the uri keeps its protocol"
     with fsspec.open(manifest.loc["folder:roadwork/a.png", "uri"], "rb") as handle:
         assert hashlib.sha256(handle.read()).hexdigest() == manifest.loc["folder:roadwork/a.png", "sha256"]

@@ -15,26 +15,25 @@ import pytest
 import yaml
 from zenml.client import Client
 from zenml.config.resource_settings import ResourceSettings
-from zenml.enums import StackComponentType
-from zenml.enums import StepRuntime
+from zenml.enums import StackComponentType, StepRuntime
 from zenml.execution.pipeline.dynamic.compilation import get_config_template
 from zenml.integrations.kubeflow.flavors.kubeflow_orchestrator_flavor import KubeflowOrchestratorSettings
 
-from pipelines import full_run
+from pipelines import full_run, train_and_gate
 from pipelines.retrain import retrain_pipeline
-from pipelines.run_config import load_run_config
-from stacks.kubernetes import (
+from stacks.kubernetes import main
+from stacks.manifests import ManifestError, compiled_schedule, render_manifests, validate_manifest
+from stacks.remote import (
     RemoteStackConfig,
     ScheduleConfig,
     StackConfigError,
     load_stack_config,
-    main,
     prepared_scheduled_pipeline,
     register_stack,
     scheduled_run_kwargs,
 )
-from stacks.manifests import ManifestError, compiled_schedule, render_manifests, validate_manifest
-from stage1_core.ingest import IngestConfig
+from stage1_core.data.ingest import IngestConfig
+from stage1_core.run.settings import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 SECRETS = {
@@ -57,7 +56,10 @@ def _with_pipeline(config: RemoteStackConfig, pipeline: str) -> RemoteStackConfi
 def _render(config: RemoteStackConfig, out: Path) -> dict[str, dict[str, Any]]:
     """The rendered (and validated) manifests read back from their YAML files: "cron" and one per step name."""
     documents = [yaml.safe_load(path.read_text()) for path in render_manifests(config, Client(), out)]
-    return {("cron" if document["kind"] == "CronJob" else document["metadata"]["labels"]["step_name"]): document for document in documents}
+    return {
+        ("cron" if document["kind"] == "CronJob" else document["metadata"]["labels"]["step_name"]): document
+        for document in documents
+    }
 
 
 def _assert_gpu_pod(pod: dict[str, Any]) -> None:
@@ -79,7 +81,10 @@ def _assert_cpu_pod(pod: dict[str, Any], cpu: str, memory: str) -> None:
 def cluster_run_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny.yaml with the data and image store in a bucket, as a cluster run needs."""
     document = yaml.safe_load((REPO / "pipelines/configs/tiny.yaml").read_text())
-    document["parameters"] |= {"data": {"path": "s3://roadwork-data/natix", "image_store": "s3://roadwork-data/images"}, "demo": None}
+    document["parameters"] |= {
+        "data": {"path": "s3://roadwork-data/natix", "image_store": "s3://roadwork-data/images"},
+        "demo": None,
+    }
     path = tmp_path_factory.mktemp("cluster") / "cluster.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -120,13 +125,21 @@ def test_registration_is_idempotent_and_follows_the_yaml(k8s_config: RemoteStack
         StackComponentType.MODEL_REGISTRY: "mlflow",
     }
     artifact_store = stack.components[StackComponentType.ARTIFACT_STORE][0]
-    assert artifact_store.configuration["path"] == k8s_config.artifact_store.path and artifact_store.configuration["authentication_secret"] == "roadwork-s3"
+    assert (
+        artifact_store.configuration["path"] == k8s_config.artifact_store.path
+        and artifact_store.configuration["authentication_secret"] == "roadwork-s3"
+    )
     ids_before = {components[0].id for components in stack.components.values()}
 
-    changed = k8s_config.model_copy(update={"step_resources": k8s_config.step_resources.model_copy(update={"memory": "6Gi"})})
+    changed = k8s_config.model_copy(
+        update={"step_resources": k8s_config.step_resources.model_copy(update={"memory": "6Gi"})}
+    )
     register_stack(changed, client)
     stack_after = client.get_stack(k8s_config.name)
-    assert stack_after.id == stack.id and {components[0].id for components in stack_after.components.values()} == ids_before
+    assert (
+        stack_after.id == stack.id
+        and {components[0].id for components in stack_after.components.values()} == ids_before
+    )
     orchestrator = stack_after.components[StackComponentType.ORCHESTRATOR][0]
     assert orchestrator.configuration["pod_settings"]["resources"]["requests"]["memory"] == "6Gi"
     register_stack(k8s_config, client)
@@ -140,11 +153,20 @@ def test_kubeflow_variant_registers() -> None:
 
 
 def test_missing_secret_stops_registration_before_anything_is_created(k8s_config: RemoteStackConfig) -> None:
-    config = k8s_config.model_copy(update={"name": "roadwork-missing-secret", "mlflow": k8s_config.mlflow.model_copy(update={"credentials_secret": "no-such-secret"})})
+    config = k8s_config.model_copy(
+        update={
+            "name": "roadwork-missing-secret",
+            "mlflow": k8s_config.mlflow.model_copy(update={"credentials_secret": "no-such-secret"}),
+        }
+    )
     with pytest.raises(StackConfigError, match="no-such-secret.*zenml secret create"):
         register_stack(config, Client())
     with pytest.raises(KeyError):
-        Client().get_stack_component(StackComponentType.ORCHESTRATOR, config.component_name(StackComponentType.ORCHESTRATOR), allow_name_prefix_match=False)
+        Client().get_stack_component(
+            StackComponentType.ORCHESTRATOR,
+            config.component_name(StackComponentType.ORCHESTRATOR),
+            allow_name_prefix_match=False,
+        )
 
 
 def test_cron_job_carries_the_schedule(manifests: dict[str, dict[str, Any]], k8s_config: RemoteStackConfig) -> None:
@@ -154,17 +176,24 @@ def test_cron_job_carries_the_schedule(manifests: dict[str, dict[str, Any]], k8s
     assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["startingDeadlineSeconds"] == 3600
     assert cron["spec"]["jobTemplate"]["metadata"]["labels"]["pipeline"] == "retrain_pipeline"
     container = _pod_spec(cron)["containers"][0]
-    assert "zenml.pipelines.dynamic.entrypoint_configuration.DynamicPipelineEntrypointConfiguration" in container["args"]
+    assert (
+        "zenml.pipelines.dynamic.entrypoint_configuration.DynamicPipelineEntrypointConfiguration" in container["args"]
+    )
     # the orchestrator pod of the dynamic pipeline runs its non-GPU steps inline: it gets step_resources
     _assert_cpu_pod(_pod_spec(cron), "2", "8Gi")
     validate_manifest(cron, k8s_config.cluster.kubernetes_version)
 
 
-def test_gpu_steps_of_the_retrain_pipeline_get_gpu_pods(manifests: dict[str, dict[str, Any]], k8s_config: RemoteStackConfig) -> None:
+def test_gpu_steps_of_the_retrain_pipeline_get_gpu_pods(
+    manifests: dict[str, dict[str, Any]], k8s_config: RemoteStackConfig
+) -> None:
     assert set(manifests) == {"cron", *k8s_config.gpu.steps} == {"cron", "adapt_backbone", "train_model"}
     for name in k8s_config.gpu.steps:
         job = manifests[name]
-        assert job["metadata"]["labels"]["pipeline"] == "retrain_pipeline" and job["metadata"]["annotations"]["zenml.io/step-name"] == name
+        assert (
+            job["metadata"]["labels"]["pipeline"] == "retrain_pipeline"
+            and job["metadata"]["annotations"]["zenml.io/step-name"] == name
+        )
         assert "--step_run_id" in _pod_spec(job)["containers"][0]["args"]
         _assert_gpu_pod(_pod_spec(job))
 
@@ -172,11 +201,13 @@ def test_gpu_steps_of_the_retrain_pipeline_get_gpu_pods(manifests: dict[str, dic
 def test_train_and_gate_steps_pick_up_the_gpu_templates_at_run_time(k8s_config: RemoteStackConfig) -> None:
     """ZenML matches a step invoked in the body to a template by the step object: the ones train_and_gate calls."""
     orchestrator, snapshot, _ = compiled_schedule(k8s_config, Client())
-    template = get_config_template(snapshot, full_run.train_model, retrain_pipeline)  # type: ignore[arg-type]
+    template = get_config_template(snapshot, train_and_gate.train_model, retrain_pipeline)  # type: ignore[arg-type]
     assert template is not None and template.config.runtime == StepRuntime.ISOLATED
     pod_settings = orchestrator.get_settings(template).pod_settings  # type: ignore[attr-defined]
-    assert pod_settings.resources["limits"]["nvidia.com/gpu"] == "1" and pod_settings.node_selectors == {"nvidia.com/gpu.present": "true"}
-    assert get_config_template(snapshot, full_run.evaluate_model, retrain_pipeline) is None  # type: ignore[arg-type]
+    assert pod_settings.resources["limits"]["nvidia.com/gpu"] == "1" and pod_settings.node_selectors == {
+        "nvidia.com/gpu.present": "true"
+    }
+    assert get_config_template(snapshot, train_and_gate.evaluate_model, retrain_pipeline) is None  # type: ignore[arg-type]
 
 
 def test_static_pipeline_gets_a_pod_per_step(k8s_config: RemoteStackConfig, tmp_path: Path) -> None:
@@ -200,7 +231,9 @@ def test_static_pipeline_gets_a_pod_per_step(k8s_config: RemoteStackConfig, tmp_
     ],
     ids=["schedule-not-a-string", "misspelt-field", "container-without-name", "tolerations-not-a-list"],
 )
-def test_broken_manifests_are_rejected(manifests: dict[str, dict[str, Any]], k8s_config: RemoteStackConfig, break_it: Any, path: str) -> None:
+def test_broken_manifests_are_rejected(
+    manifests: dict[str, dict[str, Any]], k8s_config: RemoteStackConfig, break_it: Any, path: str
+) -> None:
     broken = copy.deepcopy(manifests["cron"])
     break_it(broken)
     with pytest.raises(ManifestError, match=path):
@@ -229,9 +262,13 @@ def test_kubeflow_gpu_request_survives_zenml_settings_validation() -> None:
     resources = ResourceSettings.model_validate(dict(settings["resources"]))
     assert resources.gpu_count == 1 and resources.cpu_count == 4.0 and resources.get_memory("GiB") == 24
     kubeflow = KubeflowOrchestratorSettings.model_validate(dict(settings["orchestrator"]))
-    assert kubeflow.pod_settings is not None and kubeflow.pod_settings.node_selectors == {"accelerator": "nvidia.com/gpu"}
+    assert kubeflow.pod_settings is not None and kubeflow.pod_settings.node_selectors == {
+        "accelerator": "nvidia.com/gpu"
+    }
     # Why not pod_settings: ZenML 0.98 replaces a given pod_settings with one built from the legacy fields.
-    dropped = KubeflowOrchestratorSettings.model_validate({"pod_settings": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}})
+    dropped = KubeflowOrchestratorSettings.model_validate(
+        {"pod_settings": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}}
+    )
     assert dropped.pod_settings is not None and dropped.pod_settings.resources == {}
 
 
@@ -245,12 +282,20 @@ def test_kubeflow_refuses_the_dynamic_retrain_pipeline(k8s_config: RemoteStackCo
     ("pipeline", "step", "why"),
     [
         ("pipelines.retrain.retrain_pipeline", "train_modle", "depends_on"),
-        ("pipelines.retrain.retrain_pipeline", "evaluate_model", "depends_on"),  # a step of its body, but no template: no settings reach it
+        (
+            "pipelines.retrain.retrain_pipeline",
+            "evaluate_model",
+            "depends_on",
+        ),  # a step of its body, but no template: no settings reach it
         ("pipelines.full_run.full_run", "train_modle", "steps of full_run"),
     ],
 )
-def test_gpu_step_that_cannot_get_the_gpu_is_an_error(k8s_config: RemoteStackConfig, pipeline: str, step: str, why: str) -> None:
-    config = _with_pipeline(k8s_config, pipeline).model_copy(update={"gpu": k8s_config.gpu.model_copy(update={"steps": [step]})})
+def test_gpu_step_that_cannot_get_the_gpu_is_an_error(
+    k8s_config: RemoteStackConfig, pipeline: str, step: str, why: str
+) -> None:
+    config = _with_pipeline(k8s_config, pipeline).model_copy(
+        update={"gpu": k8s_config.gpu.model_copy(update={"steps": [step]})}
+    )
     with pytest.raises(StackConfigError, match=f"{step}.*{why}"):
         prepared_scheduled_pipeline(config)
 
@@ -269,7 +314,9 @@ def test_local_data_paths_are_refused_for_the_cluster(k8s_config: RemoteStackCon
     with pytest.raises(StackConfigError, match="data.path='data/tiny'.*s3://"):
         scheduled_run_kwargs(full_run.full_run, tiny, k8s_config.schedule)
     cluster = load_run_config(k8s_config.schedule.run_config).config
-    local_batch = k8s_config.schedule.model_copy(update={"batch": IngestConfig(path="incoming", image_store="s3://roadwork/image_store")})
+    local_batch = k8s_config.schedule.model_copy(
+        update={"batch": IngestConfig(path="incoming", image_store="s3://roadwork/image_store")}
+    )
     with pytest.raises(StackConfigError, match=r"batch.path='incoming' \(schedule.batch\).*s3://"):
         scheduled_run_kwargs(retrain_pipeline, cluster, local_batch)
     with pytest.raises(StackConfigError, match="set schedule.batch"):

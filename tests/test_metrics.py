@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn import metrics as skm
 from torchmetrics.classification import MulticlassCalibrationError
 
-from stage1_core.metrics import (
+from stage1_core.common.metrics import (
     METRIC_NAMES,
     bootstrap_indices,
     compute_metrics,
@@ -19,7 +19,7 @@ from stage1_core.metrics import (
     reliability_bins,
     risk_coverage_curve,
 )
-from stage1_core.plots import confusion_matrix_png, reliability_diagram_png, risk_coverage_png
+from stage1_core.evaluation.plots import confusion_matrix_png, reliability_diagram_png, risk_coverage_png
 
 
 def predictions(n: int, seed: int, *, sharpness: float = 1.6, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +198,11 @@ def test_cluster_bootstrap_of_copied_frames_equals_the_bootstrap_of_the_scenes()
     """Four identical frames per sequence carry the information of one scene: resampling sequences gives exactly the
     intervals of the scenes alone (every metric is a ratio of counts), while resampling frames one by one narrows them."""
     labels, probs = predictions(150, seed=14, ties=True)
-    frames_labels, frames_probs, sequences = np.repeat(labels, 4), np.repeat(probs, 4), np.repeat(np.arange(150) * 7 + 3, 4)
+    frames_labels, frames_probs, sequences = (
+        np.repeat(labels, 4),
+        np.repeat(probs, 4),
+        np.repeat(np.arange(150) * 7 + 3, 4),
+    )
     scenes = compute_metrics(labels, probs, n_bootstrap=200, seed=5)
     by_sequence = compute_metrics(frames_labels, frames_probs, n_bootstrap=200, seed=5, groups=sequences)
     by_frame = compute_metrics(frames_labels, frames_probs, n_bootstrap=200, seed=5)
@@ -208,10 +212,16 @@ def test_cluster_bootstrap_of_copied_frames_equals_the_bootstrap_of_the_scenes()
         assert by_sequence.metric(name).ci_low == pytest.approx(scenes.metric(name).ci_low, rel=1e-9, abs=1e-12), name
         assert by_sequence.metric(name).ci_high == pytest.approx(scenes.metric(name).ci_high, rel=1e-9, abs=1e-12), name
     for name in ("mcc", "auroc", "accuracy", "ece"):
-        width = lambda report: report.metric(name).ci_high - report.metric(name).ci_low  # noqa: E731
-        assert width(by_frame) < 0.75 * width(by_sequence), name
-    paired_frames = paired_bootstrap_difference(frames_labels, frames_probs, 1.0 - frames_probs, "mcc", n_bootstrap=200, seed=5, groups=sequences)
-    assert paired_frames == pytest.approx(paired_bootstrap_difference(labels, probs, 1.0 - probs, "mcc", n_bootstrap=200, seed=5))
+        frame_metric, sequence_metric = by_frame.metric(name), by_sequence.metric(name)
+        assert frame_metric.ci_high - frame_metric.ci_low < 0.75 * (sequence_metric.ci_high - sequence_metric.ci_low), (
+            name
+        )
+    paired_frames = paired_bootstrap_difference(
+        frames_labels, frames_probs, 1.0 - frames_probs, "mcc", n_bootstrap=200, seed=5, groups=sequences
+    )
+    assert paired_frames == pytest.approx(
+        paired_bootstrap_difference(labels, probs, 1.0 - probs, "mcc", n_bootstrap=200, seed=5)
+    )
 
 
 def test_groups_must_cover_every_label() -> None:

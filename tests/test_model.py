@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from stage1_core.backbone import BackboneLoadError, load_backbone
-from stage1_core.logit_map import LogitMap
-from stage1_core.export import ExportConfig, export_onnx, image_to_canvas
-from stage1_core.model import (
+from stage1_core.common.logit_map import LogitMap
+from stage1_core.export.exporter import ExportConfig, export_onnx, image_to_canvas
+from stage1_core.modeling.backbone import BackboneLoadError, load_backbone
+from stage1_core.modeling.model import (
     ClassifierConfig,
     MultiViewConfig,
     RoadworkClassifier,
@@ -45,7 +45,9 @@ def test_classifier_forward_chunking_and_round_trip(backbone_name: str, tmp_path
     canvas = torch.rand(3, 3, multiview.canvas_size, multiview.canvas_size)
     with torch.no_grad():
         logits = model(canvas)
-        unchunked = RoadworkClassifier(model.backbone, ClassifierConfig(multiview=multiview.model_copy(update={"chunk_size": 1000})))
+        unchunked = RoadworkClassifier(
+            model.backbone, ClassifierConfig(multiview=multiview.model_copy(update={"chunk_size": 1000}))
+        )
         unchunked.head = model.head
         assert torch.allclose(unchunked.eval()(canvas), logits, atol=1e-5)
     assert logits.shape == (3,) and torch.isfinite(logits).all()
@@ -67,7 +69,9 @@ def test_local_weights_directory_loads_the_same_model(tmp_path) -> None:
     loaded = load_backbone(str(tmp_path / "weights"))
     pixels = torch.rand(1, 3, 28, 28)
     with torch.no_grad():
-        assert torch.allclose(backbone(pixel_values=pixels).pooler_output, loaded(pixel_values=pixels).pooler_output, atol=1e-6)
+        assert torch.allclose(
+            backbone(pixel_values=pixels).pooler_output, loaded(pixel_values=pixels).pooler_output, atol=1e-6
+        )
 
 
 def test_attention_pools_features_with_weights_that_sum_to_one(tmp_path) -> None:
@@ -81,7 +85,9 @@ def test_attention_pools_features_with_weights_that_sum_to_one(tmp_path) -> None
         # a linear head makes feature pooling equal to the attention-weighted mean of the view logits
         assert torch.allclose(logits, (weights * model.view_logits(canvas)).sum(dim=1), atol=1e-5)
         assert weights.shape == (2, 10) and torch.allclose(weights.sum(dim=1), torch.ones(2), atol=1e-6)
-        assert not torch.allclose(logits, model.view_logits(canvas).mean(dim=1), atol=1e-4), "attention weights are not uniform"
+        assert not torch.allclose(logits, model.view_logits(canvas).mean(dim=1), atol=1e-4), (
+            "attention weights are not uniform"
+        )
         model.save(tmp_path / "model")
         assert torch.allclose(RoadworkClassifier.load(tmp_path / "model")(canvas), logits, atol=1e-6)
     with pytest.raises(ValueError, match="pools view features"):
@@ -115,12 +121,16 @@ def test_bad_images_become_valid_canvases() -> None:
     assert canvas.shape == (4, 3, side, side) and canvas.min() >= 0 and canvas.max() <= 1
     assert torch.equal(canvas[2, 0], canvas[2, 1]) and torch.equal(canvas[3, 1], canvas[3, 2]), "grey repeated to RGB"
     uint8_batch = torch.randint(0, 256, (2, 3, 90, 40), dtype=torch.uint8)
-    assert torch.allclose(prepare_canvas(uint8_batch, side), image_to_canvas(uint8_batch, side), atol=1e-6), "same pixels as the exported graph"
+    assert torch.allclose(prepare_canvas(uint8_batch, side), image_to_canvas(uint8_batch, side), atol=1e-6), (
+        "same pixels as the exported graph"
+    )
     model = RoadworkClassifier(load_backbone("dinov2-demo"), ClassifierConfig(multiview=config)).eval()
     with torch.no_grad():
         logits = model.score_images(images)
         assert logits.shape == (4,) and torch.isfinite(logits).all()
-        assert torch.allclose(logits[:1], model.score_images(images[:1]), atol=1e-5), "a mixed batch scores each image as alone"
+        assert torch.allclose(logits[:1], model.score_images(images[:1]), atol=1e-5), (
+            "a mixed batch scores each image as alone"
+        )
     with pytest.raises(ValueError, match="image 1: shape"):
         prepare_canvas([images[0], torch.zeros(4, 20, 20, dtype=torch.uint8)], side)
     with pytest.raises(ValueError, match="image 0: dtype"):
@@ -134,8 +144,16 @@ def test_attention_classifier_exports_to_onnx_with_parity() -> None:
     multiview = MultiViewConfig(view_size=28, aggregation="attention", attention_dim=8)
     model = RoadworkClassifier(load_backbone("dinov2-demo", seed=1), ClassifierConfig(multiview=multiview)).eval()
     generator = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in [(60, 80), (300, 40)]]
-    exported = export_onnx(model, calibration=LogitMap(a=1.0, b=1.0, c=0.0), decision_threshold=0.5, images=images, config=ExportConfig(parity_images=2))
+    images = [
+        torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in [(60, 80), (300, 40)]
+    ]
+    exported = export_onnx(
+        model,
+        calibration=LogitMap(a=1.0, b=1.0, c=0.0),
+        decision_threshold=0.5,
+        images=images,
+        config=ExportConfig(parity_images=2),
+    )
     assert exported.metadata.parity[0].passed and exported.metadata.parity[0].max_abs_diff <= 1e-4
 
 
@@ -143,5 +161,7 @@ def test_unreadable_weights_directory_says_how_to_pass_local_weights(tmp_path) -
     directory = tmp_path / "weights"
     load_backbone("dinov2-demo").save_pretrained(directory)
     (directory / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(BackboneLoadError, match="cannot load backbone weights.*local directory written by save_pretrained"):
+    with pytest.raises(
+        BackboneLoadError, match="cannot load backbone weights.*local directory written by save_pretrained"
+    ):
         load_backbone(str(directory))

@@ -15,14 +15,22 @@ from onnx import TensorProto, helper
 from PIL import Image, ImageOps
 
 from pipelines import predict as predict_cli
-from stage1_core import predictor as predictor_module
-from stage1_core.backbone import load_backbone
-from stage1_core.logit_map import LogitMap
-from stage1_core.export import ExportConfig, GlobalViewGraph, ServingGraph, export_adaptive, export_onnx
-from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
-from stage1_core.predictor import BadImageError, ModelLoadError, Predictor, PredictorConfig, decode_image, predict_base64_jpeg
-from stage1_core.promotion import PromotionConfig, register_and_promote
-from stage1_core.serving import ExportedModel, ExportMetadata
+from stage1_core.common.logit_map import LogitMap
+from stage1_core.export.exporter import ExportConfig, GlobalViewGraph, ServingGraph, export_adaptive, export_onnx
+from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
+from stage1_core.registry.champion import load_predictor, log_exported_model
+from stage1_core.registry.promotion import PromotionConfig, register_and_promote
+from stage1_core.serving import predictor as predictor_module
+from stage1_core.serving.bundle import ExportedModel, ExportMetadata
+from stage1_core.serving.predictor import (
+    BadImageError,
+    ModelLoadError,
+    Predictor,
+    PredictorConfig,
+    decode_image,
+    predict_base64_jpeg,
+)
 
 CALIBRATION = LogitMap.from_temperature(1.5)
 REPO = Path(__file__).resolve().parents[1]
@@ -40,17 +48,24 @@ def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def tiny_model() -> RoadworkClassifier:
-    return RoadworkClassifier(load_backbone("dinov2-demo", seed=2), ClassifierConfig(multiview=MultiViewConfig(view_size=28))).eval()
+    return RoadworkClassifier(
+        load_backbone("dinov2-demo", seed=2), ClassifierConfig(multiview=MultiViewConfig(view_size=28))
+    ).eval()
 
 
 @pytest.fixture(scope="module")
 def bundle(tiny_model: RoadworkClassifier, tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportedModel, Path]:
     """A tiny exported model with its adaptive graphs, saved as one bundle folder."""
     generator = torch.Generator().manual_seed(1)
-    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in [(48, 64), (64, 48), (50, 50), (40, 90)]]
+    images = [
+        torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
+        for h, w in [(48, 64), (64, 48), (50, 50), (40, 90)]
+    ]
     config = ExportConfig(parity_images=2)
     exported = export_onnx(tiny_model, CALIBRATION, 0.5, images, config)
-    exported.adaptive = export_adaptive(tiny_model, CALIBRATION, images[:2], [image.numpy() for image in images], np.array([1, 0, 1, 0]), config)
+    exported.adaptive = export_adaptive(
+        tiny_model, CALIBRATION, images[:2], [image.numpy() for image in images], np.array([1, 0, 1, 0]), config
+    )
     directory = exported.save(tmp_path_factory.mktemp("bundle"))
     return exported, directory
 
@@ -62,7 +77,12 @@ def test_decoding_applies_exif_orientation_and_turns_every_colour_mode_into_rgb(
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     rotated = decode_image(_encode(photo, "PNG", exif=exif), source="exif.png", config=config)
     assert rotated.shape == (3, 40, 24)
-    np.testing.assert_array_equal(rotated, np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(_encode(photo, "PNG", exif=exif))))).transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        rotated,
+        np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(_encode(photo, "PNG", exif=exif))))).transpose(
+            2, 0, 1
+        ),
+    )
 
     grey = decode_image(_encode(Image.new("L", (20, 20), 77), "PNG"), source="grey.png", config=config)
     assert grey.shape == (3, 20, 20) and (grey == 77).all()
@@ -76,7 +96,9 @@ def test_decoding_applies_exif_orientation_and_turns_every_colour_mode_into_rgb(
     rgba[..., 0] = 200
     rgba[:, 10:, 3] = 255  # left half fully transparent
     composited = decode_image(_encode(Image.fromarray(rgba, "RGBA"), "PNG"), source="alpha.png", config=config)
-    assert (composited[:, :, :10] == 255).all() and (composited[:, :, 10:] == np.array([200, 0, 0])[:, None, None]).all()
+    assert (composited[:, :, :10] == 255).all() and (
+        composited[:, :, 10:] == np.array([200, 0, 0])[:, None, None]
+    ).all()
 
     cmyk = Image.new("CMYK", (20, 20), (0, 255, 255, 0))  # pure red in CMYK
     red = decode_image(_encode(cmyk, "JPEG", quality=95), source="cmyk.jpg", config=config)
@@ -97,7 +119,11 @@ def test_bad_inputs_are_refused_with_the_reason_and_fitted_for_the_miner() -> No
         with pytest.raises(BadImageError, match=reason) as error:
             decode_image(data, source="input.x", config=config)
         assert str(error.value).startswith("input.x: ")
-    assert decode_image(cases["below the smallest side"], source="tiny", config=config, fit_to_bounds=True).shape == (3, 16, 16)
+    assert decode_image(cases["below the smallest side"], source="tiny", config=config, fit_to_bounds=True).shape == (
+        3,
+        16,
+        16,
+    )
     shrunk = decode_image(cases["over the bound"], source="big", config=config, fit_to_bounds=True)
     assert shrunk.shape[1] * shrunk.shape[2] <= 20_000 and abs(shrunk.shape[2] / shrunk.shape[1] - 4 / 3) < 0.05
 
@@ -105,15 +131,23 @@ def test_bad_inputs_are_refused_with_the_reason_and_fitted_for_the_miner() -> No
 def test_bundle_predictor_matches_pytorch_and_adaptive_uses_one_or_all_views(bundle, tiny_model) -> None:
     exported, directory = bundle
     adaptive = ExportedModel.load(directory).adaptive
-    assert adaptive is not None and adaptive.metadata.policy.margin_threshold == exported.adaptive.metadata.policy.margin_threshold
+    assert (
+        adaptive is not None
+        and adaptive.metadata.policy.margin_threshold == exported.adaptive.metadata.policy.margin_threshold
+    )
     assert adaptive.metadata.parity[0].passed and adaptive.metadata.parity[0].max_abs_diff <= 1e-4
     generator = torch.Generator().manual_seed(5)
-    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in [(48, 64)] * 5 + [(70, 30)] * 3]
+    images = [
+        torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
+        for h, w in [(48, 64)] * 5 + [(70, 30)] * 3
+    ]
     sources = [f"img{i}" for i in range(len(images))]
     arrays = [image.numpy() for image in images]
     with torch.inference_mode():
         full = np.array([ServingGraph(tiny_model, CALIBRATION)(image.unsqueeze(0)).item() for image in images])
-        p_global = np.array([GlobalViewGraph(tiny_model, CALIBRATION)(image.unsqueeze(0))[1].item() for image in images])
+        p_global = np.array(
+            [GlobalViewGraph(tiny_model, CALIBRATION)(image.unsqueeze(0))[1].item() for image in images]
+        )
 
     fixed = Predictor.from_bundle(directory, PredictorConfig(mode="full", batch_size=3)).predict_arrays(arrays, sources)
     assert [p.source for p in fixed] == sources and all(p.views == 10 for p in fixed)
@@ -122,7 +156,9 @@ def test_bundle_predictor_matches_pytorch_and_adaptive_uses_one_or_all_views(bun
     policy = adaptive.metadata.policy
     margin = np.abs(np.log(p_global / (1 - p_global)))
     served = Predictor.from_bundle(directory)
-    served.adaptive_policy = policy.model_copy(update={"margin_threshold": float(np.median(margin)), "positive_margin_threshold": None})
+    served.adaptive_policy = policy.model_copy(
+        update={"margin_threshold": float(np.median(margin)), "positive_margin_threshold": None}
+    )
     results = served.predict_arrays(arrays, sources)
     confident = np.array([p.views == 1 for p in results])
     assert served.mode == "adaptive" and 0 < confident.sum() < len(images)
@@ -154,12 +190,14 @@ def test_miner_runs_on_onnxruntime_alone_without_importing_torch_or_fitting_code
     image.write_bytes(_encode(_photo(64, 48), "JPEG"))
     script = (
         "import base64, sys\n"
-        "from stage1_core.predictor import predict_base64_jpeg\n"
+        "from stage1_core.serving.predictor import predict_base64_jpeg\n"
         f"p = predict_base64_jpeg(base64.b64encode(open({str(image)!r}, 'rb').read()).decode())\n"
         "print(p, *(name in sys.modules for name in ('torch', 'mlflow', 'scipy', 'sklearn', 'matplotlib')))\n"
     )
     env = {**os.environ, predictor_module.MODEL_ENV: str(bundle[1])}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     p, *loaded = result.stdout.split()
     assert 0.0 <= float(p) <= 1.0
@@ -182,18 +220,32 @@ def _constant_graph_bundle(directory: Path, scale: float, offset: float) -> Path
         helper.make_tensor("offset", TensorProto.FLOAT, [], [offset]),
     ]
     graph = helper.make_graph(
-        nodes, "constant", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["b", 3, "h", "w"])],
-        [helper.make_tensor_value_info("p_roadwork", TensorProto.FLOAT, ["b"])], initializers,
+        nodes,
+        "constant",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("p_roadwork", TensorProto.FLOAT, ["b"])],
+        initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     metadata = ExportMetadata(
-        opset=18, input_spec="image", output_spec="p_roadwork", canvas_size=16, views_per_image=1, calibration=LogitMap.from_temperature(1.0), decision_threshold=0.5,
-        parity=[], tensorrt="skipped", torch_version=torch.__version__, onnxruntime_version="test",
+        opset=18,
+        input_spec="image",
+        output_spec="p_roadwork",
+        canvas_size=16,
+        views_per_image=1,
+        calibration=LogitMap.from_temperature(1.0),
+        decision_threshold=0.5,
+        parity=[],
+        tensorrt="skipped",
+        torch_version=torch.__version__,
+        onnxruntime_version="test",
     )
     return ExportedModel(model.SerializeToString(), metadata).save(directory)
 
 
-@pytest.mark.parametrize(("scale", "offset", "dark", "bright"), [(4 / 255, -1.5, 0.0, 1.0), (float("nan"), 0.0, 0.5, 0.5)])
+@pytest.mark.parametrize(
+    ("scale", "offset", "dark", "bright"), [(4 / 255, -1.5, 0.0, 1.0), (float("nan"), 0.0, 0.5, 0.5)]
+)
 def test_out_of_range_and_nan_model_outputs_become_valid_answers(tmp_path, scale, offset, dark, bright) -> None:
     predictor = Predictor.from_bundle(_constant_graph_bundle(tmp_path, scale, offset))
     black, white = np.zeros((3, 20, 20), np.uint8), np.full((3, 20, 20), 255, np.uint8)
@@ -203,7 +255,9 @@ def test_out_of_range_and_nan_model_outputs_become_valid_answers(tmp_path, scale
     assert predictor.predict_base64(base64.b64encode(_encode(Image.new("RGB", (20, 20)), "PNG")).decode()) == dark
 
 
-def test_champion_is_loaded_from_the_mlflow_registry_and_a_missing_one_is_explained(bundle, tmp_path, monkeypatch, capsys) -> None:
+def test_champion_is_loaded_from_the_mlflow_registry_and_a_missing_one_is_explained(
+    bundle, tmp_path, monkeypatch, capsys
+) -> None:
     exported, directory = bundle
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     previous = os.environ.get("MLFLOW_TRACKING_URI")
@@ -216,25 +270,29 @@ def test_champion_is_loaded_from_the_mlflow_registry_and_a_missing_one_is_explai
         assert "has no 'roadwork-classifier' version with alias 'champion'" in capsys.readouterr().err
         experiment = client.create_experiment("predictor-test", artifact_location=(tmp_path / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment) as run:
-            info = exported.log_to_mlflow()
+            info = log_exported_model(exported)
         metrics = {"mcc": 0.9, "auroc": 0.95, "ece": 0.02}
         decision = register_and_promote(client, info.model_uri, run.info.run_id, metrics, PromotionConfig(), [])
         assert decision.promoted
     finally:
         mlflow.set_tracking_uri(previous)
-    champion = Predictor.from_registry(tracking_uri=uri)
+    champion = load_predictor(tracking_uri=uri)
     local = Predictor.from_bundle(directory)
     assert champion.mode == "adaptive" and "roadwork-classifier@champion" in champion.origin
     images = [np.random.default_rng(i).integers(0, 256, (3, 40, 60), dtype=np.uint8) for i in range(4)]
     names = [str(i) for i in range(4)]
-    assert [p.p_roadwork for p in champion.predict_arrays(images, names)] == [p.p_roadwork for p in local.predict_arrays(images, names)]
+    assert [p.p_roadwork for p in champion.predict_arrays(images, names)] == [
+        p.p_roadwork for p in local.predict_arrays(images, names)
+    ]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ModelLoadError, match="MLFLOW_TRACKING_URI"):
-        Predictor.from_registry()
+        load_predictor()
 
 
 def test_cli_scores_good_inputs_and_names_each_bad_one(tmp_path, capsys) -> None:
-    model = _constant_graph_bundle(tmp_path / "model", 1 / 255, 0.0)  # p = mean pixel value: the CLI, not the model, is under test
+    model = _constant_graph_bundle(
+        tmp_path / "model", 1 / 255, 0.0
+    )  # p = mean pixel value: the CLI, not the model, is under test
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     jpeg = _encode(_photo(64, 48), "JPEG")
@@ -249,7 +307,13 @@ def test_cli_scores_good_inputs_and_names_each_bad_one(tmp_path, capsys) -> None
     missing = tmp_path / "missing.jpg"
     arguments = [str(inputs), str(missing), "--model", str(model), "--max-pixels", "100000"]
 
-    result = subprocess.run([sys.executable, "-m", "pipelines.predict", *arguments, "--json"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.predict", *arguments, "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     scored = {Path(p["source"]).name: p for p in report["predictions"]}
@@ -257,7 +321,14 @@ def test_cli_scores_good_inputs_and_names_each_bad_one(tmp_path, capsys) -> None
     expected = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.float64).mean() / 255
     assert scored["good.jpg"]["p_roadwork"] == pytest.approx(expected, abs=1e-5) and scored["good.jpg"]["views"] == 1
     errors = {Path(f["source"]).name: f["error"] for f in report["failures"]}
-    reasons = {"empty.jpg": "empty file", "corrupt.jpg": "truncated", "notes.jpg": "not an image", "dot.png": "1x1 px is below the smallest side", "huge.png": "over the bound", "missing.jpg": "no such file"}
+    reasons = {
+        "empty.jpg": "empty file",
+        "corrupt.jpg": "truncated",
+        "notes.jpg": "not an image",
+        "dot.png": "1x1 px is below the smallest side",
+        "huge.png": "over the bound",
+        "missing.jpg": "no such file",
+    }
     assert set(errors) == set(reasons)
     for name, reason in reasons.items():
         assert reason in errors[name], (name, errors[name])

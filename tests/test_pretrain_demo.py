@@ -5,10 +5,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from stage1_core.backbone import load_backbone
-from stage1_core.model import MultiViewConfig
-from stage1_core.demo_data import ROADWORK_KINDS, DrawnFrame
-from stage1_core.pretrain_demo import (
+from stage1_core.demo.data import ROADWORK_KINDS, DrawnFrame
+from stage1_core.demo.pretrain import (
     FIRST_STREAM_SEED,
     MultiTaskHeads,
     PretrainConfig,
@@ -17,14 +15,50 @@ from stage1_core.pretrain_demo import (
     pretrain_backbone,
     view_targets,
 )
+from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.model import MultiViewConfig
 
-TINY_ARGS = ["--steps", "3", "--batch-size", "2", "--chunk-images", "4", "--pool-images", "6", "--pool-workers", "0", "--image-size", "128", "96", "--view-size", "28",
-             "--warmup-steps", "1", "--log-every", "1", "--num-workers", "0"]
+TINY_ARGS = [
+    "--steps",
+    "3",
+    "--batch-size",
+    "2",
+    "--chunk-images",
+    "4",
+    "--pool-images",
+    "6",
+    "--pool-workers",
+    "0",
+    "--image-size",
+    "128",
+    "96",
+    "--view-size",
+    "28",
+    "--warmup-steps",
+    "1",
+    "--log-every",
+    "1",
+    "--num-workers",
+    "0",
+]
 
 
 def tiny_config(seed: int) -> PretrainConfig:
-    return PretrainConfig(seed=seed, steps=2, batch_size=2, chunk_images=4, pool_images=6, pool_workers=0, image_width=128, image_height=96, warmup_steps=1,
-                          multiview=MultiViewConfig(view_size=28), probe_images=0, num_workers=0, log_every=1)
+    return PretrainConfig(
+        seed=seed,
+        steps=2,
+        batch_size=2,
+        chunk_images=4,
+        pool_images=6,
+        pool_workers=0,
+        image_width=128,
+        image_height=96,
+        warmup_steps=1,
+        multiview=MultiViewConfig(view_size=28),
+        probe_images=0,
+        num_workers=0,
+        log_every=1,
+    )
 
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -40,15 +74,26 @@ def test_command_writes_a_loadable_backbone_summary_and_card(tmp_path) -> None:
     main([str(out), *TINY_ARGS, "--probe-images", "24"])
     loaded = load_backbone(str(out))
     assert type(loaded).__name__ == "Dinov2Model" and loaded.config.hidden_size == 192
-    assert not same(state(loaded), state(load_backbone("dinov2-demo-random", seed=0))), "training must change the initial weights"
-    assert not any("roadwork" in name or "scene" in name for name in loaded.state_dict()), "heads are not part of the backbone"
+    assert not same(state(loaded), state(load_backbone("dinov2-demo-random", seed=0))), (
+        "training must change the initial weights"
+    )
+    assert not any("roadwork" in name or "scene" in name for name in loaded.state_dict()), (
+        "heads are not part of the backbone"
+    )
     summary = json.loads((out / "pretrain_summary.json").read_text())
-    assert summary["steps_run"] == 3 and summary["scenes_seen"] == 6 and summary["epochs"] == 1.0 and len(summary["history"]) == 3
+    assert (
+        summary["steps_run"] == 3
+        and summary["scenes_seen"] == 6
+        and summary["epochs"] == 1.0
+        and len(summary["history"]) == 3
+    )
     assert summary["chunk_seeds"][0] >= FIRST_STREAM_SEED
-    assert all(-1.0 <= summary["probe"][key] <= 1.0 for key in ("linear_probe_mcc", "initial_linear_probe_mcc", "head_mcc"))
+    assert all(
+        -1.0 <= summary["probe"][key] <= 1.0 for key in ("linear_probe_mcc", "initial_linear_probe_mcc", "head_mcc")
+    )
     assert summary["probe"]["probe_train_images"] + summary["probe"]["probe_test_images"] == 24
     card = (out / "MODEL_CARD.md").read_text()
-    assert "python -m stage1_core.pretrain_demo" in card and "--steps 3" in card and "3 steps" in card
+    assert "python -m stage1_core.demo.pretrain" in card and "--steps 3" in card and "3 steps" in card
     assert (out / "pretraining_curves.png").stat().st_size > 0
 
 
@@ -59,14 +104,37 @@ def test_a_continuation_starts_from_the_earlier_stage_on_new_scenes_and_records_
     with pytest.raises(ValueError, match=f"overlap those of stage 1.*--stream-seed-start {first_seeds[1] + 1}"):
         main([str(second), *TINY_ARGS, "--base-backbone", str(first)])
     assert not second.exists()
-    main([str(second), *TINY_ARGS, "--base-backbone", str(first), "--stream-seed-start", str(first_seeds[1] + 1), "--seed", "1", "--probe-images", "0"])
+    main(
+        [
+            str(second),
+            *TINY_ARGS,
+            "--base-backbone",
+            str(first),
+            "--stream-seed-start",
+            str(first_seeds[1] + 1),
+            "--seed",
+            "1",
+            "--probe-images",
+            "0",
+        ]
+    )
     summary = json.loads((second / "pretrain_summary.json").read_text())
     assert [stage["base_backbone"] for stage in summary["earlier_stages"]] == ["dinov2-demo-random"]
-    assert summary["earlier_stages"][0]["chunk_seeds"] == first_seeds and summary["chunk_seeds"][0] == first_seeds[1] + 1
+    assert (
+        summary["earlier_stages"][0]["chunk_seeds"] == first_seeds and summary["chunk_seeds"][0] == first_seeds[1] + 1
+    )
     assert not same(state(load_backbone(str(second))), state(load_backbone(str(first)))), "the second stage trains on"
     card = (second / "MODEL_CARD.md").read_text()
-    assert "these 2 commands" in card and f"pretrain_demo {first} " in card and f"--base-backbone {first}" in card
-    assert "- Stage 1: from `dinov2-demo-random`, 3 steps" in card and f"- Stage 2: from `{first}`, 3 steps" in card and "All stages: 6 steps" in card
+    assert (
+        "these 2 commands" in card
+        and f"stage1_core.demo.pretrain {first} " in card
+        and f"--base-backbone {first}" in card
+    )
+    assert (
+        "- Stage 1: from `dinov2-demo-random`, 3 steps" in card
+        and f"- Stage 2: from `{first}`, 3 steps" in card
+        and "All stages: 6 steps" in card
+    )
 
 
 def test_pretraining_is_deterministic_for_a_seed() -> None:
@@ -84,13 +152,27 @@ def test_heads_score_every_view_and_the_loss_skips_masked_views() -> None:
     side, n_views = config.multiview.canvas_size, config.multiview.views_per_image
     outputs = model(torch.rand(3, 3, side, side))
     n_patches = model.patch_grid**2
-    assert outputs["views"].shape == (3, n_views, 6) and outputs["patches"].shape == (3, n_views, n_patches) and outputs["weather"].shape == (3, 4)
-    targets = {"views": torch.randint(0, 2, (3, n_views, 6)).float(), "mask": torch.ones(3, n_views), "patches": torch.randint(0, 2, (3, n_views, n_patches)).float(),
-               "daytime": torch.tensor([0, 1, 2]), "weather": torch.tensor([0, 1, 3]), "environment": torch.tensor([0, 2, 3]),
-               "hard_negative": torch.tensor([0, 4, 1])}
+    assert (
+        outputs["views"].shape == (3, n_views, 6)
+        and outputs["patches"].shape == (3, n_views, n_patches)
+        and outputs["weather"].shape == (3, 4)
+    )
+    targets = {
+        "views": torch.randint(0, 2, (3, n_views, 6)).float(),
+        "mask": torch.ones(3, n_views),
+        "patches": torch.randint(0, 2, (3, n_views, n_patches)).float(),
+        "daytime": torch.tensor([0, 1, 2]),
+        "weather": torch.tensor([0, 1, 3]),
+        "environment": torch.tensor([0, 2, 3]),
+        "hard_negative": torch.tensor([0, 4, 1]),
+    }
     losses = multitask_loss(outputs, targets, config)
-    expected = (losses["roadwork"] + config.kinds_weight * losses["kinds"] + config.patch_weight * losses["patches"]
-                + config.scene_weight * sum(losses[task] for task in ("daytime", "weather", "environment", "hard_negative")))
+    expected = (
+        losses["roadwork"]
+        + config.kinds_weight * losses["kinds"]
+        + config.patch_weight * losses["patches"]
+        + config.scene_weight * sum(losses[task] for task in ("daytime", "weather", "environment", "hard_negative"))
+    )
     assert torch.isclose(losses["total"], expected)
     flipped = {**targets, "views": targets["views"].clone()}
     flipped["views"][:, 4] = 1 - flipped["views"][:, 4]
@@ -98,16 +180,25 @@ def test_heads_score_every_view_and_the_loss_skips_masked_views() -> None:
     masked_targets, masked_flipped = ({**t, "mask": t["mask"].clone()} for t in (targets, flipped))
     for t in (masked_targets, masked_flipped):
         t["mask"][:, 4] = 0
-    assert torch.isclose(multitask_loss(outputs, masked_targets, config)["roadwork"], multitask_loss(outputs, masked_flipped, config)["roadwork"])
+    assert torch.isclose(
+        multitask_loss(outputs, masked_targets, config)["roadwork"],
+        multitask_loss(outputs, masked_flipped, config)["roadwork"],
+    )
 
 
 def test_view_targets_follow_the_boxes_and_mirror_with_the_canvas() -> None:
     config = PretrainConfig(image_width=640, image_height=480, multiview=MultiViewConfig(view_size=112))
     views = config.multiview  # canvas 302, tiles at 0 / 95 / 190 px
     to_image = np.array([640 / views.canvas_size, 480 / views.canvas_size] * 2)
-    inside_first_tile = tuple((np.array([10.0, 10.0, 40.0, 40.0]) * to_image).tolist())  # canvas px, only in tile (0, 0)
-    across_tiles = tuple((np.array([20.0, 250.0, 290.0, 290.0]) * to_image).tolist())  # spans the 3 tiles of row 2, under half in each
-    frame = DrawnFrame(b"", 1, (("cone", inside_first_tile), ("barrier", across_tiles)), "day", "clear", "urban", "none")
+    inside_first_tile = tuple(
+        (np.array([10.0, 10.0, 40.0, 40.0]) * to_image).tolist()
+    )  # canvas px, only in tile (0, 0)
+    across_tiles = tuple(
+        (np.array([20.0, 250.0, 290.0, 290.0]) * to_image).tolist()
+    )  # spans the 3 tiles of row 2, under half in each
+    frame = DrawnFrame(
+        b"", 1, (("cone", inside_first_tile), ("barrier", across_tiles)), "day", "clear", "urban", "none"
+    )
     targets, mask, patches = view_targets(frame, config, patch_grid=8)
     kinds = {kind: 1 + ROADWORK_KINDS.index(kind) for kind in ("cone", "barrier")}
     assert targets[0, 0] == 1 and targets[0, kinds["cone"]] == 1 and targets[0, kinds["barrier"]] == 1

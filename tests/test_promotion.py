@@ -15,9 +15,10 @@ from mlflow import MlflowClient
 from onnx import TensorProto, helper
 from PIL import Image
 
-from stage1_core.logit_map import LogitMap
-from stage1_core.export import INPUT_NAME, ExportedModel, ExportMetadata
-from stage1_core.promotion import (
+from stage1_core.common.logit_map import LogitMap
+from stage1_core.export.exporter import INPUT_NAME, ExportedModel, ExportMetadata
+from stage1_core.registry.champion import log_exported_model
+from stage1_core.registry.promotion import (
     PromotionConfig,
     PromotionError,
     RegistryUnavailableError,
@@ -26,7 +27,7 @@ from stage1_core.promotion import (
     decide,
     register_and_promote,
 )
-from stage1_core.tracking import log_lineage
+from stage1_core.registry.tracking import log_lineage
 
 GOOD = {"mcc": 0.8, "auroc": 0.9, "ece": 0.05}
 CONFIG = PromotionConfig(min_mcc=0.5, min_auroc=0.7, max_ece=0.1, n_bootstrap=300, min_compared_images=10)
@@ -45,7 +46,12 @@ def test_bars_decide_a_first_run() -> None:
 
 
 def _evidence(labels: np.ndarray, probabilities: np.ndarray) -> ValTestEvidence:
-    return ValTestEvidence(sha256=[f"h{i}" for i in range(len(labels))], uris=[f"u{i}" for i in range(len(labels))], labels=labels.tolist(), probabilities=probabilities.tolist())
+    return ValTestEvidence(
+        sha256=[f"h{i}" for i in range(len(labels))],
+        uris=[f"u{i}" for i in range(len(labels))],
+        labels=labels.tolist(),
+        probabilities=probabilities.tolist(),
+    )
 
 
 def test_paired_comparison_not_worse_rule_and_unseen_images() -> None:
@@ -54,7 +60,12 @@ def test_paired_comparison_not_worse_rule_and_unseen_images() -> None:
     right = np.where(labels == 1, 0.8, 0.2)
     coin = rng.uniform(0, 1, 60)
     worse = compare_with_champion("1", _evidence(labels, coin), right, set(), CONFIG)
-    assert not worse.not_worse and worse.ci_high < 0 and worse.champion_value == pytest.approx(1.0) and worse.n_compared == 60
+    assert (
+        not worse.not_worse
+        and worse.ci_high < 0
+        and worse.champion_value == pytest.approx(1.0)
+        and worse.n_compared == 60
+    )
     equal = compare_with_champion("1", _evidence(labels, right), right, set(), CONFIG)
     assert equal.not_worse and equal.difference == pytest.approx(0.0) and "not worse than champion v1" in equal.reason
     # images the champion trained on are left out; the comparison runs on the rest
@@ -75,10 +86,19 @@ def test_paired_comparison_resamples_sequences_whole() -> None:
     """Four copies of each frame in one group give the interval of the frames alone; without groups it is narrower."""
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 60)
-    challenger, champion = np.clip(0.25 + 0.5 * labels + rng.normal(0.0, 0.25, 60), 0, 1), np.where(labels == 1, 0.7, 0.3)
+    challenger, champion = (
+        np.clip(0.25 + 0.5 * labels + rng.normal(0.0, 0.25, 60), 0, 1),
+        np.where(labels == 1, 0.7, 0.3),
+    )
     alone = compare_with_champion("1", _evidence(labels, challenger), champion, set(), CONFIG)
     copies = _evidence(np.repeat(labels, 4), np.repeat(challenger, 4))
-    grouped = compare_with_champion("1", copies.model_copy(update={"groups": [f"seq{i // 4:03d}" for i in range(240)]}), np.repeat(champion, 4), set(), CONFIG)
+    grouped = compare_with_champion(
+        "1",
+        copies.model_copy(update={"groups": [f"seq{i // 4:03d}" for i in range(240)]}),
+        np.repeat(champion, 4),
+        set(),
+        CONFIG,
+    )
     one_by_one = compare_with_champion("1", copies, np.repeat(champion, 4), set(), CONFIG)
     assert (grouped.ci_low, grouped.ci_high) == pytest.approx((alone.ci_low, alone.ci_high))
     assert one_by_one.ci_high - one_by_one.ci_low < 0.75 * (grouped.ci_high - grouped.ci_low)
@@ -97,13 +117,25 @@ def _brightness_model() -> ExportedModel:
         "brightness",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", 3, "height", "width"])],
         [helper.make_tensor_value_info("p_roadwork", TensorProto.FLOAT, ["batch"])],
-        [helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]), helper.make_tensor("scale", TensorProto.FLOAT, [], [255.0])],
+        [
+            helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+            helper.make_tensor("scale", TensorProto.FLOAT, [], [255.0]),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model)
     metadata = ExportMetadata(
-        opset=18, input_spec="uint8 [B, 3, H, W]", output_spec="P(roadwork) [B]", canvas_size=28, views_per_image=1,
-        calibration=LogitMap.from_temperature(1.0), decision_threshold=0.5, parity=[], tensorrt="skipped", torch_version="-", onnxruntime_version="-",
+        opset=18,
+        input_spec="uint8 [B, 3, H, W]",
+        output_spec="P(roadwork) [B]",
+        canvas_size=28,
+        views_per_image=1,
+        calibration=LogitMap.from_temperature(1.0),
+        decision_threshold=0.5,
+        parity=[],
+        tensorrt="skipped",
+        torch_version="-",
+        onnxruntime_version="-",
     )
     return ExportedModel(model.SerializeToString(), metadata)
 
@@ -118,7 +150,16 @@ def val_test(tmp_path: Path) -> pd.DataFrame:
         image = Image.new("RGB", (40, 30), (200, 200, 200) if label else (40, 40, 40))
         path = tmp_path / f"{index}.png"
         image.save(path)
-        rows.append({"id": f"t{index}", "source": "demo", "sha256": f"{rng.integers(1 << 60):x}", "uri": str(path), "label": label, "split": "val_test"})
+        rows.append(
+            {
+                "id": f"t{index}",
+                "source": "demo",
+                "sha256": f"{rng.integers(1 << 60):x}",
+                "uri": str(path),
+                "label": label,
+                "split": "val_test",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -142,36 +183,67 @@ def config(request: pytest.FixtureRequest) -> PromotionConfig:
 def _log_brightness_run(manifest: pd.DataFrame) -> tuple[str, str]:
     with mlflow.start_run(experiment_id=os.environ["MLFLOW_EXPERIMENT_ID"]) as run:
         log_lineage(manifest)
-        info = _brightness_model().log_to_mlflow()
+        info = log_exported_model(_brightness_model())
     return info.model_uri, run.info.run_id
 
 
 def _evidence_of(val_test: pd.DataFrame, probabilities: np.ndarray) -> ValTestEvidence:
-    return ValTestEvidence(sha256=val_test["sha256"].tolist(), uris=val_test["uri"].tolist(), labels=val_test["label"].tolist(), probabilities=probabilities.tolist())
+    return ValTestEvidence(
+        sha256=val_test["sha256"].tolist(),
+        uris=val_test["uri"].tolist(),
+        labels=val_test["label"].tolist(),
+        probabilities=probabilities.tolist(),
+    )
 
 
-def test_challenger_is_compared_with_the_registered_champion_on_the_same_images(mlflow_client, config: PromotionConfig, val_test: pd.DataFrame) -> None:
+def test_challenger_is_compared_with_the_registered_champion_on_the_same_images(
+    mlflow_client, config: PromotionConfig, val_test: pd.DataFrame
+) -> None:
     name = config.registered_model_name
     first = register_and_promote(mlflow_client, *_log_brightness_run(val_test), GOOD, config, [])
     assert first.promoted and first.alias == "champion" and first.comparison is None and first.champion_version is None
     # champion scored from its registered ONNX model: right on every image; a coin-flip challenger is worse
     coin = np.random.default_rng(2).uniform(0, 1, len(val_test))
-    worse = register_and_promote(mlflow_client, *_log_brightness_run(val_test), GOOD, config, [], evidence=_evidence_of(val_test, coin))
+    worse = register_and_promote(
+        mlflow_client, *_log_brightness_run(val_test), GOOD, config, [], evidence=_evidence_of(val_test, coin)
+    )
     assert not worse.promoted and worse.alias == "challenger" and worse.bars_passed
-    assert worse.comparison.champion_value == pytest.approx(1.0) and worse.comparison.ci_high < 0 and worse.comparison.n_compared == 24
+    assert (
+        worse.comparison.champion_value == pytest.approx(1.0)
+        and worse.comparison.ci_high < 0
+        and worse.comparison.n_compared == 24
+    )
     assert str(mlflow_client.get_model_version_by_alias(name, "champion").version) == first.version
     assert str(mlflow_client.get_model_version_by_alias(name, "challenger").version) == worse.version
-    equal = register_and_promote(mlflow_client, *_log_brightness_run(val_test), GOOD, config, [], evidence=_evidence_of(val_test, val_test["label"].to_numpy() * 0.6 + 0.2))
-    assert equal.promoted and equal.comparison.difference == pytest.approx(0.0) and equal.champion_version == first.version
+    equal = register_and_promote(
+        mlflow_client,
+        *_log_brightness_run(val_test),
+        GOOD,
+        config,
+        [],
+        evidence=_evidence_of(val_test, val_test["label"].to_numpy() * 0.6 + 0.2),
+    )
+    assert (
+        equal.promoted and equal.comparison.difference == pytest.approx(0.0) and equal.champion_version == first.version
+    )
     assert str(mlflow_client.get_model_version_by_alias(name, "champion").version) == equal.version
     html = equal.visualizations()["promotion_decision.html"]
     assert "PROMOTED to champion" in html and f"champion v{first.version}" in html
 
 
-def test_champion_training_images_are_left_out_of_the_comparison(mlflow_client, config: PromotionConfig, val_test: pd.DataFrame) -> None:
+def test_champion_training_images_are_left_out_of_the_comparison(
+    mlflow_client, config: PromotionConfig, val_test: pd.DataFrame
+) -> None:
     trained = val_test.assign(split=["train"] * 12 + ["val_test"] * 12)  # the champion trained on the first 12
     register_and_promote(mlflow_client, *_log_brightness_run(trained), GOOD, config, [])
-    decision = register_and_promote(mlflow_client, *_log_brightness_run(val_test), GOOD, config, [], evidence=_evidence_of(val_test, np.full(24, 0.7)))
+    decision = register_and_promote(
+        mlflow_client,
+        *_log_brightness_run(val_test),
+        GOOD,
+        config,
+        [],
+        evidence=_evidence_of(val_test, np.full(24, 0.7)),
+    )
     assert (decision.comparison.n_excluded_seen_by_champion, decision.comparison.n_compared) == (12, 12)
 
 
@@ -179,7 +251,9 @@ def test_champion_without_evidence_stays(mlflow_client, config: PromotionConfig,
     first = register_and_promote(mlflow_client, *_log_brightness_run(val_test), GOOD, config, [])
     second = register_and_promote(mlflow_client, *_log_brightness_run(val_test), GOOD, config, [])
     assert not second.promoted and "no val_test predictions" in second.reasons[-1]
-    assert str(mlflow_client.get_model_version_by_alias(config.registered_model_name, "champion").version) == first.version
+    assert (
+        str(mlflow_client.get_model_version_by_alias(config.registered_model_name, "champion").version) == first.version
+    )
 
 
 def test_unreachable_registry_is_one_clear_line_and_changes_nothing(monkeypatch) -> None:
@@ -206,7 +280,9 @@ class _FailingStage:
         self.inner.undo()
 
 
-def test_failure_midway_leaves_mlflow_and_zenml_as_they_were(mlflow_client, config: PromotionConfig, val_test: pd.DataFrame) -> None:
+def test_failure_midway_leaves_mlflow_and_zenml_as_they_were(
+    mlflow_client, config: PromotionConfig, val_test: pd.DataFrame
+) -> None:
     from zenml.client import Client
     from zenml.enums import ModelStages
 
@@ -215,15 +291,27 @@ def test_failure_midway_leaves_mlflow_and_zenml_as_they_were(mlflow_client, conf
     zenml = Client()
     model = zenml.create_model(name=f"gate-test-{os.getpid()}-{np.random.default_rng().integers(1 << 30)}")
     old, new = (zenml.create_model_version(model.id, name=f"v{number}") for number in (1, 2))
-    first = register_and_promote(mlflow_client, *_log_brightness_run(val_test), GOOD, config, [], stage=ZenMLStageTransition(zenml, model.name, old.id))
+    first = register_and_promote(
+        mlflow_client,
+        *_log_brightness_run(val_test),
+        GOOD,
+        config,
+        [],
+        stage=ZenMLStageTransition(zenml, model.name, old.id),
+    )
     assert first.stage == "production" and zenml.get_model_version(model.name, old.id).stage == ModelStages.PRODUCTION
     name = config.registered_model_name
     versions_before = {str(v.version) for v in mlflow_client.search_model_versions(f"name='{name}'")}
 
     with pytest.raises(PromotionError, match="ZenML store went away.*undone: model stage, alias champion, version 2$"):
         register_and_promote(
-            mlflow_client, *_log_brightness_run(val_test), GOOD, config, [],
-            evidence=_evidence_of(val_test, val_test["label"].to_numpy() * 0.6 + 0.2), stage=_FailingStage(ZenMLStageTransition(zenml, model.name, new.id)),
+            mlflow_client,
+            *_log_brightness_run(val_test),
+            GOOD,
+            config,
+            [],
+            evidence=_evidence_of(val_test, val_test["label"].to_numpy() * 0.6 + 0.2),
+            stage=_FailingStage(ZenMLStageTransition(zenml, model.name, new.id)),
         )
 
     assert str(mlflow_client.get_model_version_by_alias(name, "champion").version) == first.version
@@ -232,8 +320,13 @@ def test_failure_midway_leaves_mlflow_and_zenml_as_they_were(mlflow_client, conf
     assert zenml.get_model_version(model.name, new.id).stage in (None, ModelStages.NONE)
     # the same change without the failure goes through: new version champion and production, the old one archived
     done = register_and_promote(
-        mlflow_client, *_log_brightness_run(val_test), GOOD, config, [],
-        evidence=_evidence_of(val_test, val_test["label"].to_numpy() * 0.6 + 0.2), stage=ZenMLStageTransition(zenml, model.name, new.id),
+        mlflow_client,
+        *_log_brightness_run(val_test),
+        GOOD,
+        config,
+        [],
+        evidence=_evidence_of(val_test, val_test["label"].to_numpy() * 0.6 + 0.2),
+        stage=ZenMLStageTransition(zenml, model.name, new.id),
     )
     assert done.promoted and str(mlflow_client.get_model_version_by_alias(name, "champion").version) == done.version
     assert zenml.get_model_version(model.name, new.id).stage == ModelStages.PRODUCTION
@@ -241,7 +334,7 @@ def test_failure_midway_leaves_mlflow_and_zenml_as_they_were(mlflow_client, conf
 
 
 def test_lineage_hash_follows_the_data_not_the_row_order(val_test: pd.DataFrame) -> None:
-    from stage1_core.tracking import data_lineage
+    from stage1_core.registry.tracking import data_lineage
 
     lineage = data_lineage(val_test)
     assert data_lineage(val_test.iloc[::-1]).manifest_sha256 == lineage.manifest_sha256

@@ -26,10 +26,11 @@ import yaml
 
 from materializers.classifier import ClassifierMaterializer
 from materializers.directory import save_directory
-from pipelines.run_config import LOCK_NAME, ConfigError, load_run_config, prepare_run, zenml_store_directory
-from stage1_core.atomic_io import PARTIAL_MARKER, atomic_directory, atomic_file, remove_partials, write_atomic
-from stage1_core.ingest import detect_layout, store_image
-from stage1_core.reliability import (
+from pipelines.launch import LOCK_NAME, prepare_run, zenml_store_directory
+from stage1_core.common.atomic_io import PARTIAL_MARKER, atomic_directory, atomic_file, remove_partials, write_atomic
+from stage1_core.data.ingest import detect_layout, store_image
+from stage1_core.modeling.training import EpochWeightedSampler
+from stage1_core.run.reliability import (
     InsufficientResourcesError,
     ResourceNeed,
     RunLockTimeout,
@@ -39,7 +40,7 @@ from stage1_core.reliability import (
     reproducibility_record,
     run_lock,
 )
-from stage1_core.training import EpochWeightedSampler
+from stage1_core.run.settings import ConfigError, load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE_TIMEOUT_S = 900
@@ -53,12 +54,16 @@ def fault_table(request: pytest.FixtureRequest):
     yield
     if not FAULTS:
         return
-    lines = ["", f"{'fault':<48} | {'outcome':<110} | data lost"] + [f"{fault:<48} | {outcome:<110} | {lost}" for fault, outcome, lost in FAULTS]
+    lines = ["", f"{'fault':<48} | {'outcome':<110} | data lost"] + [
+        f"{fault:<48} | {outcome:<110} | {lost}" for fault, outcome, lost in FAULTS
+    ]
     with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
         print("\n".join(lines))
 
 
-def report_fault(record_property: Callable[[str, object], None], fault: str, outcome: str, data_lost: str = "none") -> None:
+def report_fault(
+    record_property: Callable[[str, object], None], fault: str, outcome: str, data_lost: str = "none"
+) -> None:
     FAULTS.append((fault, outcome, data_lost))
     for key, value in (("fault", fault), ("outcome", outcome), ("data_lost", data_lost)):
         record_property(key, value)
@@ -70,7 +75,14 @@ def _partials(target: Path) -> list[Path]:
 
 def _python(code: str, *args: str) -> subprocess.Popen:
     """A child Python process in its own session (so SIGKILL reaches all of it), in the repository root."""
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _kill_when(process: subprocess.Popen, condition: Callable[[], bool], timeout_s: float = PIPELINE_TIMEOUT_S) -> bool:
@@ -93,7 +105,7 @@ def _kill_when(process: subprocess.Popen, condition: Callable[[], bool], timeout
 CRASH_IN_FILE_WRITE = """
 import os, signal, sys
 from pathlib import Path
-from stage1_core.atomic_io import atomic_file
+from stage1_core.common.atomic_io import atomic_file
 with atomic_file(Path(sys.argv[1])) as temporary:
     with open(temporary, "wb") as handle:
         handle.write(b"the first half of the new cont")
@@ -104,7 +116,7 @@ with atomic_file(Path(sys.argv[1])) as temporary:
 CRASH_IN_DIRECTORY_WRITE = """
 import os, signal, sys
 from pathlib import Path
-from stage1_core.atomic_io import atomic_directory
+from stage1_core.common.atomic_io import atomic_directory
 with atomic_directory(Path(sys.argv[1])) as staging:
     (staging / "model.onnx").write_bytes(b"complete file")
     (staging / "metadata.json").write_text('{"half": ')
@@ -124,7 +136,11 @@ def test_killed_file_write_keeps_the_old_file(tmp_path: Path, record_property) -
     assert remove_partials(target) and not _partials(target)
     write_atomic(target, b"new complete content")
     assert target.read_bytes() == b"new complete content" and not _partials(target)
-    report_fault(record_property, "SIGKILL mid file write (atomic_file)", "old file intact; hidden partial removed by remove_partials")
+    report_fault(
+        record_property,
+        "SIGKILL mid file write (atomic_file)",
+        "old file intact; hidden partial removed by remove_partials",
+    )
 
 
 @pytest.mark.fault_injection
@@ -140,7 +156,11 @@ def test_killed_directory_write_publishes_nothing(tmp_path: Path, record_propert
         with atomic_directory(target) as staging:
             (staging / "model.onnx").write_text(version)
     assert (target / "model.onnx").read_text() == "v2" and not _partials(target)
-    report_fault(record_property, "SIGKILL mid folder write (atomic_directory)", "target folder never published; leftover removed; rewrite complete")
+    report_fault(
+        record_property,
+        "SIGKILL mid folder write (atomic_directory)",
+        "target folder never published; leftover removed; rewrite complete",
+    )
 
 
 @pytest.mark.fault_injection
@@ -169,7 +189,11 @@ def test_materializer_crash_mid_save_publishes_no_artifact(tmp_path: Path, recor
     assert list(uri.iterdir()) == [] and not _partials(uri)
     save_directory(materializer, lambda folder: (folder / "head.safetensors").write_bytes(b"weights"))
     assert (uri / "head.safetensors").read_bytes() == b"weights"
-    report_fault(record_property, "crash mid artifact save (materializer)", "artifact folder stays empty (ZenML never registers it)")
+    report_fault(
+        record_property,
+        "crash mid artifact save (materializer)",
+        "artifact folder stays empty (ZenML never registers it)",
+    )
 
 
 def test_image_store_concurrent_writes_of_one_image(tmp_path: Path) -> None:
@@ -199,7 +223,9 @@ def test_content_hash_follows_content_only() -> None:
 
 
 def test_manifest_data_hash_is_order_free_and_label_sensitive() -> None:
-    manifest = pd.DataFrame({"sha256": ["x", "y", "z"], "label": [0, 1, 1], "split": ["train", "val_test", "train"], "uri": ["1", "2", "3"]})
+    manifest = pd.DataFrame(
+        {"sha256": ["x", "y", "z"], "label": [0, 1, 1], "split": ["train", "val_test", "train"], "uri": ["1", "2", "3"]}
+    )
     assert manifest_data_hash(manifest) == manifest_data_hash(manifest.iloc[::-1].assign(uri=["a", "b", "c"]))
     assert manifest_data_hash(manifest) != manifest_data_hash(manifest.assign(label=[1, 1, 1]))
 
@@ -229,7 +255,7 @@ def test_epoch_sampler_order_is_a_function_of_seed_and_epoch() -> None:
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from stage1_core.reliability import run_lock
+from stage1_core.run.reliability import run_lock
 with run_lock(Path(sys.argv[1]), timeout_s=0):
     print("held", flush=True)
     time.sleep(300)
@@ -242,7 +268,10 @@ def test_run_lock_names_the_holder_times_out_and_is_freed_by_a_kill(tmp_path: Pa
     holder = _python(HOLD_LOCK, str(lock_file))
     try:
         assert holder.stdout.readline().strip() == "held", holder.stderr.read()
-        with pytest.raises(RunLockTimeout, match=rf"run started by pid {holder.pid} at .* still holds .* raise reliability.lock_timeout_s"):
+        with pytest.raises(
+            RunLockTimeout,
+            match=rf"run started by pid {holder.pid} at .* still holds .* raise reliability.lock_timeout_s",
+        ):
             with run_lock(lock_file, timeout_s=0.5, poll_s=0.05):
                 pass
         assert f"waiting for run started by pid {holder.pid}" in caplog.text
@@ -253,7 +282,11 @@ def test_run_lock_names_the_holder_times_out_and_is_freed_by_a_kill(tmp_path: Pa
     with run_lock(lock_file, timeout_s=5):
         assert json.loads(lock_file.with_name(lock_file.name + ".owner.json").read_text())["pid"] == os.getpid()
     assert time.monotonic() - started < 2
-    report_fault(record_property, "run lock held by another run / holder SIGKILLed", "timeout names pid + start; kernel frees a killed holder's lock at once")
+    report_fault(
+        record_property,
+        "run lock held by another run / holder SIGKILLed",
+        "timeout names pid + start; kernel frees a killed holder's lock at once",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- resource checks
@@ -276,11 +309,16 @@ def _write_config(document: dict, path: Path) -> Path:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"demo": {"n_images": 50_000_000, "image_width": 4096, "image_height": 4096}}, ["not enough disk space", "demo.n_images", "demo images"]),
+        (
+            {"demo": {"n_images": 50_000_000, "image_width": 4096, "image_height": 4096}},
+            ["not enough disk space", "demo.n_images", "demo images"],
+        ),
         ({"train": {"batch_size": 2_000_000}}, ["not enough memory", "train.batch_size", "activations"]),
     ],
 )
-def test_run_that_cannot_fit_is_refused_before_any_work(tmp_path: Path, change: dict, expected: list[str], record_property) -> None:
+def test_run_that_cannot_fit_is_refused_before_any_work(
+    tmp_path: Path, change: dict, expected: list[str], record_property
+) -> None:
     document = _tiny_document(tmp_path, "data")
     for section, values in change.items():
         document["parameters"][section] = {**document["parameters"][section], **values}
@@ -290,7 +328,11 @@ def test_run_that_cannot_fit_is_refused_before_any_work(tmp_path: Path, change: 
     for phrase in expected:
         assert phrase in str(refused.value)
     assert not (tmp_path / "data").exists()
-    report_fault(record_property, f"config too big: {next(iter(change))}", f"refused at start: {expected[0]}, names {expected[1]}")
+    report_fault(
+        record_property,
+        f"config too big: {next(iter(change))}",
+        f"refused at start: {expected[0]}, names {expected[1]}",
+    )
 
 
 def test_injected_tiny_memory_limit_fails_with_the_knob() -> None:
@@ -316,15 +358,28 @@ def test_killed_demo_generation_leaves_no_data_folder(tmp_path: Path, record_pro
     document["parameters"]["demo"] |= {"n_images": 240, "rows_per_shard": 8}
     config = _write_config(document, tmp_path / "run.yaml")
     data = tmp_path / "demo"
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.full_run", "--config", str(config)], cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    killed = _kill_when(process, lambda: any(staging.glob("data/*.parquet") for staging in _partials(data)), timeout_s=300)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.full_run", "--config", str(config)],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed = _kill_when(
+        process, lambda: any(staging.glob("data/*.parquet") for staging in _partials(data)), timeout_s=300
+    )
     assert killed, f"the generation ended before the kill: {process.stderr.read()[-2000:]}"
     assert not data.exists(), "a killed generation must not publish the data folder"
     assert _partials(data)
     prepare_run(load_run_config(config))
     assert not _partials(data) and detect_layout(data) == "natix"
     assert sum(len(pd.read_parquet(shard, columns=["label"])) for shard in (data / "data").glob("*.parquet")) == 240
-    report_fault(record_property, "SIGKILL mid demo generation", "no data folder published; next run removed the staging folder and drew all 240 images")
+    report_fault(
+        record_property,
+        "SIGKILL mid demo generation",
+        "no data folder published; next run removed the staging folder and drew all 240 images",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- pipeline runs
@@ -339,7 +394,11 @@ def _run_name(stdout: str) -> str:
 def _full_run(config: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.full_run", "--config", str(config), *extra],
-        cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -384,7 +443,13 @@ def concurrent_runs(run_configs: dict[str, Path]) -> dict[str, object]:
     started = time.monotonic()
     first_out, _ = _finish(first)
     second_out, second_err = _finish(second)
-    return {"A": _run_name(first_out), "R": _run_name(second_out), "R_output": second_out + second_err, "A_pid": first.pid, "seconds": time.monotonic() - started}
+    return {
+        "A": _run_name(first_out),
+        "R": _run_name(second_out),
+        "R_output": second_out + second_err,
+        "A_pid": first.pid,
+        "seconds": time.monotonic() - started,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +457,9 @@ def resumed_run(run_configs: dict[str, Path], concurrent_runs: dict[str, object]
     """Run B killed (SIGKILL) right after its first training checkpoint, then B again to completion."""
     checkpoints = Path(yaml.safe_load(run_configs["B"].read_text())["parameters"]["train"]["checkpoint_root"])
     killed = _full_run(run_configs["B"])
-    assert _kill_when(killed, lambda: any(checkpoints.glob("*/last.ckpt"))), f"run B ended before its first checkpoint: {killed.stderr.read()[-3000:]}"
+    assert _kill_when(killed, lambda: any(checkpoints.glob("*/last.ckpt"))), (
+        f"run B ended before its first checkpoint: {killed.stderr.read()[-3000:]}"
+    )
     checkpoint_files = sorted(path.name for path in checkpoints.glob("*/*"))
     stdout, _ = _finish(_full_run(run_configs["B"]))
     return {"name": _run_name(stdout), "checkpoints_at_kill": checkpoint_files, "checkpoint_root": checkpoints}
@@ -416,14 +483,18 @@ def _max_weight_difference(first, second) -> float:
 
 @pytest.mark.fault_injection
 @pytest.mark.slow
-def test_concurrent_runs_both_complete_and_stores_stay_consistent(concurrent_runs: dict[str, object], record_property) -> None:
+def test_concurrent_runs_both_complete_and_stores_stay_consistent(
+    concurrent_runs: dict[str, object], record_property
+) -> None:
     from mlflow import MlflowClient
-
-    from pipelines.full_run import MODEL_NAME
-    from stacks.local import mlflow_tracking_uri
     from zenml.client import Client
 
-    assert f"waiting for run started by pid {concurrent_runs['A_pid']}" in concurrent_runs["R_output"]  # ZenML's log handler: stdout
+    from pipelines.train_and_gate import MODEL_NAME
+    from stacks.local import mlflow_tracking_uri
+
+    assert (
+        f"waiting for run started by pid {concurrent_runs['A_pid']}" in concurrent_runs["R_output"]
+    )  # ZenML's log handler: stdout
     for name in ("A", "R"):
         assert _run(concurrent_runs[name]).status.value == "completed"
     zenml_url, mlflow_uri = Client().zen_store.config.url, mlflow_tracking_uri()
@@ -450,9 +521,17 @@ def test_same_seed_and_config_reproduce_split_and_val_test_metrics(concurrent_ru
     """Run R recomputed every step (--no-cache): same split, same weights and val_test results as run A on the CPU."""
     first, second = _run(concurrent_runs["A"]), _run(concurrent_runs["R"])
     assert {step.status.value for step in second.steps.values()} == {"completed"}
-    splits = [_output(run, "split_data", "split_manifest")[["id", "split"]].sort_values("id").reset_index(drop=True) for run in (first, second)]
+    splits = [
+        _output(run, "split_data", "split_manifest")[["id", "split"]].sort_values("id").reset_index(drop=True)
+        for run in (first, second)
+    ]
     pd.testing.assert_frame_equal(*splits)
-    assert _max_weight_difference(_output(first, "train_model", "classifier"), _output(second, "train_model", "classifier")) <= 1e-6
+    assert (
+        _max_weight_difference(
+            _output(first, "train_model", "classifier"), _output(second, "train_model", "classifier")
+        )
+        <= 1e-6
+    )
     reports = [_output(run, "evaluate_model", "evaluation_report") for run in (first, second)]
     assert reports[0].labels == reports[1].labels
     assert max(abs(a - b) for a, b in zip(reports[0].logits, reports[1].logits, strict=True)) <= 1e-5
@@ -466,7 +545,9 @@ def test_same_seed_and_config_reproduce_split_and_val_test_metrics(concurrent_ru
 
 @pytest.mark.fault_injection
 @pytest.mark.slow
-def test_killed_training_resumes_from_its_checkpoint_with_cached_upstream(concurrent_runs: dict[str, object], resumed_run: dict[str, object], record_property) -> None:
+def test_killed_training_resumes_from_its_checkpoint_with_cached_upstream(
+    concurrent_runs: dict[str, object], resumed_run: dict[str, object], record_property
+) -> None:
     run = _run(resumed_run["name"])
     for step in UPSTREAM_STEPS:
         assert run.steps[step].status.value == "cached", step
@@ -475,14 +556,24 @@ def test_killed_training_resumes_from_its_checkpoint_with_cached_upstream(concur
     reference = _output(_run(concurrent_runs["A"]), "train_model", "train_summary")
     assert 1 <= summary.resumed_after_epochs < reference.epochs_run
     assert "last.ckpt" in resumed_run["checkpoints_at_kill"]
-    assert not any(Path(resumed_run["checkpoint_root"]).glob("*/*.ckpt")), "checkpoints are removed after a successful training"
+    assert not any(Path(resumed_run["checkpoint_root"]).glob("*/*.ckpt")), (
+        "checkpoints are removed after a successful training"
+    )
     assert len(summary.history) == len(reference.history)
     for resumed_epoch, straight_epoch in zip(summary.history, reference.history, strict=True):
         assert abs(resumed_epoch["val_select_loss"] - straight_epoch["val_select_loss"]) <= 1e-6, resumed_epoch["epoch"]
-    difference = _max_weight_difference(_output(run, "train_model", "classifier"), _output(_run(concurrent_runs["A"]), "train_model", "classifier"))
+    difference = _max_weight_difference(
+        _output(run, "train_model", "classifier"), _output(_run(concurrent_runs["A"]), "train_model", "classifier")
+    )
     assert difference <= 1e-6
-    metrics = [_output(candidate, "evaluate_model", "evaluation_report").gate_metrics() for candidate in (run, _run(concurrent_runs["A"]))]
-    assert all((metrics[0][name] is None and metrics[1][name] is None) or abs(metrics[0][name] - metrics[1][name]) <= 1e-6 for name in metrics[0])
+    metrics = [
+        _output(candidate, "evaluate_model", "evaluation_report").gate_metrics()
+        for candidate in (run, _run(concurrent_runs["A"]))
+    ]
+    assert all(
+        (metrics[0][name] is None and metrics[1][name] is None) or abs(metrics[0][name] - metrics[1][name]) <= 1e-6
+        for name in metrics[0]
+    )
     report_fault(
         record_property,
         "SIGKILL during training",

@@ -9,12 +9,10 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from stage1_core.backbone import load_backbone
-from stage1_core.demo_data import SIZE_CLASSES
-from stage1_core.images import load_rgb
-from stage1_core.metrics import compute_metrics
-from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
-from stage1_core.slices import (
+from stage1_core.common.metrics import compute_metrics
+from stage1_core.data.images import load_rgb
+from stage1_core.demo.data import SIZE_CLASSES
+from stage1_core.evaluation.slices import (
     MISSING,
     VALIDATOR_VIEWS,
     RobustnessConfig,
@@ -23,6 +21,8 @@ from stage1_core.slices import (
     slice_table,
     validator_view,
 )
+from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 
 
 def test_object_size_joins_the_demo_truth_by_id(demo_manifest: pd.DataFrame, demo_dataset) -> None:
@@ -38,7 +38,9 @@ def test_slice_table_scores_every_value_of_every_column(demo_manifest: pd.DataFr
     rng = np.random.default_rng(0)
     labels = demo_manifest["label"].to_numpy()
     probs = np.clip(labels * 0.6 + rng.random(labels.size) * 0.4, 0.0, 1.0)
-    groups = demo_manifest[["daytime", "source"]].assign(object_size=object_size_classes(demo_manifest, demo_dataset / "demo_truth.parquet"))
+    groups = demo_manifest[["daytime", "source"]].assign(
+        object_size=object_size_classes(demo_manifest, demo_dataset / "demo_truth.parquet")
+    )
     groups.loc[0, "daytime"] = ""
     rows = slice_table(groups, labels, probs, n_bootstrap=20)
     for column in groups.columns:
@@ -61,7 +63,9 @@ def test_validator_views_have_the_validator_shape_and_are_deterministic() -> Non
         out = validator_view(image, view, np.random.default_rng([7, 1]))
         assert out.shape == (3, 224, 224) and out.min() >= 0.0 and out.max() <= 1.0
         assert torch.equal(out, validator_view(image, view, np.random.default_rng([7, 1])))
-    assert not torch.equal(validator_view(image, "L3", np.random.default_rng(1)), validator_view(image, "L3", np.random.default_rng(2)))
+    assert not torch.equal(
+        validator_view(image, "L3", np.random.default_rng(1)), validator_view(image, "L3", np.random.default_rng(2))
+    )
     pixels = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
     expected_l0 = TF.resize(TF.center_crop(pixels, [120, 120]), [224, 224], antialias=True).clamp(0, 1)
     assert torch.allclose(validator_view(image, "L0", np.random.default_rng(0)), expected_l0)
@@ -71,7 +75,9 @@ def test_validator_views_have_the_validator_shape_and_are_deterministic() -> Non
 
 def test_robustness_logits_score_every_view_of_real_images(demo_manifest: pd.DataFrame) -> None:
     torch.manual_seed(0)
-    model = RoadworkClassifier(load_backbone("dinov2-demo"), ClassifierConfig(multiview=MultiViewConfig(view_size=28))).eval()
+    model = RoadworkClassifier(
+        load_backbone("dinov2-demo"), ClassifierConfig(multiview=MultiViewConfig(view_size=28))
+    ).eval()
     rows = demo_manifest.head(3)
     config = RobustnessConfig(views=("L0", "L2", "letterbox"), seed=3)
     logits = robustness_logits(model, rows, config)

@@ -10,11 +10,11 @@ import pytest
 from zenml import pipeline, step
 from zenml.client import Client
 
-from stage1_core.backbone import load_backbone
-from stage1_core.calibration import CalibrationConfig
-from stage1_core.ingest import IngestConfig
-from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
-from stage1_core.splits import SplitConfig, assign_splits
+from stage1_core.data.ingest import IngestConfig
+from stage1_core.data.splits import SplitConfig, assign_splits
+from stage1_core.evaluation.calibration import CalibrationConfig
+from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 from steps.calibrate_model import calibrate_model
 from steps.ingest_data import ingest_data
 
@@ -49,11 +49,16 @@ def calibrate_on(data: IngestConfig, tamper: str) -> None:
     calibrate_model(tampered, random_classifier(), CalibrationConfig())
 
 
-@pytest.mark.parametrize(("tamper", "message"), [
-    ("unsplit", "calibration was given a manifest without a split column"),
-    ("moved_frame", "group_id values span several splits"),
-])
-def test_the_calibrate_step_refuses_a_leaking_manifest(demo_dataset: Path, session_dir: Path, tamper: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        ("unsplit", "calibration was given a manifest without a split column"),
+        ("moved_frame", "group_id values span several splits"),
+    ],
+)
+def test_the_calibrate_step_refuses_a_leaking_manifest(
+    demo_dataset: Path, session_dir: Path, tamper: str, message: str
+) -> None:
     with pytest.raises(RuntimeError, match="failure in step"):
         calibrate_on(IngestConfig(path=str(demo_dataset), image_store=str(session_dir / "image_store")), tamper)
     step_run = Client().get_pipeline("calibrate_on").last_run.steps["calibrate_model"]

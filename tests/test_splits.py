@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stage1_core.manifest import SPLITS
-from stage1_core.splits import (
+from stage1_core.common.manifest import SPLITS
+from stage1_core.data.splits import (
     ALLOWED_SPLITS,
     Consumer,
     LeakageError,
@@ -36,9 +36,16 @@ def _manifest(n_groups: int = 200, frames: int = 3) -> pd.DataFrame:
     rows = []
     for group in range(n_groups):
         for frame in range(frames):
-            rows.append({"id": f"{group}-{frame}", "group_id": f"g{group}", "label": int(group % 5 != 0),
-                         "source": "natix" if group % 3 else "mapillary", "official_split": "train",
-                         "phash": f"{hashes[group * frames + frame]:016x}"})
+            rows.append(
+                {
+                    "id": f"{group}-{frame}",
+                    "group_id": f"g{group}",
+                    "label": int(group % 5 != 0),
+                    "source": "natix" if group % 3 else "mapillary",
+                    "official_split": "train",
+                    "phash": f"{hashes[group * frames + frame]:016x}",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -67,7 +74,9 @@ def test_near_duplicate_pairs_match_a_brute_force_count() -> None:
     hashes = rng.integers(0, 2**63, size=600, dtype=np.int64).astype(np.uint64) << np.uint64(1)
     hashes[300:] = hashes[:300] ^ np.uint64(0b111)  # 300 planted pairs at distance 3
     first, second = near_duplicate_pairs(hashes, 5)
-    expected = {(i, j) for i in range(600) for j in range(i + 1, 600) if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= 5}
+    expected = {
+        (i, j) for i in range(600) for j in range(i + 1, 600) if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= 5
+    }
     assert set(zip(first.tolist(), second.tolist())) == expected
     assert len(expected) >= 300 and (first < second).all()
 

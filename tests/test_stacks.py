@@ -8,9 +8,13 @@ def test_local_stack_setup_is_idempotent() -> None:
     client = Client()
     assert ensure_local_stack(client) == STACK_NAME
     first = client.get_stack(STACK_NAME)
-    components_before = {c.id for t in StackComponentType for c in client.list_stack_components(type=t.value, size=100).items}
+    components_before = {
+        c.id for t in StackComponentType for c in client.list_stack_components(type=t.value, size=100).items
+    }
     assert ensure_local_stack(client) == STACK_NAME
-    components_after = {c.id for t in StackComponentType for c in client.list_stack_components(type=t.value, size=100).items}
+    components_after = {
+        c.id for t in StackComponentType for c in client.list_stack_components(type=t.value, size=100).items
+    }
     assert client.get_stack(STACK_NAME).id == first.id and components_after == components_before
     assert client.active_stack_model.name == STACK_NAME
     stack = client.active_stack

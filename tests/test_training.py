@@ -10,12 +10,19 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from stage1_core.adapters import AdapterConfig, has_adapters
-from stage1_core.backbone import load_backbone
-from stage1_core.images import ManifestImageDataset, canvas_transform
-from stage1_core.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier, choose_top_k
-from stage1_core.splits import Consumer, LeakageError, SplitConfig, assign_splits, take_split
-from stage1_core.training import ClassifierModule, EmaConfig, TrainConfig, ema_callback, train_classifier, trainer_hardware
+from stage1_core.data.images import ManifestImageDataset, canvas_transform
+from stage1_core.data.splits import Consumer, LeakageError, SplitConfig, assign_splits, take_split
+from stage1_core.modeling.adapters import AdapterConfig, has_adapters
+from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier, choose_top_k
+from stage1_core.modeling.training import (
+    ClassifierModule,
+    EmaConfig,
+    TrainConfig,
+    ema_callback,
+    train_classifier,
+    trainer_hardware,
+)
 
 FRACTIONS = {"train": 0.5, "val_select": 0.3, "val_calib": 0.1, "val_test": 0.1}
 
@@ -23,7 +30,9 @@ FRACTIONS = {"train": 0.5, "val_select": 0.3, "val_calib": 0.1, "val_test": 0.1}
 @pytest.fixture(scope="module")
 def splits(demo_manifest: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     manifest = assign_splits(demo_manifest, SplitConfig(fractions=FRACTIONS, seed=0))
-    return take_split(manifest, "train", Consumer.TRAINING), take_split(manifest, "val_select", Consumer.MODEL_SELECTION)
+    return take_split(manifest, "train", Consumer.TRAINING), take_split(
+        manifest, "val_select", Consumer.MODEL_SELECTION
+    )
 
 
 def _model(aggregation: str = "topk_mean") -> RoadworkClassifier:
@@ -40,14 +49,22 @@ def test_doran_with_attention_trains_multi_view_and_returns_a_merged_model(split
     train, val_select = splits
     model = _model("attention")
     initial_attention = {name: p.detach().clone() for name, p in model.attention.named_parameters()}
-    config = _config(train_views="multi", adapter=AdapterConfig(method="doran", rank=2, doran_hidden=4), ema=EmaConfig(enabled=True, decay=0.9))
+    config = _config(
+        train_views="multi",
+        adapter=AdapterConfig(method="doran", rank=2, doran_hidden=4),
+        ema=EmaConfig(enabled=True, decay=0.9),
+    )
     trained, summary = train_classifier(model, train, val_select, config)
     assert not has_adapters(trained.backbone) and type(trained.backbone).__name__ == "Dinov2Model"
     assert summary.adapter == "doran" and summary.adapter_params > 0 and summary.ema and summary.top_k is None
-    head_and_attention = sum(p.numel() for p in trained.head.parameters()) + sum(p.numel() for p in trained.attention.parameters())
+    head_and_attention = sum(p.numel() for p in trained.head.parameters()) + sum(
+        p.numel() for p in trained.attention.parameters()
+    )
     final_norm = sum(p.numel() for name, p in trained.backbone.named_parameters() if name.startswith("layernorm."))
     assert summary.trainable_params == summary.adapter_params + head_and_attention + final_norm
-    assert any(not torch.equal(p, initial_attention[name]) for name, p in trained.attention.named_parameters()), "attention learned"
+    assert any(not torch.equal(p, initial_attention[name]) for name, p in trained.attention.named_parameters()), (
+        "attention learned"
+    )
     canvas = torch.rand(2, 3, trained.config.multiview.canvas_size, trained.config.multiview.canvas_size)
     trained.save(tmp_path / "model")
     with torch.no_grad():
@@ -57,10 +74,14 @@ def test_doran_with_attention_trains_multi_view_and_returns_a_merged_model(split
 @pytest.mark.slow
 def test_dora_training_chooses_k_on_val_select(splits) -> None:
     train, val_select = splits
-    trained, summary = train_classifier(_model(), train, val_select, _config(adapter=AdapterConfig(method="dora", rank=2), top_k_candidates=[1, 3, 10]))
+    trained, summary = train_classifier(
+        _model(), train, val_select, _config(adapter=AdapterConfig(method="dora", rank=2), top_k_candidates=[1, 3, 10])
+    )
     assert not has_adapters(trained.backbone) and summary.adapter_params > 0
     assert summary.top_k is not None and trained.config.multiview.top_k == summary.top_k.top_k
-    assert summary.sampling.rows == len(train) and summary.sampling.label_share == pytest.approx({"0": 0.5, "1": 0.5}), "the class-balanced draw"
+    assert summary.sampling.rows == len(train) and summary.sampling.label_share == pytest.approx(
+        {"0": 0.5, "1": 0.5}
+    ), "the class-balanced draw"
     dataset = ManifestImageDataset(val_select, canvas_transform(trained.config.multiview.canvas_size, None))
     canvases, labels = (torch.stack(values) for values in zip(*(dataset[i] for i in range(len(dataset)))))
     with torch.no_grad():
@@ -95,13 +116,22 @@ def test_ema_weights_are_validated_checkpointed_and_kept(tmp_path) -> None:
     module = ClassifierModule(model, config, steps_per_epoch=6)
     recorder = _RecordHead()
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val_select/mcc", mode="max")
-    trainer = L.Trainer(max_epochs=1, callbacks=[checkpoint, recorder, ema_callback(config.ema)], logger=False, enable_progress_bar=False, num_sanity_val_steps=0, **trainer_hardware(config))
+    trainer = L.Trainer(
+        max_epochs=1,
+        callbacks=[checkpoint, recorder, ema_callback(config.ema)],
+        logger=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        **trainer_hardware(config),
+    )
     trainer.fit(module, DataLoader(data, batch_size=4), DataLoader(data, batch_size=8))
     expected = recorder.steps[0]
     for n, raw in enumerate(recorder.steps[1:], start=1):
         decay = min(0.8, (1 + n) / (10 + n))
         expected = decay * expected + (1 - decay) * raw
-    assert len(recorder.steps) == 6 and not torch.allclose(expected, recorder.steps[-1], atol=1e-4), "EMA differs from the last weights"
+    assert len(recorder.steps) == 6 and not torch.allclose(expected, recorder.steps[-1], atol=1e-4), (
+        "EMA differs from the last weights"
+    )
     assert torch.allclose(model.head[1].weight, expected, atol=1e-6)
     saved = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
     assert torch.allclose(saved["model.head.1.weight"], expected, atol=1e-6)
@@ -110,7 +140,13 @@ def test_ema_weights_are_validated_checkpointed_and_kept(tmp_path) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_gpu_options_do_not_apply_without_cuda() -> None:
     settings = trainer_hardware(TrainConfig(devices=4, strategy="ddp", compile=True))
-    assert settings == {"accelerator": "auto", "devices": 1, "strategy": "auto", "precision": "32-true", "deterministic": True}
+    assert settings == {
+        "accelerator": "auto",
+        "devices": 1,
+        "strategy": "auto",
+        "precision": "32-true",
+        "deterministic": True,
+    }
 
 
 @pytest.mark.gpu

@@ -9,9 +9,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stage1_core.ingest import describe_image
-from stage1_core.manifest import MANIFEST_COLUMNS, conform_manifest
-from stage1_core.validation import DataValidationError, ValidationConfig, raise_on_critical_failure, validate_manifest
+from stage1_core.common.manifest import MANIFEST_COLUMNS, conform_manifest
+from stage1_core.data.ingest import describe_image
+from stage1_core.data.validation import (
+    DataValidationError,
+    ValidationConfig,
+    raise_on_critical_failure,
+    validate_manifest,
+)
 
 LENIENT = ValidationConfig(max_failure_rate=1.0)
 
@@ -21,7 +26,9 @@ def _image_bytes(path: Path, size: tuple[int, int], colour: tuple[int, int, int]
     return path.read_bytes()
 
 
-def _row(row_id: str, path: Path, data: bytes, label: int, source: str = "natix", description: str | None = None) -> dict:
+def _row(
+    row_id: str, path: Path, data: bytes, label: int, source: str = "natix", description: str | None = None
+) -> dict:
     facts = describe_image(data)
     width, height, phash, decode_error = facts.width, facts.height, facts.phash, facts.decode_error
     if description is None:
@@ -77,7 +84,9 @@ def manifest(tmp_path: Path) -> pd.DataFrame:
     rows.append(_row("natix_pos_empty", path, _image_bytes(path, (90, 91), (4, 5, 6), "PNG"), label=1, description=""))
 
     path = tmp_path / "natix_neg.png"
-    rows.append(_row("natix_neg_described", path, _image_bytes(path, (90, 92), (7, 8, 9), "PNG"), label=0, description="a cone"))
+    rows.append(
+        _row("natix_neg_described", path, _image_bytes(path, (90, 92), (7, 8, 9), "PNG"), label=0, description="a cone")
+    )
 
     path = tmp_path / "small.png"
     rows.append(_row("small", path, _image_bytes(path, (20, 100), (10, 11, 12), "PNG"), label=0, source="folder"))

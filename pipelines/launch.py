@@ -1,0 +1,108 @@
+"""Starting a pipeline run on this machine's ZenML store, and the summary printed after it.
+
+Shared by the commands that run pipelines (``full_run``, ``retrain``): one run at a time per store, the
+resource check, the demo data drawn when asked, the data layout checked and the local stack registered,
+all before ZenML starts anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from zenml.models import PipelineRunResponse
+from zenml.utils.io_utils import get_global_config_directory
+
+from stacks.local import ensure_local_stack, mlflow_tracking_uri
+from stage1_core.common.atomic_io import atomic_directory, remove_partials
+from stage1_core.data.ingest import DataLayoutError, dataset_fingerprint, detect_layout
+from stage1_core.demo.data import generate_demo_dataset, generate_fused_demo
+from stage1_core.modeling.backbone import resolve_backbone
+from stage1_core.run.reliability import (
+    InsufficientResourcesError,
+    RunLockTimeout,
+    check_resources,
+    estimate_run_needs,
+    run_lock,
+)
+from stage1_core.run.settings import ConfigError, RunSettings
+
+CONFIGS = Path(__file__).parent / "configs"
+LOCK_NAME = "roadwork-run.lock"
+
+
+def zenml_store_directory() -> Path:
+    """Where the local ZenML store, artifact store and MLflow store live (the ZenML global config folder)."""
+    return Path(get_global_config_directory())
+
+
+@contextmanager
+def exclusive_run(settings: RunSettings) -> Iterator[None]:
+    """One run at a time per ZenML store: hold the run lock around prepare + run + summary.
+
+    A second run started meanwhile logs "waiting for run started by pid N at ..." and starts when the first
+    ends (its cached steps then reuse the first one's outputs); after ``reliability.lock_timeout_s`` it stops with a
+    :class:`ConfigError` naming the other run. The kernel drops the lock of a killed run, so none is ever stale.
+    """
+    try:
+        with run_lock(zenml_store_directory() / LOCK_NAME, settings.reliability.lock_timeout_s):
+            yield
+    except RunLockTimeout as error:
+        raise ConfigError(str(error)) from None
+
+
+def prepare_run(settings: RunSettings) -> dict[str, Any]:
+    """Check resources, generate the demo data if asked, check the data layout, register the local stack; return the pipeline's arguments.
+
+    Call it inside :func:`exclusive_run`. The demo data is drawn into a hidden staging folder renamed into place
+    when complete, so a generation killed halfway leaves no data folder that the next run would take as complete
+    (the next run removes the staging leftover and draws again).
+    """
+    config = settings.config
+    data_path = Path(config.data.path).expanduser()
+    remove_partials(data_path)
+    if settings.reliability.check_resources:
+        try:
+            check_resources(estimate_run_needs(config, zenml_store_directory()), settings.reliability.safety_factor)
+        except InsufficientResourcesError as error:
+            raise ConfigError(f"{error} (or set reliability.check_resources: false to run anyway)") from None
+    if config.demo is not None and not data_path.exists():
+        with atomic_directory(data_path) as staging:
+            if config.demo_sources:
+                generate_fused_demo(staging, config.demo, config.demo_sources)
+            else:
+                generate_demo_dataset(staging, config.demo)
+    try:
+        detect_layout(data_path)
+    except DataLayoutError as error:
+        raise ConfigError(str(error)) from None
+    ensure_local_stack()
+    backbone_path = Path(resolve_backbone(config.backbone)).expanduser()
+    backbone_fingerprint = dataset_fingerprint(backbone_path) if backbone_path.is_dir() else config.backbone
+    return {
+        "config": config,
+        "data_fingerprint": dataset_fingerprint(data_path),
+        "backbone_fingerprint": backbone_fingerprint,
+    }
+
+
+def print_summary(run: PipelineRunResponse) -> None:
+    """The key val_test metrics, the promotion decision and where to look next."""
+    report = run.steps["evaluate_model"].outputs["evaluation_report"][0].load()
+    decision = run.steps["promote_model"].outputs["promotion_decision"][0].load()
+    exported = run.steps["export_model"].outputs["exported_model"][0]
+    lines = [
+        f"\nRun {run.name}: {run.status.value}",
+        report.summary_text(),
+        f"Promotion: {decision.registered_model_name} v{decision.version} -> {decision.alias}",
+    ]
+    lines += [f"  - {reason}" for reason in decision.reasons]
+    lines += [
+        "Where to look:",
+        "  ZenML dashboard:  zenml login --local   (then open http://127.0.0.1:8237)",
+        f"  MLflow UI:        mlflow ui --backend-store-uri {mlflow_tracking_uri()}",
+        f"  Exported model:   {exported.uri}/model.onnx",
+    ]
+    print("\n".join(lines))

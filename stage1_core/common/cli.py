@@ -1,0 +1,63 @@
+"""One exit-code contract for every command-line entry point, and its logging set-up.
+
+A script that calls our commands must tell a finding from a mistake from a crash without reading stderr:
+
+- 0: done;
+- 1: the job ran and found a problem (validation critical, some inputs failed, drift found);
+- 2: bad usage, path, layout, config or model (one line on stderr naming what and what to do);
+- 3: an internal error (one line on stderr; the traceback goes to a log file whose path that line names).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FINDING = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+QUIET_LOGGERS = ("onnxscript", "onnx_ir", "great_expectations")
+
+
+class UsageError(Exception):
+    """A user's mistake (usage, path, layout, config, model): the message names it and says what to do; exit 2."""
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log lines on stderr (stdout stays for a command's output, e.g. ``--json``); third-party chatter above warnings only."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def crash_log_path(command: str) -> Path:
+    """Where the traceback of an internal error of ``command`` is written."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    return Path(tempfile.gettempdir()) / f"roadwork-{command}-{stamp}.log"
+
+
+def run_command(command: str, main: Callable[[], int]) -> int:
+    """Run a command's body and map its outcome onto the exit-code contract.
+
+    ``main`` returns 0 or 1; a :class:`UsageError` becomes exit 2 with its message; anything else
+    is an internal error: exit 3, one line on stderr, the traceback in :func:`crash_log_path`.
+    """
+    try:
+        return main()
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as error:  # noqa: BLE001 - the contract: any other failure is reported as an internal error, never a bare traceback
+        log = crash_log_path(command)
+        log.write_text(traceback.format_exc())
+        print(
+            f"internal error: {type(error).__name__}: {error} (traceback in {log}; please report it)", file=sys.stderr
+        )
+        return EXIT_INTERNAL
