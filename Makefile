@@ -26,9 +26,10 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(PY) -m pipelines.full_run
 
-# Lint first (seconds): the import contracts of pyproject.toml and ruff's format; then the whole suite.
+# Lint first (seconds): the import contracts of pyproject.toml, ruff's rules and format (line length 120); then the suite.
 lint: install-dev
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 test: lint

@@ -20,10 +20,12 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from stage1_core.data.ingest import IngestConfig, ingest
+from stage1_core.data.ingest import ingest
+from stage1_core.data.sources.config import IngestConfig
 from stage1_core.data.splits import SplitConfig, assign_splits
 from stage1_core.data.validation import ValidationConfig, validate_manifest
-from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset
+from stage1_core.demo.config import DemoDataConfig
+from stage1_core.demo.writers import generate_demo_dataset
 
 
 class DataBenchmarkRun(BaseModel):
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         print(
             f"{run.images:>7} {run.image_bytes_mb:>9.1f} {run.seconds:>7.1f} {run.images_per_second:>7.1f} "
-            f"{run.ingest_seconds:>9.1f} {run.validate_seconds:>10.1f} {run.split_seconds:>8.2f} {run.baseline_rss_mb:>11.0f} "
+            f"{run.ingest_seconds:>9.1f} {run.validate_seconds:>10.1f} {run.split_seconds:>8.2f} "
+            f"{run.baseline_rss_mb:>11.0f} "
             f"{run.peak_rss_mb:>11.0f} {run.peak_rss_mb - run.baseline_rss_mb:>9.0f} {run.manifest_mb:>11.1f}"
         )
     return 0

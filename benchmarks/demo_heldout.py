@@ -22,14 +22,18 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from stage1_core.common.metrics import compute_metrics
-from stage1_core.demo.data import SIZE_CLASSES, DemoDataConfig, generate_demo_dataset
+from stage1_core.demo.config import SIZE_CLASSES, DemoDataConfig
+from stage1_core.demo.writers import generate_demo_dataset
 from stage1_core.serving.predictor import Predictor, PredictorConfig
 
 METRICS = ("mcc", "accuracy", "auroc", "ece")
 
 
 def draw_scenes(directory: Path, n_images: int, seed: int) -> pd.DataFrame:
-    """``n_images`` independent demo scenes (NATIX parquet layout) as rows of image bytes, label and drawn object size class."""
+    """``n_images`` independent demo scenes (NATIX parquet layout), one row each.
+
+    A row holds the image bytes, the label and the drawn object size class.
+    """
     generate_demo_dataset(
         directory, DemoDataConfig(seed=seed, n_images=n_images, frames_per_sequence=1, test_fraction=0.0)
     )
@@ -81,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     print(
-        f"{len(scenes)} held-out demo scenes (seed {args.seed}, one frame each, {scenes['label'].mean():.0%} roadwork), threshold 0.5, 95% bootstrap CI"
+        f"{len(scenes)} held-out demo scenes (seed {args.seed}, one frame each, "
+        f"{scenes['label'].mean():.0%} roadwork), threshold 0.5, 95% bootstrap CI"
     )
     print(f"{'mode':<10}{'views/img':>10}" + "".join(f"{name:>26}" for name in METRICS))
     for mode, figures in results.items():

@@ -11,11 +11,12 @@ On a CUDA machine a ViT-B-sized config (hidden 768, 12 layers, 12 heads, 224 px 
 also runs in PyTorch FP16 (autocast) and as a TensorRT FP16 engine when ``tensorrt`` is installed.
 
 Images come from the demo generator (640x480 street scenes). The model is the demo backbone
-(``dinov2-demo``, the committed pre-trained demo weights, view 112) with its linear head fitted by logistic regression on the
-global-view features of a train share of the images, so that global-view confidence means something
-for the adaptive path; speed does not depend on the weights, the adaptive skip rate does. The adaptive
-margin bounds (one per side of the threshold) are fitted on a val_select share (within 1 MCC point of fixed 10-view on 75% of its resamples) and its MCC
-cost is measured on the held-out val_test share, where all timings run.
+(``dinov2-demo``, the committed pre-trained demo weights, view 112) with its linear head fitted by
+logistic regression on the global-view features of a train share of the images, so that global-view
+confidence means something for the adaptive path; speed does not depend on the weights, the adaptive
+skip rate does. The adaptive margin bounds (one per side of the threshold) are fitted on a val_select
+share (within 1 MCC point of fixed 10-view on 75% of its resamples) and its MCC cost is measured on
+the held-out val_test share, where all timings run.
 
 Per configuration: images/s over val_test in batches of ``--batch``, p50/p99 latency of single-image
 requests (the miner case; decoding excluded, it is the same for all), peak resident memory while
@@ -44,7 +45,8 @@ from sklearn.metrics import matthews_corrcoef
 from transformers import AutoModel, Dinov2Config
 
 from stage1_core.common.logit_map import LogitMap
-from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset
+from stage1_core.demo.config import DemoDataConfig
+from stage1_core.demo.writers import generate_demo_dataset
 from stage1_core.export.exporter import (
     ExportConfig,
     GlobalViewGraph,
@@ -211,7 +213,10 @@ def _round(timings: _Timings, runner: Runner, stacked: np.ndarray, requests: int
 def measure_all(
     runners: dict[tuple[str, str], Runner], images: list[np.ndarray], requests: int, batch: int, rounds: int
 ) -> list[Measurement]:
-    """Warm every configuration up, then time them in ``rounds`` interleaved rounds (load from others hits all alike)."""
+    """Warm every configuration up, then time them in ``rounds`` interleaved rounds.
+
+    Interleaving means load from other processes hits all configurations alike.
+    """
     stacked = np.stack(images)
     timings = {key: _Timings(*key) for key in runners}
     for rnd in range(rounds + 1):
@@ -427,7 +432,10 @@ def run(
         batch=batch,
         requests=requests,
         rounds=rounds,
-        memory_note="peak resident set while measuring (high-water mark reset per configuration and round; includes the process baseline); +MB: over the resident set at the start",
+        memory_note=(
+            "peak resident set while measuring (high-water mark reset per configuration and round; "
+            "includes the process baseline); +MB: over the resident set at the start"
+        ),
         adaptive_policy=policy,
         adaptive_val_test=test_outcome,
         onnxruntime_fusions=fixed_onnx.metadata.onnxruntime_fusions,
@@ -473,8 +481,9 @@ def _ratios(measurements: list[Measurement], full_views: int) -> tuple[dict[str,
         elif value >= target:
             verdicts.append(f"{name}: {value:.2f}x, target {target}x met")
         else:
+            percent_short = 100 * (1 - value / target)
             verdicts.append(
-                f"{name}: {value:.2f}x, target {target}x MISSED by {target - value:.2f}x ({100 * (1 - value / target):.0f}% short)"
+                f"{name}: {value:.2f}x, target {target}x MISSED by {target - value:.2f}x ({percent_short:.0f}% short)"
             )
     return ratios, verdicts
 
@@ -485,26 +494,32 @@ def _format(value: float | None, spec: str) -> str:
 
 def print_table(result: BenchmarkResult) -> None:
     print(
-        f"threads {result.threads}, batch {result.batch}, {result.requests} single-image requests x {result.rounds} rounds; images: {result.n_images}"
+        f"threads {result.threads}, batch {result.batch}, {result.requests} single-image requests "
+        f"x {result.rounds} rounds; images: {result.n_images}"
     )
     print(
-        f"{'backend':<20}{'views':<13}{'img/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'peak MB':>9}{'+MB':>7}{'views/img':>10}{'warmup s':>10}"
+        f"{'backend':<20}{'views':<13}{'img/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'peak MB':>9}{'+MB':>7}{'views/img':>10}{'warmup s':>10}"
     )
     for m in result.measurements:
         if m.error:
             print(f"{m.backend:<20}{m.views:<13}  failed: {m.error}")
             continue
         print(
-            f"{m.backend:<20}{m.views:<13}{_format(m.images_per_s, '8.2f')}{_format(m.p50_ms, '9.1f')}{_format(m.p99_ms, '9.1f')}"
-            f"{_format(m.peak_rss_mb, '9.0f')}{_format(m.peak_over_start_mb, '7.0f')}{_format(m.views_per_image, '10.2f')}{_format(m.warmup_s, '10.1f')}"
+            f"{m.backend:<20}{m.views:<13}{_format(m.images_per_s, '8.2f')}"
+            f"{_format(m.p50_ms, '9.1f')}{_format(m.p99_ms, '9.1f')}"
+            f"{_format(m.peak_rss_mb, '9.0f')}{_format(m.peak_over_start_mb, '7.0f')}"
+            f"{_format(m.views_per_image, '10.2f')}{_format(m.warmup_s, '10.1f')}"
         )
     print(
         f"onnxruntime (the bundle's graphs) fusions: {result.onnxruntime_fusions or 'none'}; CUDA branch: {result.cuda}"
     )
     int8 = result.int8_val_test
     print(
-        f"onnxruntime-int8 on val_test ({int8.n_images} images): |P(int8) - P(plain fp32)| max {int8.max_abs_diff:.4f}, mean {int8.mean_abs_diff:.4f}; "
-        f"{int8.decisions_changed} decisions changed at 0.5; MCC {int8.mcc_fp32:.3f} (fp32) -> {int8.mcc_int8:.3f} (int8)"
+        f"onnxruntime-int8 on val_test ({int8.n_images} images): |P(int8) - P(plain fp32)| "
+        f"max {int8.max_abs_diff:.4f}, mean {int8.mean_abs_diff:.4f}; "
+        f"{int8.decisions_changed} decisions changed at 0.5; "
+        f"MCC {int8.mcc_fp32:.3f} (fp32) -> {int8.mcc_int8:.3f} (int8)"
     )
     print("ratios (images/s):")
     for name, value in result.ratios.items():
@@ -514,7 +529,8 @@ def print_table(result: BenchmarkResult) -> None:
     print(
         f"adaptive: {policy.describe()} (fitted on val_select: skip {fitted.skip_rate:.0%}, "
         f"MCC {fitted.mcc_full:.3f} -> {fitted.mcc_adaptive:.3f}); val_test: skip {outcome.skip_rate:.0%}, "
-        f"{outcome.views_per_image:.2f} views/image, MCC {outcome.mcc_full:.3f} -> {outcome.mcc_adaptive:.3f} (drop {outcome.mcc_drop:+.3f})"
+        f"{outcome.views_per_image:.2f} views/image, "
+        f"MCC {outcome.mcc_full:.3f} -> {outcome.mcc_adaptive:.3f} (drop {outcome.mcc_drop:+.3f})"
     )
     for verdict in result.verdicts:
         print(f"  {verdict}")

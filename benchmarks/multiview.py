@@ -9,8 +9,8 @@ does not depend on the weights. Figures, side by side:
 - inference images/s of single-view (global view only) and 10-view (``topk_mean`` and ``attention``),
   and of the backbone alone on the 10 pre-cut views; the ratio ``multi / (single / views)`` should be
   at least 0.9 (crops and aggregation cost at most 10% on top of the backbone);
-- the crops of a batch by ``make_views`` (one slice per tile position, over the whole batch) against a per-image, per-tile
-  Python loop: time and speed ratio, with a check that both give the same tensors;
+- the crops of a batch by ``make_views`` (one slice per tile position, over the whole batch) against
+  a per-image, per-tile Python loop: time and speed ratio, with a check that both give the same tensors;
 - one training step (forward, loss, backward, AdamW; the last 2 blocks and the head trainable) for
   single-view and multi-view training: seconds per step and peak memory (CUDA: allocator peak;
   CPU: resident-memory high-water mark over the step, Linux).
@@ -181,7 +181,8 @@ def run(batch: int, threads: int, rounds: int, train_steps: int, seed: int = 0) 
 
 def print_table(result: MultiViewBenchmark) -> None:
     print(
-        f"device {result.device}, threads {result.threads}, batch {result.batch}, {result.views_per_image} views per image"
+        f"device {result.device}, threads {result.threads}, batch {result.batch}, "
+        f"{result.views_per_image} views per image"
     )
     print(f"{'inference':<26}{'img/s':>9}")
     for name, value in result.images_per_s.items():
@@ -190,7 +191,8 @@ def print_table(result: MultiViewBenchmark) -> None:
         print(f"multi ({name}) / (single / {result.views_per_image}): {ratio:.3f}  (target >= {TARGET_RATIO})")
     print(f"crops + aggregation over the backbone alone: {result.crop_overhead:+.1%}")
     print(
-        f"crops of the batch: vectorised {result.crops_vectorised_ms:.2f} ms, per-image per-tile loop {result.crops_loop_ms:.2f} ms: {result.crops_speedup:.1f}x"
+        f"crops of the batch: vectorised {result.crops_vectorised_ms:.2f} ms, "
+        f"per-image per-tile loop {result.crops_loop_ms:.2f} ms: {result.crops_speedup:.1f}x"
     )
     print(f"{'training step':<26}{'s/step':>9}{'peak MB':>10}")
     for figure in result.training:

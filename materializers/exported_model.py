@@ -12,7 +12,10 @@ from stage1_core.serving.bundle import ExportedModel
 
 
 class ExportedModelMaterializer(BaseMaterializer):
-    """Stores the bundle folder (``model.onnx``, ``metadata.json``, adaptive graphs, engine): the same folder the predictor loads."""
+    """Stores the bundle folder: the same folder the predictor loads.
+
+    The folder holds ``model.onnx``, ``metadata.json``, the adaptive graphs and the engine.
+    """
 
     ASSOCIATED_TYPES: ClassVar[tuple[type[Any], ...]] = (ExportedModel,)
     ASSOCIATED_ARTIFACT_TYPE: ClassVar[ArtifactType] = ArtifactType.MODEL

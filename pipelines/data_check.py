@@ -17,7 +17,7 @@ import pandas as pd
 
 from stage1_core.common.cli import EXIT_FINDING, EXIT_OK, configure_logging, run_command
 from stage1_core.data.check import DataCheckResult, quarantine_path, run_data_check
-from stage1_core.data.ingest import IngestConfig, Source
+from stage1_core.data.sources.config import IngestConfig, Source
 from stage1_core.data.splits import SplitConfig
 from stage1_core.data.validation import ValidationConfig
 

@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             settings.config.drift,
         )
         path = write_verdict(report, args.out, args.batch, reference.origin)
+        retraining = "warranted" if report.retrain_recommended else "not warranted"
         print(
-            f"drift: {len(report.drifted_columns)} of {len(report.columns)} columns drifted ({report.drift_share:.0%}) {report.drifted_columns}; "
-            f"dataset drift {report.dataset_drift}; retraining {'warranted' if report.retrain_recommended else 'not warranted'} ({report.retrain_reason})\n"
+            f"drift: {len(report.drifted_columns)} of {len(report.columns)} columns drifted "
+            f"({report.drift_share:.0%}) {report.drifted_columns}; "
+            f"dataset drift {report.dataset_drift}; retraining {retraining} ({report.retrain_reason})\n"
             f"reference: {reference.origin}\nreport: {args.out / REPORT_FILE}\nverdict: {path}"
         )
         return EXIT_OK

@@ -1,6 +1,7 @@
-"""Which drift reference a new batch is compared with: that of the production model version, a named run's, or the latest.
+"""Which drift reference a new batch is compared with.
 
-A lookup in the ZenML store, shared by ``drift_monitor`` (on demand) and ``retrain`` (in the scheduled run's body).
+That of the production model version, a named run's, or the latest. A lookup in the ZenML store,
+shared by ``drift_monitor`` (on demand) and ``retrain`` (in the scheduled run's body).
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ class DriftReference(BaseModel):
 def _from_run(run: PipelineRunResponse, why: str) -> DriftReference:
     if REFERENCE_STEP not in run.steps or TRAIN_STEP not in run.steps:
         raise ReferenceNotFoundError(
-            f"pipeline run {run.name} has no {REFERENCE_STEP} / {TRAIN_STEP} step: pass a full_run or retrain run that trained a model"
+            f"pipeline run {run.name} has no {REFERENCE_STEP} / {TRAIN_STEP} step: "
+            "pass a full_run or retrain run that trained a model"
         )
     outputs = run.steps[REFERENCE_STEP].outputs
     if "embedding_projection" not in outputs:
         raise ReferenceNotFoundError(
-            f"pipeline run {run.name} built its drift reference without backbone embeddings (older code): run full_run again"
+            f"pipeline run {run.name} built its drift reference without backbone embeddings (older code): "
+            "run full_run again"
         )
     return DriftReference(
         reference=outputs["drift_reference"][0],
@@ -75,7 +78,8 @@ def find_reference(client: Client | None = None, run: str | None = None) -> Drif
             artifact = client.get_artifact_version("drift_reference")
         except KeyError:
             raise ReferenceNotFoundError(
-                "no drift reference yet: run `python -m pipelines.full_run` first (it builds one), or pass --reference RUN"
+                "no drift reference yet: run `python -m pipelines.full_run` first (it builds one), "
+                "or pass --reference RUN"
             ) from None
         why = "latest reference (no model version in production yet)"
     return _from_run(client.get_pipeline_run(artifact.producer_pipeline_run_id), why)

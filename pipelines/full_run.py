@@ -1,4 +1,4 @@
-"""The main pipeline: ingest -> validate -> split -> ExPLoRA -> train -> calibrate -> evaluate -> export -> drift reference -> promote.
+"""The main pipeline: ingest, validate, split, ExPLoRA, train, calibrate, evaluate, export, drift reference, promote.
 
 Run it with ``python -m pipelines.full_run`` (the demo default) or point it at your data and weights:
 ``python -m pipelines.full_run --data /data/natix --backbone /weights/dinov2-small``.

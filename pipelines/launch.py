@@ -17,8 +17,9 @@ from zenml.utils.io_utils import get_global_config_directory
 
 from stacks.local import ensure_local_stack, mlflow_tracking_uri
 from stage1_core.common.atomic_io import atomic_directory, remove_partials
-from stage1_core.data.ingest import DataLayoutError, dataset_fingerprint, detect_layout
-from stage1_core.demo.data import generate_demo_dataset, generate_fused_demo
+from stage1_core.data.ingest import dataset_fingerprint, detect_layout
+from stage1_core.data.sources.base import DataLayoutError
+from stage1_core.demo.writers import generate_demo_dataset, generate_fused_demo
 from stage1_core.modeling.backbone import resolve_backbone
 from stage1_core.run.reliability import (
     InsufficientResourcesError,
@@ -54,8 +55,9 @@ def exclusive_run(settings: RunSettings) -> Iterator[None]:
 
 
 def prepare_run(settings: RunSettings) -> dict[str, Any]:
-    """Check resources, generate the demo data if asked, check the data layout, register the local stack; return the pipeline's arguments.
+    """Get everything ready for a pipeline run; return the pipeline's arguments.
 
+    Checks resources, generates the demo data if asked, checks the data layout and registers the local stack.
     Call it inside :func:`exclusive_run`. The demo data is drawn into a hidden staging folder renamed into place
     when complete, so a generation killed halfway leaves no data folder that the next run would take as complete
     (the next run removes the staging leftover and draws again).

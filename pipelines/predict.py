@@ -1,4 +1,6 @@
-"""Score images with the exported model: ``python -m pipelines.predict IMAGE_OR_DIR... [--model champion|PATH] [--mode adaptive|full] [--json]``.
+"""Score images with the exported model from the command line.
+
+``python -m pipelines.predict IMAGE_OR_DIR... [--model champion|PATH] [--mode adaptive|full] [--json]``
 
 Every input is reported: a score per image, or which input failed and why (empty, not an image,
 corrupt, too small, too large). The rest are still scored; the exit code is 1 when any input
@@ -98,7 +100,10 @@ def _read(path: Path, config: PredictorConfig) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line entry point; returns the exit status (0 all scored, 1 some input failed, 2 model or usage, 3 internal)."""
+    """Command line entry point; returns the exit status.
+
+    0: all scored, 1: some input failed, 2: model or usage error, 3: internal error.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR")
     parser.add_argument(
@@ -116,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         "--mode",
         choices=["adaptive", "full"],
         default="adaptive",
-        help="adaptive: global view first, tiles only for uncertain images (when the model has the adaptive graphs); full: all views for every image",
+        help=(
+            "adaptive: global view first, tiles only for uncertain images (when the model has the adaptive graphs); "
+            "full: all views for every image"
+        ),
     )
     parser.add_argument(
         "--max-pixels", type=int, default=PredictorConfig().max_pixels, help="refuse larger images (pixels)"
@@ -171,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"FAILED {failure.source}: {failure.error}", file=sys.stderr)
             for name in skipped:
                 print(f"skipped {name}: not an image file extension", file=sys.stderr)
-            summary = f"{len(predictions)} scored, {len(failures)} failed, {len(skipped)} skipped; model {predictor.origin} ({predictor.mode})"
+            summary = (
+                f"{len(predictions)} scored, {len(failures)} failed, {len(skipped)} skipped; "
+                f"model {predictor.origin} ({predictor.mode})"
+            )
             print(summary + (f", {views:.2f} views/image" if views is not None else ""), file=sys.stderr)
         return EXIT_FINDING if failures or not files else EXIT_OK
 

@@ -1,4 +1,4 @@
-"""Retraining: ingest a new batch, check its drift, and when warranted retrain on the data plus the batch and run the gate.
+"""Retraining: ingest a new batch, check its drift; if warranted, retrain on the data plus the batch and run the gate.
 
 ``python -m pipelines.retrain --batch PATH [--config YAML] [--force] [--batch-name NAME]``
 
@@ -30,7 +30,8 @@ from pipelines.launch import CONFIGS, exclusive_run, prepare_run, print_summary
 from pipelines.train_and_gate import LIBRARY_AWARE_CACHE, MODEL_DESCRIPTION, MODEL_NAME, train_and_gate
 from stacks.local import mlflow_tracking_uri
 from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
-from stage1_core.data.ingest import IngestConfig, dataset_fingerprint
+from stage1_core.data.ingest import dataset_fingerprint
+from stage1_core.data.sources.config import IngestConfig
 from stage1_core.monitoring.batch import read_batch
 from stage1_core.registry.promotion import check_registry
 from stage1_core.run.config import RunConfig
@@ -95,8 +96,10 @@ def retrain_pipeline(
 def print_outcome(run: PipelineRunResponse) -> None:
     """The drift verdict, and the gate's summary when the run retrained."""
     report = run.steps["check_drift"].outputs["batch_drift_report"][0].load()
+    retraining = "warranted" if report.retrain_recommended else "not warranted"
     print(
-        f"\nDrift: {report.drift_share:.0%} of columns drifted {report.drifted_columns}; retraining {'warranted' if report.retrain_recommended else 'not warranted'} ({report.retrain_reason})"
+        f"\nDrift: {report.drift_share:.0%} of columns drifted {report.drifted_columns}; "
+        f"retraining {retraining} ({report.retrain_reason})"
     )
     if "promote_model" in run.steps:
         print_summary(run)

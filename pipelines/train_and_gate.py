@@ -1,4 +1,6 @@
-"""The steps every training pipeline shares: validate -> split -> ExPLoRA -> train -> calibrate -> evaluate -> export -> drift reference -> promote.
+"""The steps every training pipeline shares, from data validation to the promotion gate.
+
+validate -> split -> ExPLoRA -> train -> calibrate -> evaluate -> export -> drift reference -> promote.
 
 ``full_run`` feeds it the ingested data, ``retrain`` the data fused with a new batch. Each step reads only
 its own section of the one :class:`RunConfig`, so a section's cache key is its own settings.
@@ -35,7 +37,10 @@ NESTED_TRACKING = {"experiment_tracker": {"nested": True}}
 
 
 def train_and_gate(raw_manifest: Any, config: RunConfig, backbone_fingerprint: str) -> None:
-    """Wire validate -> ... -> promote on an ingested manifest; the ablations (``config.ablation``) reach the evaluation report as one table."""
+    """Wire validate -> ... -> promote on an ingested manifest.
+
+    The ablations (``config.ablation``) reach the evaluation report as one table.
+    """
     valid_manifest, _, validation_report = validate_data(raw_manifest, config.validation)
     split_manifest = split_data(valid_manifest, validation_report, config.split)
     if config.explora_enabled:

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                 steps=run_configuration.steps,
             )(**run_kwargs)
             print(
-                f"scheduled {config.schedule.pipeline} on {run_configuration.schedule.cron_expression!r} ({config.orchestrator}); list with `zenml pipeline schedule list`"
+                f"scheduled {config.schedule.pipeline} on {run_configuration.schedule.cron_expression!r} "
+                f"({config.orchestrator}); list with `zenml pipeline schedule list`"
             )
         else:
             for path in render_manifests(config, client, args.out):

@@ -1,14 +1,15 @@
-"""The Kubernetes manifests the orchestrator submits for the scheduled run, built offline and checked against the API schemas.
+"""The Kubernetes manifests the orchestrator submits for the scheduled run, built offline.
 
-The CronJob of the orchestrator pod is assembled as ``KubernetesOrchestrator._submit_orchestrator_job`` does (its
-own ``_prepare_job_manifest``, then ``build_cron_job_manifest``). Step Jobs follow the pipeline's kind. A static
-pipeline's orchestrator pod creates one Job per step as the in-cluster entrypoint does (``apply_default_resource_requests``,
-``build_pod_manifest``, ``build_job_manifest``). A dynamic pipeline's orchestrator pod runs the body and its inline
-steps itself and creates a Job only for an isolated step, as ``submit_isolated_step_with_allocation`` does; those
-are its ``depends_on`` templates that ZenML's ``get_step_runtime`` sends to their own pod. Settings come from a
-pipeline compiled by ZenML's ``Compiler`` on the registered stack, so the GPU request is the one a run would get
-after ZenML's own settings merge. Nothing here contacts a cluster; the image, snapshot id, step run id and
-environment (the ZenML server URL and token) are only known at submission and are placeholders here.
+They are checked against the API schemas. The CronJob of the orchestrator pod is assembled as
+``KubernetesOrchestrator._submit_orchestrator_job`` does (its own ``_prepare_job_manifest``, then
+``build_cron_job_manifest``). Step Jobs follow the pipeline's kind. A static pipeline's orchestrator pod creates one
+Job per step as the in-cluster entrypoint does (``apply_default_resource_requests``, ``build_pod_manifest``,
+``build_job_manifest``). A dynamic pipeline's orchestrator pod runs the body and its inline steps itself and creates
+a Job only for an isolated step, as ``submit_isolated_step_with_allocation`` does; those are its ``depends_on``
+templates that ZenML's ``get_step_runtime`` sends to their own pod. Settings come from a pipeline compiled by
+ZenML's ``Compiler`` on the registered stack, so the GPU request is the one a run would get after ZenML's own
+settings merge. Nothing here contacts a cluster; the image, snapshot id, step run id and environment (the ZenML
+server URL and token) are only known at submission and are placeholders here.
 """
 
 from __future__ import annotations
@@ -83,7 +84,10 @@ def cron_job_manifest(
     image: str,
     snapshot_id: UUID,
 ) -> dict[str, Any]:
-    """The CronJob that starts the orchestrator pod on each firing; that pod then runs the pipeline (see the module doc)."""
+    """The CronJob that starts the orchestrator pod on each firing.
+
+    That pod then runs the pipeline (see the module doc).
+    """
     settings = cast(KubernetesOrchestratorSettings, orchestrator.get_settings(snapshot))
     pipeline_name = snapshot.pipeline_configuration.name
     labels = {
@@ -186,7 +190,10 @@ def isolated_step_job_manifest(
 
 
 def step_pods(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBase) -> list[str]:
-    """The steps that get a pod of their own: all of a static pipeline; of a dynamic one, the templates ZenML isolates."""
+    """The steps that get a pod of their own.
+
+    All steps of a static pipeline; of a dynamic one, the templates ZenML isolates.
+    """
     if not snapshot.is_dynamic:
         return list(snapshot.step_configurations)
     docker = snapshot.pipeline_configuration.docker_settings

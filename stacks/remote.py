@@ -1,4 +1,7 @@
-"""The cluster stacks as code: Kubernetes (or Kubeflow) orchestrator, S3-compatible artifact store, MLflow server, registry, image builder.
+"""The cluster stacks as code.
+
+The stack: Kubernetes (or Kubeflow) orchestrator, S3-compatible artifact store, MLflow server, registry and
+image builder.
 
 Everything comes from one YAML (``stacks/kubernetes.yaml``, ``stacks/kubeflow.yaml``), validated as
 :class:`RemoteStackConfig`; ``python -m stacks.kubernetes`` registers it, schedules the retraining and
@@ -35,7 +38,7 @@ from zenml.enums import StackComponentType, StepRuntime, StoreType
 from zenml.pipelines.pipeline_definition import Pipeline
 
 from stage1_core.common.cli import UsageError
-from stage1_core.data.ingest import IngestConfig
+from stage1_core.data.sources.config import IngestConfig
 from stage1_core.run.config import RunConfig
 from stage1_core.run.settings import ConfigError, load_run_config
 
@@ -48,7 +51,10 @@ CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnig
 
 
 class StackConfigError(UsageError, ValueError):
-    """The stack YAML is wrong, a referenced secret is missing, or the store is not a ZenML server. One line, what to do."""
+    """The stack YAML is wrong, a referenced secret is missing, or the store is not a ZenML server.
+
+    One line, what to do.
+    """
 
 
 class ClusterConfig(BaseModel):
@@ -87,7 +93,9 @@ class ContainerRegistryConfig(BaseModel):
     )
     pull_secret: str | None = Field(
         None,
-        description="Kubernetes secret (type kubernetes.io/dockerconfigjson) in the namespace, for pulls and Kaniko pushes",
+        description=(
+            "Kubernetes secret (type kubernetes.io/dockerconfigjson) in the namespace, for pulls and Kaniko pushes"
+        ),
     )
 
 
@@ -117,7 +125,10 @@ class GpuConfig(BaseModel):
 
     steps: list[str] = Field(
         default_factory=lambda: ["adapt_backbone", "train_model"],
-        description="step names that need a GPU; in a dynamic pipeline (retrain_pipeline) they must be among its `depends_on` steps",
+        description=(
+            "step names that need a GPU; in a dynamic pipeline (retrain_pipeline) "
+            "they must be among its `depends_on` steps"
+        ),
     )
     count: int = Field(1, ge=1)
     resource: str = Field("nvidia.com/gpu", description="extended resource of the NVIDIA device plugin")
@@ -130,10 +141,15 @@ class GpuConfig(BaseModel):
 
 
 class ScheduleConfig(BaseModel):
-    """The retraining cron; the Kubernetes orchestrator turns it into a batch/v1 CronJob, Kubeflow into a recurring run."""
+    """The retraining cron.
+
+    The Kubernetes orchestrator turns it into a batch/v1 CronJob, Kubeflow into a recurring run.
+    """
 
     cron: str = Field(
-        description="five-field cron (minute hour day month weekday) or a macro such as @weekly; in the cluster's time zone"
+        description=(
+            "five-field cron (minute hour day month weekday) or a macro such as @weekly; in the cluster's time zone"
+        )
     )
     name: str = "roadwork-retrain"
     pipeline: str = Field("pipelines.retrain.retrain_pipeline", description="import path of the pipeline to schedule")
@@ -143,7 +159,9 @@ class ScheduleConfig(BaseModel):
     )
     batch: IngestConfig | None = Field(
         None,
-        description="retrain_pipeline: the landing location of new labelled images, drift-checked at each firing (s3:// URIs)",
+        description=(
+            "retrain_pipeline: the landing location of new labelled images, drift-checked at each firing (s3:// URIs)"
+        ),
     )
     batch_name: str = Field("batch", description="retrain_pipeline: source name of the batch in the fused manifest")
     force: bool = Field(
@@ -164,7 +182,8 @@ class ScheduleConfig(BaseModel):
             return cron
         if len(cron.split()) != 5 or not croniter.is_valid(cron):
             raise ValueError(
-                f"schedule.cron {cron!r} is not a five-field cron expression (minute hour day-of-month month day-of-week) or one of {', '.join(CRON_MACROS)}"
+                f"schedule.cron {cron!r} is not a five-field cron expression "
+                f"(minute hour day-of-month month day-of-week) or one of {', '.join(CRON_MACROS)}"
             )
         return cron
 
@@ -354,12 +373,17 @@ def check_secrets(config: RemoteStackConfig, client: Client) -> None:
             missing.append(name)
     if missing:
         raise StackConfigError(
-            f"ZenML secret(s) {', '.join(missing)} not found; create them first, e.g. `zenml secret create {missing[0]} --username=... --password=...` (S3: --aws_access_key_id=... --aws_secret_access_key=...); see stacks/README.md"
+            f"ZenML secret(s) {', '.join(missing)} not found; create them first, "
+            f"e.g. `zenml secret create {missing[0]} --username=... --password=...` "
+            "(S3: --aws_access_key_id=... --aws_secret_access_key=...); see stacks/README.md"
         )
 
 
 def register_stack(config: RemoteStackConfig, client: Client | None = None) -> str:
-    """Get-or-create the components and the stack (a changed YAML updates existing components); returns the stack name."""
+    """Get-or-create the components and the stack; returns the stack name.
+
+    A changed YAML updates the existing components.
+    """
     client = client or Client()
     check_secrets(config, client)
     component_ids: dict[StackComponentType, str] = {}
@@ -376,8 +400,10 @@ def register_stack(config: RemoteStackConfig, client: Client | None = None) -> s
             )
             continue
         if existing.flavor_name != flavor:
+            cli_group = component_type.value.replace("_", "-")
             raise StackConfigError(
-                f"{component_type.value} {name} exists with flavor {existing.flavor_name}, the config asks for {flavor}: delete it (`zenml {component_type.value.replace('_', '-')} delete {name}`) or rename the stack"
+                f"{component_type.value} {name} exists with flavor {existing.flavor_name}, "
+                f"the config asks for {flavor}: delete it (`zenml {cli_group} delete {name}`) or rename the stack"
             )
         if existing.configuration != configuration:
             logger.info("updating %s %s", component_type.value, name)
@@ -403,8 +429,10 @@ def schedule_run_configuration(config: RemoteStackConfig, pipeline: Pipeline) ->
         raise StackConfigError("the stack config has no `schedule:` section (cron, pipeline, run_config)")
     if config.orchestrator == "kubeflow" and pipeline.is_dynamic:
         raise StackConfigError(
-            f"schedule.pipeline {config.schedule.pipeline} is a dynamic pipeline, which ZenML 0.98's Kubeflow orchestrator cannot run "
-            "(it implements no submit_dynamic_pipeline): schedule it on the kubernetes orchestrator, or pipelines.full_run.full_run on Kubeflow"
+            f"schedule.pipeline {config.schedule.pipeline} is a dynamic pipeline, "
+            "which ZenML 0.98's Kubeflow orchestrator cannot run "
+            "(it implements no submit_dynamic_pipeline): schedule it on the kubernetes orchestrator, "
+            "or pipelines.full_run.full_run on Kubeflow"
         )
     gpu_steps = gpu_steps_of(config, pipeline)
     schedule = Schedule(name=config.schedule.name, cron_expression=config.schedule.cron_for(config.orchestrator))
@@ -437,7 +465,8 @@ def gpu_steps_of(config: RemoteStackConfig, pipeline: Pipeline) -> list[str]:
     unknown = sorted(set(config.gpu.steps) - set(pipeline.invocations))
     if unknown:
         which = (
-            "steps whose settings a run configuration can set (its `depends_on` steps; add a step there to give it a GPU)"
+            "steps whose settings a run configuration can set "
+            "(its `depends_on` steps; add a step there to give it a GPU)"
             if pipeline.is_dynamic
             else "steps"
         )
@@ -460,8 +489,9 @@ def import_pipeline(path: str) -> Pipeline:
 
 
 def scheduled_run_kwargs(pipeline: Pipeline, run_config: RunConfig, schedule: ScheduleConfig) -> dict[str, Any]:
-    """The pipeline's arguments: the run config, and for a pipeline that drift-checks a batch (``retrain_pipeline``) the schedule's batch.
+    """The pipeline's arguments: the run config, and the schedule's batch where the pipeline takes one.
 
+    The batch goes to a pipeline that drift-checks a batch (``retrain_pipeline``).
     ``*_fingerprint`` parameters key the cache on local data or weights; a scheduled run reads its data when
     it fires, with the cache off, so there is nothing to fingerprint now: they are set to ``"scheduled"``.
     The pods cannot read this machine's disk, so the data, the batch and the image stores must be URIs (s3://...).
@@ -473,7 +503,8 @@ def scheduled_run_kwargs(pipeline: Pipeline, run_config: RunConfig, schedule: Sc
     if "batch" in parameters:
         if schedule.batch is None:
             raise StackConfigError(
-                f"{pipeline.name} drift-checks a batch at each firing: set schedule.batch (path and image_store, s3:// URIs of the landing location)"
+                f"{pipeline.name} drift-checks a batch at each firing: "
+                "set schedule.batch (path and image_store, s3:// URIs of the landing location)"
             )
         kwargs |= {"batch": schedule.batch, "batch_name": schedule.batch_name, "force": schedule.force}
     missing = [
@@ -519,5 +550,6 @@ def require_server(config: RemoteStackConfig, client: Client) -> None:
     store = client.zen_store
     if store.type != StoreType.REST or store.url.rstrip("/") != config.zenml_server_url.rstrip("/"):
         raise StackConfigError(
-            f"connected to {store.url} ({store.type.value}), not to the ZenML server {config.zenml_server_url}: run `zenml login {config.zenml_server_url}` first"
+            f"connected to {store.url} ({store.type.value}), not to the ZenML server {config.zenml_server_url}: "
+            f"run `zenml login {config.zenml_server_url}` first"
         )

@@ -1,4 +1,7 @@
-"""Drift reference step: image features and projected backbone embeddings of the training data, and a first report against val_test."""
+"""Drift reference step: features of the training data, and a first report against val_test.
+
+The features are image features and projected backbone embeddings.
+"""
 
 from typing import Annotated
 
@@ -26,8 +29,9 @@ def build_drift_reference(
     Annotated[EmbeddingProjection, "embedding_projection"],
     Annotated[DriftReport, "drift_report"],
 ]:
-    """Features of the train split are the reference later batches are compared with (with this classifier's embeddings).
+    """Features of the train split are the reference later batches are compared with.
 
+    They include this classifier's embeddings of the images.
     The report against val_test (same distribution by construction) shows what "no drift" looks like.
     """
     reference, projection = build_reference(take_split(manifest, "train", Consumer.DRIFT_REFERENCE), classifier, config)

@@ -1,4 +1,7 @@
-"""Evaluate step: all metrics with bootstrap CIs on val_test only, per slice and validator view, conformal sets; logged to MLflow."""
+"""Evaluate step: all metrics with bootstrap CIs on val_test only; logged to MLflow.
+
+Per slice and validator view, with conformal sets.
+"""
 
 from typing import Annotated
 
@@ -23,7 +26,10 @@ def evaluate_model(
     config: EvaluationConfig,
     ablation: AblationTable | None = None,
 ) -> Annotated[EvaluationReport, "evaluation_report"]:
-    """Score val_test before and after calibration, per slice, under the validator's views, and the conformal policy; show the ablations."""
+    """Score val_test before and after calibration, per slice and under the validator's views.
+
+    Also scores the conformal policy, and shows the ablations.
+    """
     val_test = take_split(manifest, "val_test", Consumer.EVALUATION)
     slice_columns = val_test[list(config.slices.columns)]
     if config.slices.truth_path is not None:

@@ -1,4 +1,7 @@
-"""Export step: ONNX of the whole serving path (fixed and adaptive multi-view, TensorRT where available), parity-checked."""
+"""Export step: ONNX of the whole serving path, parity-checked.
+
+Fixed and adaptive multi-view, and a TensorRT engine where available.
+"""
 
 from typing import Annotated
 

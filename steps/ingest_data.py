@@ -5,7 +5,8 @@ from typing import Annotated
 import pandas as pd
 from zenml import log_metadata, step
 
-from stage1_core.data.ingest import IngestConfig, ingest
+from stage1_core.data.ingest import ingest
+from stage1_core.data.sources.config import IngestConfig
 
 
 @step

@@ -46,7 +46,10 @@ class ZenMLStageTransition:
         self.client.update_model_version(self.model_name, self.version_id, stage=stage, force=True)
 
     def undo(self) -> None:
-        """Restore the stages found by ``apply`` (this version first, so the old production one can take its stage back)."""
+        """Restore the stages found by ``apply``.
+
+        This version first, so the old production one can take its stage back.
+        """
         for version_id, stage in self._before:
             self.client.update_model_version(self.model_name, version_id, stage=stage, force=True)
 
@@ -59,7 +62,10 @@ def promote_model(
     manifest: pd.DataFrame,
     config: PromotionConfig,
 ) -> Annotated[PromotionDecision, "promotion_decision"]:
-    """Log params, lineage and the ONNX model to the run's MLflow run; register it; move alias and ZenML stage together."""
+    """Log params, lineage and the ONNX model to the run's MLflow run; register it.
+
+    The registry alias and the ZenML stage move together.
+    """
     context = get_step_context()
     parameters = dict(context.pipeline_run.config.parameters or {})
     log_run_parameters(

@@ -23,7 +23,10 @@ def score_ablation(
     adaptive: AdaptiveConfig,
     table: AblationTable | None = None,
 ) -> Annotated[AblationTable, "ablation_table"]:
-    """Chained through the run (each call takes the previous table), so the evaluation step gets one table of every model."""
+    """Chained through the run, so the evaluation step gets one table of every model.
+
+    Each call takes the previous table.
+    """
     val_select = take_split(manifest, "val_select", Consumer.MODEL_SELECTION)
     val_test = take_split(manifest, "val_test", Consumer.EVALUATION)
     rows = score_inference_modes(model_name, classifier, policy, val_select, val_test, evaluation, adaptive)

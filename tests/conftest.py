@@ -16,8 +16,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from stage1_core.data.ingest import IngestConfig, ingest  # noqa: E402
-from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset  # noqa: E402
+from stage1_core.data.ingest import ingest  # noqa: E402
+from stage1_core.data.sources.config import IngestConfig  # noqa: E402
+from stage1_core.demo.config import DemoDataConfig  # noqa: E402
+from stage1_core.demo.writers import generate_demo_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")

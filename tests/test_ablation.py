@@ -1,4 +1,7 @@
-"""The ablation rows: one backbone pass gives the global and multi-view logits; each inference mode scored on val_test."""
+"""The ablation rows: each inference mode scored on val_test.
+
+One backbone pass gives both the global and the multi-view logits.
+"""
 
 import numpy as np
 import pandas as pd

@@ -34,7 +34,10 @@ def _scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fitted_bounds_keep_the_budget_on_most_resamples_and_skip_the_most_images_the_rule_allows(seed: int) -> None:
-    """Reference: sklearn's weighted MCC on every resample of whole sequences, for every pair of bounds the fit's rule walks through."""
+    """Reference: sklearn's weighted MCC on every resample of whole sequences.
+
+    It is computed for every pair of bounds the fit's rule walks through.
+    """
     labels, p_global, p_full = _scores(120, seed)
     sequences = np.repeat(np.arange(40), 3)  # three frames per sequence
     config = AdaptiveConfig(max_mcc_drop=0.02, n_bootstrap=40, seed=3)

@@ -17,9 +17,12 @@ import pytest
 from PIL import Image
 
 from stage1_core.common.manifest import MANIFEST_COLUMNS
-from stage1_core.data.ingest import DataLayoutError, IngestConfig, ingest
+from stage1_core.data.ingest import ingest
+from stage1_core.data.sources.base import DataLayoutError
+from stage1_core.data.sources.config import IngestConfig
 from stage1_core.data.validation import DataValidationError, ValidationConfig, validate_manifest
-from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset
+from stage1_core.demo.config import DemoDataConfig
+from stage1_core.demo.writers import generate_demo_dataset
 
 LENIENT = ValidationConfig(max_failure_rate=1.0, min_positive_rate=0.0, max_positive_rate=1.0)
 

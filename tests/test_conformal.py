@@ -35,7 +35,10 @@ def synthetic(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]
 def reference_sets(
     probs: np.ndarray, labels: np.ndarray, test: np.ndarray, alpha: float, score: str, u_cal, u_test
 ) -> tuple[float, np.ndarray]:
-    """A plain per-sample loop: scores by the definitions in methods.md, q_hat as the ceil((n+1)(1-alpha))-th smallest."""
+    """A plain per-sample loop: scores by the definitions in methods.md.
+
+    q_hat is the ceil((n+1)(1-alpha))-th smallest score.
+    """
 
     def score_of(row: np.ndarray, label: int, u: float) -> float:
         if score == "lac":

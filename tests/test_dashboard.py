@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from zenml import pipeline
 
-from stage1_core.data.ingest import IngestConfig
+from stage1_core.data.sources.config import IngestConfig
 from stage1_core.data.validation import ValidationConfig
 from steps.ingest_data import ingest_data
 from steps.validate_data import validate_data

@@ -9,7 +9,8 @@ import pytest
 
 from pipelines.data_check import main, quarantine_path
 from stage1_core.common.manifest import MANIFEST_COLUMNS, SPLITS
-from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset
+from stage1_core.demo.config import DemoDataConfig
+from stage1_core.demo.writers import generate_demo_dataset
 
 SMALL = DemoDataConfig(n_images=40, seed=6, image_width=128, image_height=96, frames_per_sequence=2)
 

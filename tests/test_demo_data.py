@@ -17,21 +17,18 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from stage1_core.demo.data import (
-    _FOG_RGB,
+from stage1_core.demo.config import (
     DAYTIMES,
     ENVIRONMENTS,
     HARD_NEGATIVE_KINDS,
     ROADWORK_KINDS,
     WEATHERS,
     DemoDataConfig,
-    _build_scene,
-    _render_frame,
-    _SequencePlan,
-    generate_demo_dataset,
-    main,
     size_class_of,
 )
+from stage1_core.demo.render import _FOG_RGB, _render_frame
+from stage1_core.demo.scenes import SequencePlan, build_scene
+from stage1_core.demo.writers import generate_demo_dataset, main
 
 WIDTH, HEIGHT = 160, 120
 TINY = DemoDataConfig(n_images=24, image_width=WIDTH, image_height=HEIGHT, rows_per_shard=10, seed=11)
@@ -189,8 +186,8 @@ def test_shifted_batch_is_darker_foggier_and_from_an_unseen_city(tmp_path: Path)
     assert not set(shifted["city_name"]) & set(base["city_name"])
 
 
-def _plan(**changes: object) -> _SequencePlan:
-    plan = _SequencePlan(
+def _plan(**changes: object) -> SequencePlan:
+    plan = SequencePlan(
         seq_id=0,
         first_id=0,
         n_frames=1,
@@ -206,10 +203,10 @@ def _plan(**changes: object) -> _SequencePlan:
     return dataclasses.replace(plan, **changes)
 
 
-def _render(plan: _SequencePlan, seed: int = 3) -> tuple[np.ndarray, int]:
+def _render(plan: SequencePlan, seed: int = 3) -> tuple[np.ndarray, int]:
     """Pixels (floats) and horizon row of one 320x240 frame; one seed draws the same street for any plan."""
     rng = np.random.default_rng(seed)
-    scene = _build_scene(plan, 320, 240, rng)
+    scene = build_scene(plan, 320, 240, rng)
     image, _ = _render_frame(scene, 0, 320, 240, rng)
     return np.asarray(image, dtype=float), round(scene.horizon)
 

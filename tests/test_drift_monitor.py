@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from pipelines.drift_monitor import main
-from stage1_core.data.ingest import IngestConfig, ingest
-from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset
+from stage1_core.data.ingest import ingest
+from stage1_core.data.sources.config import IngestConfig
+from stage1_core.demo.config import DemoDataConfig
+from stage1_core.demo.writers import generate_demo_dataset
 from stage1_core.modeling.backbone import load_backbone
 from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 from stage1_core.monitoring.batch import write_verdict

@@ -73,7 +73,10 @@ def test_full_run_completes_with_every_named_artifact(completed_run) -> None:
 
 
 def test_evaluation_report_shows_every_model_under_every_inference_mode(completed_run) -> None:
-    """The ablation table reaches the evaluation report: 3 models x 3 modes, scored on the same val_test as the main model."""
+    """The ablation table reaches the evaluation report: 3 models x 3 modes.
+
+    They are scored on the same val_test as the main model.
+    """
     report = completed_run.steps["evaluate_model"].outputs["evaluation_report"][0].load()
     table = report.ablation
     assert [(row.model, row.inference) for row in table.rows] == [

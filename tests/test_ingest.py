@@ -12,17 +12,11 @@ from PIL import Image
 from pydantic import ValidationError
 
 from stage1_core.common.manifest import MANIFEST_COLUMNS
-from stage1_core.data.ingest import (
-    LAYOUTS,
-    MAPILLARY_ROADWORK_LABELS,
-    DataLayoutError,
-    IngestConfig,
-    MapillaryConfig,
-    dataset_fingerprint,
-    detect_layout,
-    ingest,
-)
-from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset, generate_fused_demo
+from stage1_core.data.ingest import LAYOUTS, dataset_fingerprint, detect_layout, ingest
+from stage1_core.data.sources.base import DataLayoutError
+from stage1_core.data.sources.config import MAPILLARY_ROADWORK_LABELS, IngestConfig, MapillaryConfig
+from stage1_core.demo.config import DemoDataConfig
+from stage1_core.demo.writers import generate_demo_dataset, generate_fused_demo
 
 
 def test_natix_parquet_ingests_every_row_into_the_manifest(demo_dataset: Path, demo_manifest) -> None:

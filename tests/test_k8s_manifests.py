@@ -32,7 +32,7 @@ from stacks.remote import (
     register_stack,
     scheduled_run_kwargs,
 )
-from stage1_core.data.ingest import IngestConfig
+from stage1_core.data.sources.config import IngestConfig
 from stage1_core.run.settings import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +92,10 @@ def cluster_run_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def k8s_config(cluster_run_config: Path) -> RemoteStackConfig:
-    """The shipped stacks/kubernetes.yaml (retrain_pipeline on its cron) with the cluster run config, registered in the test store."""
+    """The shipped stacks/kubernetes.yaml with the cluster run config, registered in the test store.
+
+    It schedules retrain_pipeline on its cron.
+    """
     client = Client()
     for name, values in SECRETS.items():
         try:

@@ -195,8 +195,11 @@ def test_bootstrap_is_reproducible_by_seed() -> None:
 
 
 def test_cluster_bootstrap_of_copied_frames_equals_the_bootstrap_of_the_scenes() -> None:
-    """Four identical frames per sequence carry the information of one scene: resampling sequences gives exactly the
-    intervals of the scenes alone (every metric is a ratio of counts), while resampling frames one by one narrows them."""
+    """Four identical frames per sequence carry the information of one scene.
+
+    Resampling sequences gives exactly the intervals of the scenes alone (every metric is a ratio of counts),
+    while resampling frames one by one narrows them.
+    """
     labels, probs = predictions(150, seed=14, ties=True)
     frames_labels, frames_probs, sequences = (
         np.repeat(labels, 4),

@@ -5,7 +5,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from stage1_core.demo.data import ROADWORK_KINDS, DrawnFrame
+from stage1_core.demo.config import ROADWORK_KINDS
 from stage1_core.demo.pretrain import (
     FIRST_STREAM_SEED,
     MultiTaskHeads,
@@ -15,6 +15,7 @@ from stage1_core.demo.pretrain import (
     pretrain_backbone,
     view_targets,
 )
+from stage1_core.demo.render import DrawnFrame
 from stage1_core.modeling.backbone import load_backbone
 from stage1_core.modeling.model import MultiViewConfig
 

@@ -28,7 +28,8 @@ from materializers.classifier import ClassifierMaterializer
 from materializers.directory import save_directory
 from pipelines.launch import LOCK_NAME, prepare_run, zenml_store_directory
 from stage1_core.common.atomic_io import PARTIAL_MARKER, atomic_directory, atomic_file, remove_partials, write_atomic
-from stage1_core.data.ingest import detect_layout, store_image
+from stage1_core.data.ingest import detect_layout
+from stage1_core.data.sources.base import store_image
 from stage1_core.modeling.training import EpochWeightedSampler
 from stage1_core.run.reliability import (
     InsufficientResourcesError,
@@ -206,7 +207,7 @@ def test_image_store_concurrent_writes_of_one_image(tmp_path: Path) -> None:
     assert [path.name for path in (tmp_path / "store").rglob("*") if path.is_file()] == [sha]
 
 
-# ---------------------------------------------------------------------------------------------------- hashes and records
+# --------------------------------------------------------------------------------------------------- hashes and records
 
 
 def test_content_hash_follows_content_only() -> None:
@@ -436,7 +437,8 @@ def concurrent_runs(run_configs: dict[str, Path]) -> dict[str, object]:
     deadline = time.monotonic() + 300
     while _lock_owner(owner_file) != first.pid:
         assert first.poll() is None and time.monotonic() < deadline, (
-            "run A never took the run lock: pipelines/full_run.py main() must run prepare_run and the pipeline inside pipelines.run_config.exclusive_run"
+            "run A never took the run lock: pipelines/full_run.py main() must run prepare_run and the pipeline "
+            "inside pipelines.launch.exclusive_run"
         )
         time.sleep(0.05)
     second = _full_run(run_configs["A"], "--no-cache")
@@ -512,7 +514,8 @@ def test_concurrent_runs_both_complete_and_stores_stay_consistent(
     report_fault(
         record_property,
         "two full_run started together (A, then R)",
-        f"R waited for A, both completed in {concurrent_runs['seconds']:.0f} s; sqlite integrity ok; aliases {sorted(aliases)} on READY versions",
+        f"R waited for A, both completed in {concurrent_runs['seconds']:.0f} s; sqlite integrity ok; "
+        f"aliases {sorted(aliases)} on READY versions",
     )
 
 
@@ -577,6 +580,7 @@ def test_killed_training_resumes_from_its_checkpoint_with_cached_upstream(
     report_fault(
         record_property,
         "SIGKILL during training",
-        f"rerun: upstream cached, resumed after {summary.resumed_after_epochs}/{reference.epochs_run} epochs, max |weight diff| {difference:.1e} vs uninterrupted",
+        f"rerun: upstream cached, resumed after {summary.resumed_after_epochs}/{reference.epochs_run} epochs, "
+        f"max |weight diff| {difference:.1e} vs uninterrupted",
         "none (only the unfinished epoch is redone)",
     )

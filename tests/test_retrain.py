@@ -15,7 +15,8 @@ import yaml
 from mlflow import MlflowClient
 
 from pipelines import drift_monitor, full_run, retrain
-from stage1_core.demo.data import DemoDataConfig, generate_demo_dataset
+from stage1_core.demo.config import DemoDataConfig
+from stage1_core.demo.writers import generate_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

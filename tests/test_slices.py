@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from stage1_core.common.metrics import compute_metrics
 from stage1_core.data.images import load_rgb
-from stage1_core.demo.data import SIZE_CLASSES
+from stage1_core.demo.config import SIZE_CLASSES
 from stage1_core.evaluation.slices import (
     MISSING,
     VALIDATOR_VIEWS,

@@ -10,7 +10,7 @@ import pytest
 from zenml import pipeline, step
 from zenml.client import Client
 
-from stage1_core.data.ingest import IngestConfig
+from stage1_core.data.sources.config import IngestConfig
 from stage1_core.data.splits import SplitConfig, assign_splits
 from stage1_core.evaluation.calibration import CalibrationConfig
 from stage1_core.modeling.backbone import load_backbone

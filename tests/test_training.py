@@ -1,4 +1,4 @@
-"""Training: adapters and the attention aggregator end to end, K chosen on val_select, EMA weights, hardware settings."""
+"""Training: adapters and attention aggregator end to end, K chosen on val_select, EMA weights, hardware settings."""
 
 from __future__ import annotations
 

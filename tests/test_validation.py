@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from stage1_core.common.manifest import MANIFEST_COLUMNS, conform_manifest
-from stage1_core.data.ingest import describe_image
+from stage1_core.data.sources.base import describe_image
 from stage1_core.data.validation import (
     DataValidationError,
     ValidationConfig,

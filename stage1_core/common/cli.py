@@ -31,7 +31,10 @@ class UsageError(Exception):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Log lines on stderr (stdout stays for a command's output, e.g. ``--json``); third-party chatter above warnings only."""
+    """Log lines on stderr; third-party chatter above warnings only.
+
+    stdout stays for a command's output, e.g. ``--json``.
+    """
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,7 +1,8 @@
 """The calibrated-logit map and the validator's threshold: numpy only, so serving imports no fitting code.
 
 Why a module of its own: the exported bundle and the miner apply a fitted calibration with three numbers;
-the fitting (scipy, scikit-learn, plots) lives in :mod:`stage1_core.evaluation.calibration` and stays out of a serving process.
+the fitting (scipy, scikit-learn, plots) lives in :mod:`stage1_core.evaluation.calibration` and stays out
+of a serving process.
 """
 
 from __future__ import annotations

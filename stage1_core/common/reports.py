@@ -22,7 +22,10 @@ def metric_cell(metric: MetricValue, digits: int = 4) -> str:
     """An HTML table cell: the value with its interval, or why the metric is undefined."""
     if metric.value is None:
         return f"<td>undefined: {html.escape(metric.undefined_reason or '')}</td>"
-    return f"<td>{format_number(metric.value, digits)} [{format_number(metric.ci_low, digits)}, {format_number(metric.ci_high, digits)}]</td>"
+    value = format_number(metric.value, digits)
+    ci_low = format_number(metric.ci_low, digits)
+    ci_high = format_number(metric.ci_high, digits)
+    return f"<td>{value} [{ci_low}, {ci_high}]</td>"
 
 
 class Report(BaseModel):

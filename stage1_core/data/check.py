@@ -12,7 +12,8 @@ import pandas as pd
 from pydantic import BaseModel
 
 from stage1_core.common.atomic_io import atomic_file
-from stage1_core.data.ingest import IngestConfig, ingest
+from stage1_core.data.ingest import ingest
+from stage1_core.data.sources.config import IngestConfig
 from stage1_core.data.splits import SplitConfig, assign_splits, check_groups_within_one_split
 from stage1_core.data.validation import DataValidationError, ValidationConfig, ValidationResult, validate_manifest
 

@@ -26,7 +26,9 @@ class FusionConfig(BaseModel):
 
     source_mix: dict[str, float] | None = Field(
         None,
-        description="relative share of draws per source, e.g. {natix: 0.3, mapillary: 0.7}; None: in proportion to rows",
+        description=(
+            "relative share of draws per source, e.g. {natix: 0.3, mapillary: 0.7}; None: in proportion to rows"
+        ),
     )
     class_balance: bool = Field(True, description="every label gets the same share of draws")
     hard_negative_factor: float = Field(
@@ -65,7 +67,8 @@ def _source_shares(manifest: pd.DataFrame, config: FusionConfig) -> pd.Series:
     absent = sorted(source for source, share in config.source_mix.items() if share > 0 and source not in counts.index)
     if unlisted or absent:
         raise ValueError(
-            f"FusionConfig.source_mix {config.source_mix} does not match the manifest's sources {sorted(counts.index)}: "
+            f"FusionConfig.source_mix {config.source_mix} does not match the manifest's sources "
+            f"{sorted(counts.index)}: "
             f"unlisted {unlisted}, absent {absent}; list every source (0 leaves one out) or set source_mix to null"
         )
     mix = pd.Series(config.source_mix, dtype=float).reindex(counts.index)

@@ -486,6 +486,7 @@ def raise_on_critical_failure(report: ValidationReport) -> None:
     if report.critical_failure:
         raise DataValidationError(
             f"data validation failed critically ({report.n_quarantined} of {report.n_ingested} rows quarantined): "
-            f"{'; '.join(report.critical_reasons)}. Inspect the quarantine artifact, fix the data or the bounds in ValidationConfig, and run again.",
+            f"{'; '.join(report.critical_reasons)}. Inspect the quarantine artifact, "
+            "fix the data or the bounds in ValidationConfig, and run again.",
             result=None,
         )

@@ -3,7 +3,7 @@
 Why: the demo run cannot download DINOv2 / DINOv3 weights, and a ViT trained from random init on the
 demo's 800 images learns too slowly on a CPU to show what the pipeline does. This module makes the
 stand-in for the downloaded weights: a small DINOv2-architecture backbone pre-trained by this project's
-own code on a large pool of scenes drawn by :mod:`stage1_core.demo.data` with seeds disjoint from every
+own code on a large pool of scenes drawn by :mod:`stage1_core.demo.render` with seeds disjoint from every
 dataset the pipeline or the tests evaluate on (those use seeds below 1,000,000).
 
 Objective: supervised multi-task learning on what the generator knows it drew (Caruana 1997, "Multitask
@@ -67,16 +67,15 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from stage1_core.data.images import canvas_transform
-from stage1_core.demo.data import (
+from stage1_core.demo.config import (
     DAYTIMES,
     ENVIRONMENTS,
     HARD_NEGATIVE_KINDS,
     ROADWORK_KINDS,
     WEATHERS,
     DemoDataConfig,
-    DrawnFrame,
-    draw_frames,
 )
+from stage1_core.demo.render import DrawnFrame, draw_frames
 from stage1_core.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD, load_backbone, resolve_backbone
 from stage1_core.modeling.model import MultiViewConfig, aggregate_view_logits, make_views
 
@@ -118,7 +117,8 @@ class PretrainConfig(BaseModel):
     scene_weight: float = Field(0.25, ge=0, description="weight of each scene-tag loss (daytime, weather, ...)")
     base_backbone: str = Field(
         "dinov2-demo-random",
-        description="randomly initialised architecture to pre-train, or an earlier stage's output directory to continue",
+        description="randomly initialised architecture to pre-train, "
+        "or an earlier stage's output directory to continue",
     )
     multiview: MultiViewConfig = MultiViewConfig()
     stream_seed_start: int = Field(
@@ -221,7 +221,10 @@ class ScenePretrainSummary(BaseModel):
 
 
 def lineage(base_backbone: str) -> list[PretrainStage]:
-    """The stages that made ``base_backbone``, oldest first: empty for a random init, else its summary's stages and itself."""
+    """The stages that made ``base_backbone``, oldest first.
+
+    Empty for a random init, else its summary's stages and itself.
+    """
     summary_path = Path(resolve_backbone(base_backbone)) / "pretrain_summary.json"
     if not summary_path.is_file():
         return []
@@ -234,14 +237,19 @@ def check_fresh_pool(config: PretrainConfig, earlier_stages: Sequence[PretrainSt
     first, last = config.chunk_seed(0), config.chunk_seed(config.pool_chunks - 1)
     for number, stage in enumerate(earlier_stages, start=1):
         if first <= stage.chunk_seeds[1] and stage.chunk_seeds[0] <= last:
+            next_free_seed = max(s.chunk_seeds[1] for s in earlier_stages) + 1
             raise ValueError(
-                f"the pool's generator seeds {first}..{last} overlap those of stage {number} ({stage.chunk_seeds[0]}..{stage.chunk_seeds[1]}) "
-                f"of {config.base_backbone!r}: pass --stream-seed-start {max(s.chunk_seeds[1] for s in earlier_stages) + 1}"
+                f"the pool's generator seeds {first}..{last} overlap those of stage {number} "
+                f"({stage.chunk_seeds[0]}..{stage.chunk_seeds[1]}) "
+                f"of {config.base_backbone!r}: pass --stream-seed-start {next_free_seed}"
             )
 
 
 def view_regions(views: MultiViewConfig) -> np.ndarray:
-    """``[V, 3]`` canvas region of every view: (x0, y0, side) in canvas px, view 0 the whole canvas, then the tiles row by row."""
+    """``[V, 3]`` canvas region of every view: (x0, y0, side) in canvas px.
+
+    View 0 is the whole canvas, then come the tiles row by row.
+    """
     tiles = [
         ((t % views.grid) * views.tile_stride, (t // views.grid) * views.tile_stride, views.view_size)
         for t in range(views.grid * views.grid)
@@ -250,7 +258,10 @@ def view_regions(views: MultiViewConfig) -> np.ndarray:
 
 
 def canvas_boxes(frame: DrawnFrame, config: PretrainConfig, flip: bool) -> np.ndarray:
-    """``[K, 4]`` roadwork boxes in canvas px (the image squashed to a square, as ``canvas_transform`` does), mirrored when ``flip``."""
+    """``[K, 4]`` roadwork boxes in canvas px, mirrored when ``flip``.
+
+    The image is squashed to a square, as ``canvas_transform`` does.
+    """
     side = config.multiview.canvas_size
     boxes = np.array([box for _, box in frame.roadwork_boxes], dtype=np.float64).reshape(-1, 4)
     boxes *= np.array([side / config.image_width, side / config.image_height] * 2)
@@ -270,7 +281,9 @@ def _overlap(regions: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def view_targets(
     frame: DrawnFrame, config: PretrainConfig, patch_grid: int, flip: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Targets of the (optionally mirrored) canvas's views: per view ``[V, 1 + kinds]``, its loss mask ``[V]``, per patch ``[V, P]``.
+    """Targets of the (optionally mirrored) canvas's views.
+
+    Per view ``[V, 1 + kinds]``, its loss mask ``[V]`` and per patch ``[V, P]``.
 
     View 0 (the whole canvas) takes the image's truth. A tile is positive for a kind when it holds at
     least ``tile_positive_fraction`` of one of that kind's boxes, negative when it overlaps no roadwork box,
@@ -394,7 +407,10 @@ def select_views(targets: dict[str, torch.Tensor], view_index: torch.Tensor) -> 
 
 
 class MultiTaskHeads(nn.Module):
-    """Per-view roadwork heads (present + kinds), a per-patch roadwork head and global-view scene heads around a backbone."""
+    """Pre-training heads around a backbone.
+
+    Per-view roadwork heads (present + kinds), a per-patch roadwork head and global-view scene heads.
+    """
 
     def __init__(self, backbone: PreTrainedModel, multiview: MultiViewConfig) -> None:
         super().__init__()
@@ -411,7 +427,10 @@ class MultiTaskHeads(nn.Module):
     def features(
         self, canvas: torch.Tensor, view_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cls features ``[B, V, D]`` and patch features ``[B, V, P, D]`` of every view (or of ``view_index`` [B, V]), cut as the classifier cuts them."""
+        """Cls features ``[B, V, D]`` and patch features ``[B, V, P, D]`` of every view (or of ``view_index`` [B, V]).
+
+        The views are cut as the classifier cuts them.
+        """
         views = make_views(canvas, self.multiview)
         if view_index is not None:
             views = views[torch.arange(len(views)).unsqueeze(1), view_index]
@@ -422,7 +441,10 @@ class MultiTaskHeads(nn.Module):
         return output.pooler_output.view(batch, n_views, -1), patches.reshape(batch, n_views, self.patch_grid**2, -1)
 
     def forward(self, canvas: torch.Tensor, view_index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Logits per task: ``views`` [B, V, 1 + kinds], ``patches`` [B, V, P] and the scene tasks [B, C] (global view, index 0)."""
+        """Logits per task: ``views`` [B, V, 1 + kinds], ``patches`` [B, V, P] and the scene tasks [B, C].
+
+        The scene tasks read the global view (index 0).
+        """
         features, patches = self.features(canvas, view_index)
         outputs = {"views": self.roadwork(features), "patches": self.patch_roadwork(patches).squeeze(-1)}
         return outputs | {task: head(features[:, 0]) for task, head in self.scene.items()}
@@ -524,7 +546,10 @@ def _train_epoch(
     history: list[dict[str, float]],
     progress: tqdm,
 ) -> tuple[int, bool]:
-    """One pass over the pool (or up to the last step / the time cap); returns the steps run so far and whether the cap hit."""
+    """One pass over the pool (or up to the last step / the time cap).
+
+    Returns the steps run so far and whether the cap hit.
+    """
     window: list[dict[str, float]] = []
     for images, all_targets in loader:
         view_index = sample_views(len(images), config, tile_generator)
@@ -607,8 +632,8 @@ def probe_backbone(model: MultiTaskHeads, config: PretrainConfig) -> dict[str, f
 
     ``linear_probe_mcc``: the frozen backbone's global-view features under a logistic regression
     (Alain & Bengio 2016) fitted on the first three quarters of the scenes, scored on the last quarter, for
-    this backbone and for the backbone it started from (``config.base_backbone``). ``head_mcc``: the pre-training roadwork
-    head itself on the last quarter, multi-view (top-K mean), at logit 0.
+    this backbone and for the backbone it started from (``config.base_backbone``). ``head_mcc``: the
+    pre-training roadwork head itself on the last quarter, multi-view (top-K mean), at logit 0.
     """
     frames = list(draw_frames(config.demo_config(config.probe_seed, config.probe_images)))
     labels = np.array([f.label for f in frames])
@@ -656,7 +681,10 @@ def plot_history(history: Sequence[dict[str, float]], path: Path) -> None:
 
 
 def write_model_card(summary: ScenePretrainSummary, path: Path) -> None:
-    """``MODEL_CARD.md``: recipe, data, cost, hardware and figures of the run and of the stages before it, from its own summary."""
+    """Write ``MODEL_CARD.md`` from the run's own summary.
+
+    It gives the recipe, data, cost, hardware and figures of the run and of the stages before it.
+    """
     config = summary.config
     stages = [*summary.earlier_stages, summary.stage()]
     architecture = stages[0].base_backbone
@@ -664,35 +692,43 @@ def write_model_card(summary: ScenePretrainSummary, path: Path) -> None:
     made_by = (
         "Made by this command (seeded: same seed and steps give the same weights on the same machine and thread count):"
         if len(stages) == 1
-        else f"Made by these {len(stages)} commands, in order (seeded: same seeds and steps give the same weights on the same machine and thread count); "
-        "each stage continues from its `--base-backbone`, which held the stage before's output when it ran (to replay, copy each output directory there before the next command), and draws a pool of new scenes; "
+        else f"Made by these {len(stages)} commands, in order "
+        "(seeded: same seeds and steps give the same weights on the same machine and thread count); "
+        "each stage continues from its `--base-backbone`, which held the stage before's output when it ran "
+        "(to replay, copy each output directory there before the next command), and draws a pool of new scenes; "
         "the files of the last command's output directory are the ones shipped here:"
     )
     stage_lines = "\n".join(
-        f"- Stage {number}: from `{stage.base_backbone}`, {stage.steps_run} steps, {stage.scenes_seen} scenes shown, pool seeds "
-        f"{stage.chunk_seeds[0]}..{stage.chunk_seeds[1]}, {stage.seconds / 60:.1f} min of training, finished {stage.finished_at}."
+        f"- Stage {number}: from `{stage.base_backbone}`, {stage.steps_run} steps, {stage.scenes_seen} scenes shown, "
+        f"pool seeds {stage.chunk_seeds[0]}..{stage.chunk_seeds[1]}, {stage.seconds / 60:.1f} min of training, "
+        f"finished {stage.finished_at}."
         for number, stage in enumerate(stages, start=1)
     )
     history = summary.history
-    rows = (
-        [history[i] for i in sorted({0, len(history) // 4, len(history) // 2, 3 * len(history) // 4, len(history) - 1})]
-        if history
-        else []
-    )
+    count = len(history)
+    row_indices = sorted({0, count // 4, count // 2, 3 * count // 4, count - 1}) if history else []
+    rows = [history[i] for i in row_indices]
     table = "\n".join(
-        f"| {int(r['step'])} | {r['seconds'] / 60:.1f} | {r['loss_total']:.3f} | {r['acc_roadwork_views']:.3f} | {r['acc_roadwork_global']:.3f} | {r['acc_patch_recall']:.3f} "
-        f"| {r['acc_daytime']:.3f} | {r['acc_weather']:.3f} | {r['acc_environment']:.3f} | {r['acc_hard_negative']:.3f} |"
+        f"| {int(r['step'])} | {r['seconds'] / 60:.1f} | {r['loss_total']:.3f} "
+        f"| {r['acc_roadwork_views']:.3f} | {r['acc_roadwork_global']:.3f} | {r['acc_patch_recall']:.3f} "
+        f"| {r['acc_daytime']:.3f} | {r['acc_weather']:.3f} | {r['acc_environment']:.3f} "
+        f"| {r['acc_hard_negative']:.3f} |"
         for r in rows
     )
     probe = summary.probe
     views = config.multiview
+    hardware = summary.hardware
+    total_steps = sum(stage.steps_run for stage in stages)
+    total_minutes = sum(stage.seconds for stage in stages) / 60
+    early_stop_note = " (stopped early by the time cap: the schedule did not finish)" if summary.stopped_early else ""
+    # In the card below, a backslash at the end of a line joins the next line to it (the card keeps its long lines).
     card = f"""# dinov2-demo: pretrained demo backbone
 
 A {architecture!r}-architecture model (DINOv2, 4 blocks, width 192, patch 14, views of {views.view_size} px),
 pre-trained by this project's own code. It stands in for the DINOv2 / DINOv3 weights a user downloads:
 pass this directory as `--backbone DIR` and it is read through the same local-directory path as real
 weights; the run's ExPLoRA step then adapts it to the run's data. Not a general-purpose image model: it has
-only ever seen the procedural scenes of `stage1_core/demo/data.py`.
+only ever seen the procedural scenes of `stage1_core/demo/scenes.py`.
 
 {made_by}
 
@@ -703,39 +739,54 @@ only ever seen the procedural scenes of `stage1_core/demo/data.py`.
 {stage_lines}
 
 ## Recipe (this stage; the earlier stages' differences are in their commands)
-- This stage's init: `{config.base_backbone}` (seed {config.seed}). AdamW (lr {config.lr}, weight decay {config.weight_decay}),
-  {config.warmup_steps} warm-up steps then cosine decay over {config.steps} steps, gradient clipping {config.grad_clip}, fp32.
-- Each step: {config.batch_size} scenes of the pool, each resized to a {views.canvas_size} px canvas (flipped horizontally with
+- This stage's init: `{config.base_backbone}` (seed {config.seed}). AdamW (lr {config.lr}, \
+weight decay {config.weight_decay}),
+  {config.warmup_steps} warm-up steps then cosine decay over {config.steps} steps, gradient clipping \
+{config.grad_clip}, fp32.
+- Each step: {config.batch_size} scenes of the pool, each resized to a {views.canvas_size} px canvas \
+(flipped horizontally with
   probability 0.5, no other augmentation), cut into the classifier's views (1 global + {views.grid}x{views.grid} tiles,
-  overlap {views.overlap}) by `stage1_core.modeling.model.make_views`; the global view and {config.tiles_per_scene} random tiles of each
+  overlap {views.overlap}) by `stage1_core.modeling.model.make_views`; the global view and \
+{config.tiles_per_scene} random tiles of each
   scene go through the backbone.
 - Supervised multi-task objective on the generator's truth (Caruana 1997), densely per view: roadwork present and
-  the 5 roadwork kinds for every view (kinds weight {config.kinds_weight}). The global view takes the image's truth; a tile
-  is positive when it holds at least {config.tile_positive_fraction:.0%} of a roadwork object's box, negative when it touches
+  the 5 roadwork kinds for every view (kinds weight {config.kinds_weight}). The global view takes the image's truth; \
+a tile
+  is positive when it holds at least {config.tile_positive_fraction:.0%} of a roadwork object's box, \
+negative when it touches
   none, and left out of the loss when it cuts one. Every patch token of every view is classified too (weight
-  {config.patch_weight}, positives weighted {config.patch_pos_weight}): positive when roadwork covers at least {config.patch_cover:.0%} of it or it
-  holds half of an object. Daytime, weather, environment and hard-negative kind on the global view (weight {config.scene_weight} each). The heads are discarded; only the backbone is saved (`save_pretrained`).
+  {config.patch_weight}, positives weighted {config.patch_pos_weight}): \
+positive when roadwork covers at least {config.patch_cover:.0%} of it or it
+  holds half of an object. Daytime, weather, environment and hard-negative kind on the global view \
+(weight {config.scene_weight} each). The heads are discarded; only the backbone is saved (`save_pretrained`).
 
 ## Data
-- This stage's pool: {config.pool_images} scenes drawn once in memory by `stage1_core.demo.data.draw_frames` ({config.image_width}x{config.image_height}
-  JPEG, {config.frames_per_sequence} frames per sequence, no distribution shift), {config.chunk_images} per generator call, generator
-  seeds {summary.chunk_seeds[0]}..{summary.chunk_seeds[1]}; {summary.scenes_seen} scenes shown in all ({summary.epochs:.1f} epochs). Every dataset the pipeline, its configs and the tests draw uses a seed
+- This stage's pool: {config.pool_images} scenes drawn once in memory by `stage1_core.demo.render.draw_frames` \
+({config.image_width}x{config.image_height}
+  JPEG, {config.frames_per_sequence} frames per sequence, no distribution shift), \
+{config.chunk_images} per generator call, generator
+  seeds {summary.chunk_seeds[0]}..{summary.chunk_seeds[1]}; {summary.scenes_seen} scenes shown in all \
+({summary.epochs:.1f} epochs). Every dataset the pipeline, its configs and the tests draw uses a seed
   below {FIRST_STREAM_SEED}: no evaluation image was seen.
 - Held-out probe set: {config.probe_images} scenes with seed {config.probe_seed}, split by sequence into
   {int(probe.get("probe_train_images", 0))} probe-train / {int(probe.get("probe_test_images", 0))} probe-test images.
 
 ## Cost
-- All stages: {sum(stage.steps_run for stage in stages)} steps in {sum(stage.seconds for stage in stages) / 60:.1f} minutes of training.
-- This stage: {summary.steps_run} steps in {summary.seconds / 60:.1f} minutes of training after drawing the pool{" (stopped early by the time cap: the schedule did not finish)" if summary.stopped_early else ""};
+- All stages: {total_steps} steps in {total_minutes:.1f} minutes of training.
+- This stage: {summary.steps_run} steps in {summary.seconds / 60:.1f} minutes of training \
+after drawing the pool{early_stop_note};
   finished {summary.finished_at}.
-- Hardware: {summary.hardware["machine"]} CPU, {summary.hardware["cpu_count"]} cores (shared), {summary.hardware["torch_threads"]} torch threads,
-  {config.pool_workers} pool-drawing process(es), {config.num_workers} decoding worker(s); torch {summary.hardware["torch"]}, Python {summary.hardware["python"]}.
+- Hardware: {hardware["machine"]} CPU, {hardware["cpu_count"]} cores (shared), \
+{hardware["torch_threads"]} torch threads,
+  {config.pool_workers} pool-drawing process(es), {config.num_workers} decoding worker(s); \
+torch {hardware["torch"]}, Python {hardware["python"]}.
 
 ## Figures
 Pre-training curves (training batches, mean per {config.log_every}-step window): `pretraining_curves.png`,
 history in `pretrain_summary.json`.
 
-| step | min | loss | roadwork acc (per view) | roadwork acc (global view) | roadwork patch recall | daytime | weather | environment | hard negative |
+| step | min | loss | roadwork acc (per view) | roadwork acc (global view) \
+| roadwork patch recall | daytime | weather | environment | hard negative |
 |---|---|---|---|---|---|---|---|---|---|
 {table}
 

@@ -84,9 +84,11 @@ class AblationTable(Report):
         return (
             "<html><body style='font-family:sans-serif'>"
             f"<h2>Ablations on {self.split} ({self.n_images} images, calibrated, threshold 0.5)</h2>"
-            "<p>Each model scored by its global view alone, by all views aggregated, and adaptively (tiles only when the "
-            "global view is unsure; bound fitted on val_select). Values with 95% bootstrap CI.</p>"
-            f"<table border=1 cellpadding=4><tr><th>model</th><th>inference</th><th>views / image</th>{header}</tr>{''.join(body)}</table></body></html>"
+            "<p>Each model scored by its global view alone, by all views aggregated, and adaptively "
+            "(tiles only when the global view is unsure; bound fitted on val_select). "
+            "Values with 95% bootstrap CI.</p>"
+            "<table border=1 cellpadding=4><tr><th>model</th><th>inference</th><th>views / image</th>"
+            f"{header}</tr>{''.join(body)}</table></body></html>"
         )
 
     def visualizations(self) -> dict[str, str | bytes]:
@@ -113,7 +115,9 @@ def score_inference_modes(
     evaluation: MetricsConfig,
     adaptive: AdaptiveConfig,
 ) -> list[AblationRow]:
-    """Rows for ``classifier`` under the three inference modes on ``val_test``; the adaptive bound is fitted on ``val_select``.
+    """Rows for ``classifier`` under the three inference modes on ``val_test``.
+
+    The adaptive bound is fitted on ``val_select``.
 
     Raises:
         ValueError: val_select or val_test lack one of the classes (the adaptive bound and MCC need both).

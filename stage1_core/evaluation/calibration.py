@@ -423,7 +423,8 @@ class CalibrationPolicy(BaseModel):
             "<html><body style='font-family:sans-serif'>"
             f"<h2>Calibration policy: {html.escape(self.method)}</h2>"
             "<p>Fitted on val_calib only; NLL of the raw sigmoid(z) and of the calibrated probabilities on that split. "
-            "Conformal thresholds (q_hat per score, SCRC selection and risk thresholds) apply to the calibrated probabilities.</p>"
+            "Conformal thresholds (q_hat per score, SCRC selection and risk thresholds) "
+            "apply to the calibrated probabilities.</p>"
             f"<table border=1 cellpadding=4><tr><th>field</th><th>value</th></tr>{rows}</table></body></html>"
         )
 
@@ -467,8 +468,9 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, objective: Threshold
 def fit_calibration_policy(
     logits: np.ndarray, labels: np.ndarray, config: CalibrationConfig | None = None
 ) -> CalibrationPolicy:
-    """Fit the calibrator on the calibration split, then the threshold and the conformal thresholds on its calibrated probabilities.
+    """Fit the calibrator on the calibration split, then the thresholds on its calibrated probabilities.
 
+    The thresholds are the decision threshold and the conformal thresholds.
     The conformal thresholds reuse the split the calibrator was fitted on: the calibrator has one
     (temperature) or six (Dirichlet) parameters, so the dependence it adds between the conformal
     scores is small, but the finite-sample guarantee is then approximate rather than exact.

@@ -189,7 +189,8 @@ def conformal_risk_control(losses: np.ndarray, lambdas: np.ndarray, alpha: float
     feasible = np.flatnonzero(adjusted <= alpha + 1e-12)
     if feasible.size == 0:
         raise TooFewCalibrationSamples(
-            f"conformal risk control: no lambda reaches risk {alpha} with {n} samples (B/(n+1) = {bound / (n + 1):.3f}); "
+            f"conformal risk control: no lambda reaches risk {alpha} with {n} samples "
+            f"(B/(n+1) = {bound / (n + 1):.3f}); "
             "use more calibration samples or a larger alpha"
         )
     return float(lambdas[feasible[0]])
@@ -224,7 +225,8 @@ class SCRCPolicy(BaseModel):
         if rank > n:
             raise TooFewCalibrationSamples(
                 f"SCRC: {n} calibration samples are too few for a selection rate of {config.target_selection_rate} "
-                f"(needs n >= rate / (1 - rate) = {config.target_selection_rate / (1 - config.target_selection_rate):.1f})"
+                "(needs n >= rate / (1 - rate) = "
+                f"{config.target_selection_rate / (1 - config.target_selection_rate):.1f})"
             )
         threshold = float(-np.partition(-confidence, rank - 1)[rank - 1])
         selected = confidence >= threshold
@@ -301,7 +303,10 @@ def evaluate_sets(sets: np.ndarray, labels: np.ndarray) -> SetEvaluation:
 
 
 def evaluate_scrc(decisions: SCRCDecisions, labels: np.ndarray) -> SCRCEvaluation:
-    """The figures SCRC promises (risk among the selected <= alpha) and what deferring costs (selection, accept rates)."""
+    """The figures SCRC promises (risk among the selected <= alpha) and what deferring costs.
+
+    What deferring costs is measured by the selection and accept rates.
+    """
     y = as_binary_labels(labels)
     selected, accept = decisions.selected, decisions.accept
     covered = decisions.sets[np.arange(y.size), y]

@@ -56,12 +56,14 @@ class EvaluationReport(Report):
     def summary_text(self) -> str:
         """A few lines for the terminal."""
         lines = [
-            f"val_test ({self.calibrated.n} images), calibrated, threshold 0.5 (as the validator scores); CIs resample {_resampling_unit(self.calibrated)}:"
+            f"val_test ({self.calibrated.n} images), calibrated, threshold 0.5 (as the validator scores); "
+            f"CIs resample {_resampling_unit(self.calibrated)}:"
         ]
         for name in HEADLINE:
             metric = self.calibrated.metric(name)
             lines.append(
-                f"  {name:<18} {format_number(metric.value)}  95% CI [{format_number(metric.ci_low)}, {format_number(metric.ci_high)}]"
+                f"  {name:<18} {format_number(metric.value)}  "
+                f"95% CI [{format_number(metric.ci_low)}, {format_number(metric.ci_high)}]"
                 if metric.value is not None
                 else f"  {name:<18} undefined ({metric.undefined_reason})"
             )
@@ -107,22 +109,29 @@ class EvaluationReport(Report):
         for row in self.slices:
             cells = "".join(metric_cell(row.metrics.metric(name)) for name in SLICE_METRICS)
             rows.append(
-                f"<tr><td>{html.escape(row.group)}</td><td>{html.escape(row.value)}</td><td>{row.metrics.n}</td><td>{row.metrics.positive_rate:.1%}</td>{cells}</tr>"
+                f"<tr><td>{html.escape(row.group)}</td><td>{html.escape(row.value)}</td><td>{row.metrics.n}</td>"
+                f"<td>{row.metrics.positive_rate:.1%}</td>{cells}</tr>"
             )
         return (
             "<html><body style='font-family:sans-serif'>"
             f"<h2>Slices of {self.split} (calibrated probabilities, threshold 0.5)</h2>"
             "<p>Metadata slices, then the subnet validator's views of the same images (group <i>robustness</i>: L0-L3 "
-            f"augmentation levels and letterbox). Values with {self.calibrated.confidence:.0%} bootstrap CI; small slices give wide intervals.</p>"
-            f"<table border=1 cellpadding=4><tr><th>slice</th><th>value</th><th>n</th><th>roadwork</th>{header}</tr>{''.join(rows)}</table></body></html>"
+            f"augmentation levels and letterbox). Values with {self.calibrated.confidence:.0%} bootstrap CI; "
+            "small slices give wide intervals.</p>"
+            "<table border=1 cellpadding=4><tr><th>slice</th><th>value</th><th>n</th><th>roadwork</th>"
+            f"{header}</tr>{''.join(rows)}</table></body></html>"
         )
 
     def _conformal_table(self) -> str:
         if self.conformal is None:
             reason = self.policy.conformal_undefined_reason or "not configured"
-            return f"<html><body style='font-family:sans-serif'><h2>Conformal prediction</h2><p>Not available: {html.escape(reason)}</p></body></html>"
+            return (
+                "<html><body style='font-family:sans-serif'><h2>Conformal prediction</h2>"
+                f"<p>Not available: {html.escape(reason)}</p></body></html>"
+            )
         rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td>{result.coverage:.4f}</td><td>{result.mean_size:.3f}</td><td>{result.empty_rate:.3f}</td><td>{result.singleton_rate:.3f}</td><td>{result.full_rate:.3f}</td></tr>"
+            f"<tr><td>{html.escape(name)}</td><td>{result.coverage:.4f}</td><td>{result.mean_size:.3f}</td>"
+            f"<td>{result.empty_rate:.3f}</td><td>{result.singleton_rate:.3f}</td><td>{result.full_rate:.3f}</td></tr>"
             for name, result in self.conformal.sets.items()
         )
         scrc = self.conformal.scrc
@@ -132,15 +141,20 @@ class EvaluationReport(Report):
             scrc_html = f"<p>SCRC not available: {html.escape(reason or 'not configured')}</p>"
         else:
             scrc_html = (
-                f"<h3>SCRC (target selection rate {scrc_policy.target_selection_rate:.0%}, risk alpha {scrc_policy.alpha})</h3>"
-                f"<p>Selected: {scrc.selection_rate:.1%}; miscoverage among selected: {format_number(scrc.selective_risk)}; "
-                f"mean set size among selected: {format_number(scrc.selective_mean_size)}; accepted (selected, one class): {scrc.accept_rate:.1%}; "
+                f"<h3>SCRC (target selection rate {scrc_policy.target_selection_rate:.0%}, "
+                f"risk alpha {scrc_policy.alpha})</h3>"
+                f"<p>Selected: {scrc.selection_rate:.1%}; "
+                f"miscoverage among selected: {format_number(scrc.selective_risk)}; "
+                f"mean set size among selected: {format_number(scrc.selective_mean_size)}; "
+                f"accepted (selected, one class): {scrc.accept_rate:.1%}; "
                 f"errors among accepted: {format_number(scrc.accepted_error_rate)}; the rest is deferred.</p>"
             )
         return (
             "<html><body style='font-family:sans-serif'>"
-            f"<h2>Conformal prediction sets on {self.split} (alpha = {self.conformal.alpha}, target coverage {1 - self.conformal.alpha:.0%})</h2>"
-            "<table border=1 cellpadding=4><tr><th>score</th><th>coverage</th><th>mean size</th><th>empty</th><th>one class</th><th>both classes</th></tr>"
+            f"<h2>Conformal prediction sets on {self.split} (alpha = {self.conformal.alpha}, "
+            f"target coverage {1 - self.conformal.alpha:.0%})</h2>"
+            "<table border=1 cellpadding=4><tr><th>score</th><th>coverage</th><th>mean size</th>"
+            "<th>empty</th><th>one class</th><th>both classes</th></tr>"
             f"{rows}</table>{scrc_html}</body></html>"
         )
 
@@ -159,8 +173,10 @@ class EvaluationReport(Report):
             rows.append(f"<tr><td>{name}</td>{''.join(cells)}</tr>")
         return (
             "<html><body style='font-family:sans-serif'>"
-            f"<h2>Evaluation on {self.split} ({self.calibrated.n} images, {self.calibrated.positive_rate:.1%} roadwork)</h2>"
-            f"<p>Calibration: {self.policy.method} ({html.escape(_parameters(self.policy))}). Values with {self.calibrated.confidence:.0%} bootstrap CI "
+            f"<h2>Evaluation on {self.split} ({self.calibrated.n} images, "
+            f"{self.calibrated.positive_rate:.1%} roadwork)</h2>"
+            f"<p>Calibration: {self.policy.method} ({html.escape(_parameters(self.policy))}). "
+            f"Values with {self.calibrated.confidence:.0%} bootstrap CI "
             f"({self.calibrated.n_bootstrap} resamples of {_resampling_unit(self.calibrated)}).</p>"
             f"<table border=1 cellpadding=4><tr><th>metric</th>{header}</tr>{''.join(rows)}</table></body></html>"
         )
@@ -189,13 +205,16 @@ def evaluate_predictions(
     ablation: AblationTable | None = None,
     groups: np.ndarray | None = None,
 ) -> EvaluationReport:
-    """Score val_test logits raw, calibrated at 0.5 and at the policy's threshold; per slice; under validator views; conformal.
+    """Score val_test logits raw, calibrated at 0.5 and calibrated at the policy's threshold.
+
+    Also scores them per slice, under the validator's views, and by conformal prediction.
 
     Args:
         slice_columns: one row per prediction, one column per slice dimension (e.g. daytime, object_size).
         view_logits: logits of the same images under each validator view (``slices.robustness_logits``).
         ablation: the run's ablation table (``ablation.score_inference_modes`` rows), shown with the report.
-        groups: the group of each prediction (:func:`bootstrap_groups`), resampled whole by the bootstrap; None: images one by one.
+        groups: the group of each prediction (:func:`bootstrap_groups`), resampled whole by the bootstrap;
+            None: images one by one.
     """
     settings = {
         "n_bootstrap": config.n_bootstrap,

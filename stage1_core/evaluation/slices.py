@@ -223,7 +223,8 @@ def _distort(x: torch.Tensor, kind: str, param: float, rng: np.random.Generator)
         small = TF.resize(x, [height // factor, width // factor], antialias=False)
         x = TF.resize(small, [height, width], antialias=False)
     elif kind == "noise":
-        # The validator adds N(0, param) to YCbCr values scaled to [0, 1] through a 255/219 (luma), 255/224 (chroma) rescale.
+        # The validator adds N(0, param) to YCbCr values scaled to [0, 1]
+        # through a 255/219 (luma), 255/224 (chroma) rescale.
         std = math.sqrt(param) * torch.tensor([255.0 / 219.0, 255.0 / 224.0, 255.0 / 224.0])
         noise = torch.from_numpy(rng.standard_normal((3, *x.shape[1:]))).float() * std[:, None, None]
         x = x + torch.einsum("rc,chw->rhw", _YCBCR_TO_RGB, noise)

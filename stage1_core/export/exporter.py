@@ -80,9 +80,10 @@ class ExportConfig(BaseModel):
     parity_images: int = 16
     fuse_for_onnxruntime: bool = Field(
         True,
-        description="fuse attention and GELU into ONNX Runtime's contrib ops (onnxscript's ORT fusions) in the graphs the bundle serves: "
-        "1.15-1.22x the images/s of the plain graph on the 2-core CPU (benchmarks.inference); off: standard ONNX operators only, "
-        "for runtimes other than ONNX Runtime (the TensorRT engine is always built from the plain graph)",
+        description="fuse attention and GELU into ONNX Runtime's contrib ops (onnxscript's ORT fusions) "
+        "in the graphs the bundle serves: 1.15-1.22x the images/s of the plain graph on the 2-core CPU "
+        "(benchmarks.inference); off: standard ONNX operators only, for runtimes other than ONNX Runtime "
+        "(the TensorRT engine is always built from the plain graph)",
     )
     threads: int | None = Field(
         None, ge=1, description="ONNX Runtime intra-op threads of the val_test speed measurement (None: its default)"
@@ -96,8 +97,9 @@ class TensorRTError(RuntimeError):
 
 
 class CalibrationLayer(torch.nn.Module):
-    """Any calibrator of ``stage1_core.evaluation.calibration`` in the graph: sigmoid(a * logsigmoid(z) - b * logsigmoid(-z) + c).
+    """Any calibrator of ``stage1_core.evaluation.calibration`` in the graph.
 
+    The layer computes sigmoid(a * logsigmoid(z) - b * logsigmoid(-z) + c).
     Temperature scaling is a = b = 1/T, c = 0; Dirichlet (ODIR) calibration reduces to this beta form for two classes.
     """
 
@@ -128,7 +130,11 @@ class ServingGraph(torch.nn.Module):
 
 
 class GlobalViewGraph(torch.nn.Module):
-    """uint8 ``[B, 3, H, W]`` -> (global-view features ``[B, D]``, calibrated P(roadwork) from the global view ``[B]``, canvas ``[B, 3, S, S]``)."""
+    """uint8 ``[B, 3, H, W]`` -> (global-view features, global-view calibrated P(roadwork), canvas).
+
+    Output shapes: global-view features ``[B, D]``, calibrated P(roadwork) from the global view ``[B]``,
+    canvas ``[B, 3, S, S]``.
+    """
 
     def __init__(self, classifier: RoadworkClassifier, calibration: LogitMap) -> None:
         super().__init__()
@@ -144,7 +150,9 @@ class GlobalViewGraph(torch.nn.Module):
 
 
 class TilesGraph(torch.nn.Module):
-    """(canvas ``[B, 3, S, S]``, global-view features ``[B, D]``) -> calibrated multi-view P(roadwork) ``[B]`` (same as ``ServingGraph``).
+    """(canvas, global-view features) -> calibrated multi-view P(roadwork) (same as ``ServingGraph``).
+
+    Shapes: canvas ``[B, 3, S, S]``, global-view features ``[B, D]`` -> P(roadwork) ``[B]``.
 
     The global view's features, not its logit, travel between the graphs, so any aggregation
     (top-K mean of logits or attention over features) pools exactly the fixed graph's views.
@@ -261,7 +269,10 @@ def check_parity(
     tolerance: float,
     runtime: str,
 ) -> ParityReport:
-    """Compare a runtime (uint8 batch -> P) with PyTorch one image at a time (each at its own size) and as one resized batch."""
+    """Compare a runtime (uint8 batch -> P) with PyTorch one image at a time and as one resized batch.
+
+    One image at a time means each image at its own size.
+    """
     diffs = []
     with torch.inference_mode():
         for image in images:
@@ -323,7 +334,10 @@ def build_tensorrt_engine(onnx_bytes: bytes, config: TensorRTConfig) -> bytes:
 
 
 class TensorRTRunner:
-    """Runs a serialized engine on the current CUDA device: uint8 ``[B, 3, H, W]`` NumPy batch -> P(roadwork) ``[B]``."""
+    """Runs a serialized engine on the current CUDA device: uint8 NumPy batch -> P(roadwork).
+
+    Shapes: ``[B, 3, H, W]`` -> ``[B]``.
+    """
 
     def __init__(self, engine: bytes) -> None:
         import tensorrt as trt
@@ -352,7 +366,10 @@ class TensorRTRunner:
 def _tensorrt(
     graph: ServingGraph, onnx_bytes: bytes, images: list[torch.Tensor], config: TensorRTConfig
 ) -> tuple[bytes | None, str, ParityReport | None]:
-    """(engine or None, status, parity): never raises, so a machine without TensorRT, or a graph it cannot take, still exports."""
+    """(engine or None, status, parity): never raises.
+
+    So a machine without TensorRT, or a graph it cannot take, still exports.
+    """
     if not config.enabled:
         return None, "skipped: disabled in the export config (tensorrt.enabled)", None
     reason = tensorrt_unavailable()
@@ -380,10 +397,14 @@ def _tensorrt(
         )
         return (
             None,
-            f"failed: FP16 engine differs from PyTorch by {parity.max_abs_diff:.2e} > {parity.tolerance:.0e}; engine not stored",
+            f"failed: FP16 engine differs from PyTorch by {parity.max_abs_diff:.2e} > {parity.tolerance:.0e}; "
+            "engine not stored",
             parity,
         )
-    status = f"built: FP16 engine, TensorRT {trt.__version__}, {torch.cuda.get_device_name()}, batch 1-{config.max_batch}, sides {config.min_side}-{config.max_side} px"
+    status = (
+        f"built: FP16 engine, TensorRT {trt.__version__}, {torch.cuda.get_device_name()}, "
+        f"batch 1-{config.max_batch}, sides {config.min_side}-{config.max_side} px"
+    )
     return engine, status, parity
 
 
@@ -394,7 +415,9 @@ def export_onnx(
     images: list[torch.Tensor],
     config: ExportConfig,
 ) -> ExportedModel:
-    """Export the fixed multi-view serving graph and check ONNX Runtime against PyTorch on ``images`` (uint8 ``[3, H, W]``).
+    """Export the fixed multi-view serving graph and check ONNX Runtime against PyTorch on ``images``.
+
+    ``images`` are uint8 ``[3, H, W]``.
 
     With ``tensorrt`` and a CUDA device, also build and check an FP16 engine (or record why not).
 
@@ -419,12 +442,15 @@ def export_onnx(
     )
     if not parity.passed:
         raise RuntimeError(
-            f"ONNX Runtime differs from PyTorch by {parity.max_abs_diff:.2e} > {parity.tolerance:.0e} on {parity.n_images} images"
+            f"ONNX Runtime differs from PyTorch by {parity.max_abs_diff:.2e} > {parity.tolerance:.0e} "
+            f"on {parity.n_images} images"
         )
     engine, tensorrt_status, tensorrt_parity = _tensorrt(graph, exported_bytes, images, config.tensorrt)
     metadata = ExportMetadata(
         opset=config.opset,
-        input_spec=f"{INPUT_NAME}: uint8 [batch, 3, height, width] RGB, any size (resized to {graph.canvas_size} px inside)",
+        input_spec=(
+            f"{INPUT_NAME}: uint8 [batch, 3, height, width] RGB, any size (resized to {graph.canvas_size} px inside)"
+        ),
         output_spec=f"{OUTPUT_NAME}: float32 [batch], calibrated P(roadwork) in [0, 1]",
         canvas_size=graph.canvas_size,
         views_per_image=classifier.config.multiview.views_per_image,
@@ -535,7 +561,8 @@ def export_adaptive(
     )
     if not parity.passed:
         raise RuntimeError(
-            f"adaptive ONNX graphs differ from PyTorch by {parity.max_abs_diff:.2e} > {parity.tolerance:.0e} on {parity.n_images} images"
+            f"adaptive ONNX graphs differ from PyTorch by {parity.max_abs_diff:.2e} > {parity.tolerance:.0e} "
+            f"on {parity.n_images} images"
         )
     p_global, p_full = score_both(sessions, select_images)
     policy = fit_adaptive_policy(
@@ -606,7 +633,9 @@ def export_bundle(
     val_test: pd.DataFrame,
     config: ExportConfig,
 ) -> ExportedModel:
-    """The whole serving bundle: fixed graph (+ TensorRT engine), adaptive graphs fitted on ``val_select``, measured on ``val_test``.
+    """The whole serving bundle: fixed graph (+ TensorRT engine) and adaptive graphs.
+
+    The adaptive graphs are fitted on ``val_select`` and measured on ``val_test``.
 
     Args:
         val_select: manifest rows (``uri``, ``label``) the margin bounds are fitted on (model selection).

@@ -43,7 +43,8 @@ class AdapterConfig(BaseModel):
     doran_hidden: int = Field(
         8,
         ge=1,
-        description="width of DoRAN's auxiliary networks (their output layers cost about as much as a LoRA of this rank)",
+        description="width of DoRAN's auxiliary networks "
+        "(their output layers cost about as much as a LoRA of this rank)",
     )
     doran_tau_init: float = Field(
         1e-2, gt=0.0, description="initial denominator term tau of DoRAN (kept positive by softplus)"
@@ -141,7 +142,8 @@ def add_adapters(backbone: nn.Module, config: AdapterConfig, fully_trained_block
     if not 0 <= fully_trained_blocks < n_blocks:
         raise ValueError(
             f"adapter {config.method!r} goes on the blocks that are not trained fully, but trainable_blocks="
-            f"{fully_trained_blocks} leaves none of the {n_blocks} blocks: set train.trainable_blocks between 0 and {n_blocks - 1}"
+            f"{fully_trained_blocks} leaves none of the {n_blocks} blocks: "
+            f"set train.trainable_blocks between 0 and {n_blocks - 1}"
         )
     targets = lora_target_modules(backbone, fully_trained_blocks)
     trainable = [parameter for parameter in backbone.parameters() if parameter.requires_grad]
@@ -210,7 +212,10 @@ def merge_adapters(backbone: nn.Module) -> nn.Module:
 
 
 def adapter_parameters(backbone: nn.Module) -> list[nn.Parameter]:
-    """The parameters the adapters added (peft's ``lora_*`` tensors; DoRAN's generators, magnitudes and tau), each once."""
+    """The parameters the adapters added, each once.
+
+    They are peft's ``lora_*`` tensors, or DoRAN's generators, magnitudes and tau.
+    """
     if isinstance(backbone, PeftModel):
         return [parameter for name, parameter in backbone.named_parameters() if "lora_" in name]
     found: dict[int, nn.Parameter] = {}

@@ -40,10 +40,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 QUERY_NAMES: tuple[str, ...] = ("q_proj", "query", "q")
 VALUE_NAMES: tuple[str, ...] = ("v_proj", "value", "v")
 
-# The demo package ships these weights (it also makes them: stage1_core.demo.pretrain); this module only reads the folder.
+# The demo package ships these weights (it also makes them: stage1_core.demo.pretrain);
+# this module only reads the folder.
 PRETRAINED_DEMOS = {"dinov2-demo": Path(__file__).resolve().parents[1] / "demo" / "weights" / "dinov2-demo"}
 DEMO_CONFIGS = {
-    "dinov2-demo-random": _dinov2_demo_config,  # the dinov2-demo architecture at random init: what pretrain_demo starts from
+    # the dinov2-demo architecture at random init: what pretrain_demo starts from
+    "dinov2-demo-random": _dinov2_demo_config,
     "dinov3-demo": lambda: DINOv3ViTConfig(
         hidden_size=192,
         num_hidden_layers=4,
@@ -69,7 +71,8 @@ class BackboneLoadError(ValueError):
 
 def _usage() -> str:
     return (
-        f"supported: a demo name {sorted(PRETRAINED_DEMOS | DEMO_CONFIGS)}, a local directory written by save_pretrained "
+        f"supported: a demo name {sorted(PRETRAINED_DEMOS | DEMO_CONFIGS)}, "
+        "a local directory written by save_pretrained "
         f"(config.json + weights) of model type {list(SUPPORTED_MODEL_TYPES)}, or a hub id such as "
         f"{', '.join(HUB_EXAMPLES)} on a machine that can reach the hub or has it in its cache "
         "(copy the weights to a local directory and pass its path for offline machines)"

@@ -28,7 +28,10 @@ def predict_logits(
 def predict_dataset_logits(
     model: RoadworkClassifier, dataset: Dataset, *, batch_size: int = 16, desc: str = "predict"
 ) -> np.ndarray:
-    """Aggregated logits of a dataset of (canvas ``[3, S, S]`` in [0, 1], label) pairs, in order (e.g. transformed images)."""
+    """Aggregated logits of a dataset of (canvas, label) pairs, in order (e.g. transformed images).
+
+    Each canvas is ``[3, S, S]`` with values in [0, 1].
+    """
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     outputs = [model(images).float() for images, _ in tqdm(loader, desc=desc, unit="batch")]
@@ -39,7 +42,10 @@ def predict_dataset_logits(
 def predict_global_and_full_logits(
     model: RoadworkClassifier, manifest: pd.DataFrame, *, batch_size: int = 16, desc: str = "predict"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The global view's logit and the aggregated multi-view logit of every row, from one backbone pass over all views."""
+    """The global view's logit and the aggregated multi-view logit of every row.
+
+    Both come from one backbone pass over all views.
+    """
     model.eval()
     multiview = model.config.multiview
     global_only = multiview.model_copy(update={"aggregation": "global_only"})

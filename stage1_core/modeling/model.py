@@ -108,7 +108,8 @@ def prepare_canvas(images: torch.Tensor | Sequence[torch.Tensor], canvas_size: i
 def _check_canvas(canvas: torch.Tensor, config: MultiViewConfig) -> None:
     if canvas.ndim != 4 or tuple(canvas.shape[2:]) != (config.canvas_size, config.canvas_size):
         raise ValueError(
-            f"canvas of shape {tuple(canvas.shape)}, expected [B, C, {config.canvas_size}, {config.canvas_size}]: build it with prepare_canvas"
+            f"canvas of shape {tuple(canvas.shape)}, expected [B, C, {config.canvas_size}, {config.canvas_size}]: "
+            "build it with prepare_canvas"
         )
 
 
@@ -140,7 +141,8 @@ def make_views(canvas: torch.Tensor, config: MultiViewConfig) -> torch.Tensor:
         canvas: ``[B, C, S, S]`` with ``S == config.canvas_size`` (:func:`prepare_canvas` makes it from any images).
 
     Returns:
-        ``[B, V, C, view, view]``: view 0 is the whole canvas resized, views 1.. the tiles row by row (:func:`make_tiles`).
+        ``[B, V, C, view, view]``: view 0 is the whole canvas resized, views 1.. the tiles row by row
+        (:func:`make_tiles`).
 
     Raises:
         ValueError: the canvas is not ``S x S``.
@@ -155,7 +157,10 @@ def make_views(canvas: torch.Tensor, config: MultiViewConfig) -> torch.Tensor:
 
 
 def aggregate_view_logits(view_logits: torch.Tensor, config: MultiViewConfig) -> torch.Tensor:
-    """Pool ``[B, V]`` view logits to one logit per image (attention pools features: :meth:`RoadworkClassifier.pool`)."""
+    """Pool ``[B, V]`` view logits to one logit per image.
+
+    Attention aggregation pools features instead: :meth:`RoadworkClassifier.pool`.
+    """
     if config.aggregation == "global_only" or view_logits.shape[1] == 1:
         return view_logits[:, 0]
     if config.aggregation == "attention":
@@ -192,7 +197,8 @@ def choose_top_k(view_logits: np.ndarray, labels: np.ndarray, candidates: Sequen
         raise ValueError(f"top-K candidates {list(candidates)}: none lies within 1..{n_views} (the views per image)")
     if len(np.unique(labels)) < 2:
         raise ValueError(
-            f"choosing K needs both classes in val_select; its {len(labels)} labels are all {labels[0] if len(labels) else None}"
+            f"choosing K needs both classes in val_select; "
+            f"its {len(labels)} labels are all {labels[0] if len(labels) else None}"
         )
     ranked = -np.sort(-view_logits, axis=1)
     auroc = {k: float(roc_auc_score(labels, ranked[:, :k].mean(axis=1))) for k in valid}
@@ -201,7 +207,10 @@ def choose_top_k(view_logits: np.ndarray, labels: np.ndarray, candidates: Sequen
 
 
 class ViewAttention(nn.Module):
-    """Gated attention over the views of an image (Ilse et al. 2018): ``a_v = softmax_v w^T (tanh(V h_v) * sigm(U h_v))``."""
+    """Gated attention over the views of an image (Ilse et al. 2018).
+
+    ``a_v = softmax_v w^T (tanh(V h_v) * sigm(U h_v))``.
+    """
 
     def __init__(self, features: int, hidden: int) -> None:
         super().__init__()
@@ -259,7 +268,8 @@ class RoadworkClassifier(nn.Module):
             return aggregate_view_logits(self.head(features).squeeze(-1), multiview)
         if self.attention is None:
             raise ValueError(
-                f"this classifier was built for aggregation {self.config.multiview.aggregation!r} and has no attention aggregator"
+                f"this classifier was built for aggregation {self.config.multiview.aggregation!r} "
+                "and has no attention aggregator"
             )
         weights = self.attention(features)
         return self.head((weights.unsqueeze(-1) * features).sum(dim=1)).squeeze(-1)
@@ -270,18 +280,24 @@ class RoadworkClassifier(nn.Module):
         return self.pool(self.view_features(canvas, multiview), multiview)
 
     def score_images(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """One aggregated logit per image of any size, channel count 1 or 3, uint8 or float (see :func:`prepare_canvas`)."""
+        """One aggregated logit per image of any size, channel count 1 or 3, uint8 or float.
+
+        See :func:`prepare_canvas`.
+        """
         return self(prepare_canvas(images, self.config.multiview.canvas_size).to(self.mean.device))
 
     def save(self, directory: Path) -> None:
-        """Write backbone (save_pretrained), head (and attention) weights and config: loadable without this run's code state.
+        """Write backbone (save_pretrained), head (and attention) weights and config.
+
+        The directory is loadable without this run's code state.
 
         Raises:
             ValueError: DoRA / DoRAN adapters are still attached (merge them first: ``adapters.merge_adapters``).
         """
         if has_adapters(self.backbone):
             raise ValueError(
-                "the backbone still has DoRA / DoRAN adapters: merge them with stage1_core.modeling.adapters.merge_adapters before saving"
+                "the backbone still has DoRA / DoRAN adapters: "
+                "merge them with stage1_core.modeling.adapters.merge_adapters before saving"
             )
         directory.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(directory / "backbone")

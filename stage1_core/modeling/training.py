@@ -128,13 +128,19 @@ def set_trainable_blocks(model: RoadworkClassifier, trainable_blocks: int) -> No
 def ema_average(
     averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor, *, decay: float
 ) -> torch.Tensor:
-    """One EMA update for ``AveragedModel``: decay ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (timm's warm-up)."""
+    """One EMA update for ``AveragedModel``: decay ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates.
+
+    The decay's warm-up is timm's.
+    """
     n = float(num_averaged)
     return averaged.lerp(current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
 
 
 def ema_callback(config: EmaConfig) -> WeightAveraging | None:
-    """Lightning's weight averaging with the EMA update: it validates, checkpoints and finally keeps the averaged weights."""
+    """Lightning's weight averaging with the EMA update.
+
+    It validates, checkpoints and finally keeps the averaged weights.
+    """
     return WeightAveraging(avg_fn=partial(ema_average, decay=config.decay)) if config.enabled else None
 
 
@@ -181,7 +187,8 @@ def val_select_rows(val_select: pd.DataFrame) -> pd.DataFrame:
     others = sorted(set(val_select["split"]) - {"val_select"}) if "split" in val_select.columns else []
     if others:
         raise LeakageError(
-            f"val_select holds rows of splits {others}: pass take_split(manifest, 'val_select', Consumer.MODEL_SELECTION)"
+            f"val_select holds rows of splits {others}: "
+            "pass take_split(manifest, 'val_select', Consumer.MODEL_SELECTION)"
         )
     return take_split(val_select, "val_select", Consumer.MODEL_SELECTION)
 
@@ -341,7 +348,10 @@ class EpochSeeding(Callback):
 
 @contextmanager
 def _checkpoint_directory(directory: Path | None) -> Iterator[Path]:
-    """``directory`` (created; removed once training succeeded, kept after a crash for the resume), or a temporary one."""
+    """``directory`` (created), or a temporary one.
+
+    ``directory`` is removed once training succeeded and kept after a crash for the resume.
+    """
     if directory is None:
         with tempfile.TemporaryDirectory(prefix="roadwork-ckpt-") as temporary:
             yield Path(temporary)
@@ -354,7 +364,10 @@ def _checkpoint_directory(directory: Path | None) -> Iterator[Path]:
 def _loader(
     manifest: pd.DataFrame, canvas_size: int, config: TrainConfig, weights: pd.Series | None = None
 ) -> DataLoader:
-    """In order and unaugmented; with sampling ``weights`` (training): augmented and drawn by the epoch-seeded sampler."""
+    """In order and unaugmented, unless sampling ``weights`` are given (training).
+
+    With ``weights``: augmented and drawn by the epoch-seeded sampler.
+    """
     dataset = ManifestImageDataset(
         manifest, canvas_transform(canvas_size, None if weights is None else config.augmentation)
     )

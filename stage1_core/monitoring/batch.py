@@ -12,7 +12,9 @@ import pandas as pd
 
 from stage1_core.common.atomic_io import write_atomic
 from stage1_core.common.cli import UsageError
-from stage1_core.data.ingest import DataLayoutError, IngestConfig, detect_layout, ingest
+from stage1_core.data.ingest import detect_layout, ingest
+from stage1_core.data.sources.base import DataLayoutError
+from stage1_core.data.sources.config import IngestConfig
 from stage1_core.monitoring.drift import DriftReport
 
 REPORT_FILE = "drift.html"
@@ -42,7 +44,8 @@ def ingest_batch(batch: IngestConfig) -> pd.DataFrame:
     """The batch's manifest rows.
 
     Raises:
-        BatchError: the batch's files are in the wrong schema (e.g. NATIX parquet without its columns) or hold no images.
+        BatchError: the batch's files are in the wrong schema (e.g. NATIX parquet without its columns)
+            or hold no images.
     """
     try:
         manifest = ingest(batch)

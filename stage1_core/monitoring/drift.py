@@ -200,7 +200,10 @@ class EmbeddingProjection(BaseModel):
 
 @torch.inference_mode()
 def backbone_embeddings(classifier: RoadworkClassifier, manifest: pd.DataFrame, batch_size: int = 16) -> np.ndarray:
-    """Backbone cls features ``[N, d]`` of each image's global view (the view every image gets); NaN rows for unreadable images."""
+    """Backbone cls features ``[N, d]`` of each image's global view (the view every image gets).
+
+    Unreadable images get NaN rows.
+    """
     classifier.eval()
     transform = canvas_transform(classifier.config.multiview.canvas_size, None)
     global_view = classifier.config.multiview.model_copy(update={"aggregation": "global_only"})

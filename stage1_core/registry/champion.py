@@ -32,7 +32,10 @@ CHALLENGER = "challenger"  # the latest version that passed the bars but not the
 
 
 def log_exported_model(exported: ExportedModel, name: str = "model") -> ModelInfo:
-    """Log the ONNX model into the active MLflow run, with its metadata, adaptive graphs (``{name}_adaptive/``) and engine."""
+    """Log the ONNX model into the active MLflow run, with its metadata, adaptive graphs and engine.
+
+    The adaptive graphs go under ``{name}_adaptive/``.
+    """
     info = mlflow.onnx.log_model(onnx.load_from_string(exported.onnx_bytes), name=name)
     mlflow.log_dict(exported.metadata.model_dump(mode="json"), f"{name}_metadata.json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,7 +59,8 @@ def load_registered_model(
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise ModelLoadError(
-            "no MLflow tracking URI: pass tracking_uri (CLI: --tracking-uri) or set MLFLOW_TRACKING_URI, or load an exported bundle path instead"
+            "no MLflow tracking URI: pass tracking_uri (CLI: --tracking-uri) or set MLFLOW_TRACKING_URI, "
+            "or load an exported bundle path instead"
         )
     name = registered_model_name
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -65,8 +69,8 @@ def load_registered_model(
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise ModelLoadError(
-                f"the MLflow registry at {uri} has no {name!r} version with alias {alias!r} ({error.message}); run the pipeline until a "
-                "model passes the promotion gate, or pass an exported bundle path"
+                f"the MLflow registry at {uri} has no {name!r} version with alias {alias!r} ({error.message}); "
+                "run the pipeline until a model passes the promotion gate, or pass an exported bundle path"
             ) from None
         raise ModelLoadError(
             f"cannot read the MLflow registry at {uri}: {error.message}; check the URI and that the server is up"

@@ -111,7 +111,8 @@ def val_test_evidence(val_test: pd.DataFrame, labels: list[int], probabilities: 
         or val_test["label"].astype(int).tolist() != list(labels)
     ):
         raise ValueError(
-            f"val_test has {len(val_test)} rows but the evaluation has {len(labels)} labels / {len(probabilities)} probabilities "
+            f"val_test has {len(val_test)} rows but the evaluation has {len(labels)} labels / "
+            f"{len(probabilities)} probabilities "
             "(or other labels): pass the evaluation report of this run's split manifest"
         )
     return ValTestEvidence(
@@ -162,14 +163,21 @@ class PromotionDecision(Report):
         metrics = "".join(
             f"<tr><td>{html.escape(name)}</td><td>{_number(value)}</td></tr>" for name, value in self.metrics.items()
         )
+        champion_note = (
+            "champion before this run: v" + html.escape(self.champion_version)
+            if self.champion_version
+            else "no champion before this run"
+        )
         page = (
             "<html><body style='font-family:sans-serif'>"
-            f"<h2 style='color:{colour}'>{html.escape(self.registered_model_name)} v{html.escape(self.version)}: {verdict}</h2>"
+            f"<h2 style='color:{colour}'>{html.escape(self.registered_model_name)} v{html.escape(self.version)}: "
+            f"{verdict}</h2>"
             f"<p>MLflow alias <b>{html.escape(self.alias)}</b>, ZenML stage <b>{html.escape(self.stage)}</b>; "
             f"absolute bars {'passed' if self.bars_passed else 'not passed'}; "
-            f"{'champion before this run: v' + html.escape(self.champion_version) if self.champion_version else 'no champion before this run'}.</p>"
+            f"{champion_note}.</p>"
             f"<h3>Reasons</h3><ul>{rows}</ul>{self._comparison_table()}"
-            f"<h3>Metrics on val_test (calibrated, threshold 0.5)</h3><table border=1 cellpadding=4>{metrics}</table></body></html>"
+            "<h3>Metrics on val_test (calibrated, threshold 0.5)</h3>"
+            f"<table border=1 cellpadding=4>{metrics}</table></body></html>"
         )
         return {"promotion_decision.html": page}
 
@@ -182,10 +190,13 @@ class PromotionDecision(Report):
             f"<h3>Paired comparison with champion v{html.escape(c.champion_version)} ({html.escape(c.metric)})</h3>"
             "<table border=1 cellpadding=4>"
             f"<tr><td>val_test images</td><td>{c.n_val_test}</td></tr>"
-            f"<tr><td>left out: the champion was fitted or calibrated on them</td><td>{c.n_excluded_seen_by_champion}</td></tr>"
+            "<tr><td>left out: the champion was fitted or calibrated on them</td>"
+            f"<td>{c.n_excluded_seen_by_champion}</td></tr>"
             f"<tr><td>compared</td><td>{c.n_compared}</td></tr>"
-            f"<tr><td>challenger</td><td>{_number(c.challenger_value)}</td></tr><tr><td>champion</td><td>{_number(c.champion_value)}</td></tr>"
-            f"<tr><td>difference (challenger - champion), paired bootstrap CI</td><td>{_number(c.difference)} {interval}</td></tr>"
+            f"<tr><td>challenger</td><td>{_number(c.challenger_value)}</td></tr>"
+            f"<tr><td>champion</td><td>{_number(c.champion_value)}</td></tr>"
+            "<tr><td>difference (challenger - champion), paired bootstrap CI</td>"
+            f"<td>{_number(c.difference)} {interval}</td></tr>"
             f"<tr><td>not worse</td><td>{c.not_worse}: {html.escape(c.reason)}</td></tr></table>"
         )
 
@@ -220,7 +231,8 @@ def check_registry(client: MlflowClient) -> None:
     except Exception as error:  # noqa: BLE001 - any transport or store error means the same: unreachable
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise RegistryUnavailableError(
-            f"cannot reach the MLflow registry at {client._registry_uri}: {message}; check the tracking URI and that the server is up"
+            f"cannot reach the MLflow registry at {client._registry_uri}: {message}; "
+            "check the tracking URI and that the server is up"
         ) from None
 
 
@@ -235,7 +247,10 @@ def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
 
 
 def champion_seen_sha256(client: MlflowClient, run_id: str | None) -> set[str] | None:
-    """sha256 of the images the champion was fitted or calibrated on, from its run's split membership; None if not logged."""
+    """sha256 of the images the champion was fitted or calibrated on; None if not logged.
+
+    They are read from the split membership of the champion's run.
+    """
     if not run_id:
         return None
     try:
@@ -267,7 +282,7 @@ def compare_with_champion(
     config: PromotionConfig,
     failure: str | None = None,
 ) -> ChampionComparison:
-    """Paired bootstrap of ``metric(challenger) - metric(champion)`` on the val_test images the champion never fitted on.
+    """Paired bootstrap of ``metric(challenger) - metric(champion)`` on val_test images the champion never fitted on.
 
     Args:
         champion_probabilities: the champion's P(roadwork) on ``evidence``'s images, in order; None when it
@@ -297,7 +312,10 @@ def compare_with_champion(
         else ""
     )
     if keep.sum() < config.min_compared_images:
-        reason = f"only {int(keep.sum())} val_test images unseen by the champion (min_compared_images={config.min_compared_images}): no fair comparison, the champion stays"
+        reason = (
+            f"only {int(keep.sum())} val_test images unseen by the champion "
+            f"(min_compared_images={config.min_compared_images}): no fair comparison, the champion stays"
+        )
         return ChampionComparison(**base, not_worse=False, reason=reason + overlap_note)
     labels = np.asarray(evidence.labels)[keep]
     challenger, champion = np.asarray(evidence.probabilities)[keep], np.asarray(champion_probabilities)[keep]
@@ -321,7 +339,8 @@ def compare_with_champion(
     word = "not worse than" if not_worse else "worse than"
     reason = (
         f"{config.comparison_metric} {word} champion v{champion_version}: difference {difference:+.4f}, "
-        f"{config.confidence:.0%} paired bootstrap CI [{low:+.4f}, {high:+.4f}] on {int(keep.sum())} images{_resampled(groups)} "
+        f"{config.confidence:.0%} paired bootstrap CI [{low:+.4f}, {high:+.4f}] "
+        f"on {int(keep.sum())} images{_resampled(groups)} "
         f"(not worse = upper bound >= {0.0 - config.max_mcc_drop:g})"
     )
     return ChampionComparison(
@@ -354,7 +373,9 @@ def decide(
     config: PromotionConfig,
     blocking_issues: list[str],
 ) -> tuple[bool, bool, list[str]]:
-    """Apply the bars and the comparison; returns (promote, bars_passed, reasons). Pure, so the rules are testable without a registry.
+    """Apply the bars and the comparison; returns (promote, bars_passed, reasons).
+
+    Pure, so the rules are testable without a registry.
 
     ``comparison`` is None only when there is no champion yet (first run): the bars alone decide.
     """
@@ -369,7 +390,8 @@ def decide(
     bars_passed = not reasons
     if bars_passed:
         reasons.append(
-            f"clears the bars: mcc >= {config.min_mcc}, auroc >= {config.min_auroc}, ece <= {config.max_ece}, no leakage, no critical validation failure"
+            f"clears the bars: mcc >= {config.min_mcc}, auroc >= {config.min_auroc}, ece <= {config.max_ece}, "
+            "no leakage, no critical validation failure"
         )
     if comparison is None:
         reasons.append(
@@ -496,6 +518,7 @@ def _transact(
                 step()  # type: ignore[operator]
             except Exception as undo_error:  # noqa: BLE001 - report every undo that failed, keep undoing the rest
                 logger.error("could not undo %s of %s: %s; fix the registry by hand", what, name, undo_error)
+        undone = ", ".join(what for what, _ in reversed(undo)) or "nothing"
         raise PromotionError(
-            f"promotion of {name} failed ({type(error).__name__}: {error}); undone: {', '.join(what for what, _ in reversed(undo)) or 'nothing'}"
+            f"promotion of {name} failed ({type(error).__name__}: {error}); undone: {undone}"
         ) from error

@@ -113,7 +113,9 @@ class DataLineage(BaseModel):
 
 
 def split_membership(manifest: pd.DataFrame) -> pd.DataFrame:
-    """One row per image (id, source, sha256, label, split), sorted by id: the part of the manifest that defines the data.
+    """One row per image (id, source, sha256, label, split), sorted by id.
+
+    This is the part of the manifest that defines the data.
 
     Raises:
         ValueError: naming the columns a split manifest must have.
@@ -121,7 +123,8 @@ def split_membership(manifest: pd.DataFrame) -> pd.DataFrame:
     missing = [column for column in LINEAGE_COLUMNS if column not in manifest.columns]
     if missing:
         raise ValueError(
-            f"lineage needs a split manifest with columns {list(LINEAGE_COLUMNS)}; missing {missing} (pass split_data's output)"
+            f"lineage needs a split manifest with columns {list(LINEAGE_COLUMNS)}; "
+            f"missing {missing} (pass split_data's output)"
         )
     return manifest[list(LINEAGE_COLUMNS)].astype(str).sort_values("id", kind="stable").reset_index(drop=True)
 

@@ -10,10 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stage1_core.data.ingest import IngestConfig
+from stage1_core.data.sources.config import IngestConfig
 from stage1_core.data.splits import SplitConfig
 from stage1_core.data.validation import ValidationConfig
-from stage1_core.demo.data import DemoDataConfig
+from stage1_core.demo.config import DemoDataConfig
 from stage1_core.evaluation.ablation import AblationConfig
 from stage1_core.evaluation.calibration import CalibrationConfig
 from stage1_core.evaluation.report import EvaluationConfig

@@ -48,7 +48,6 @@ TRACKED_PACKAGES = (
     "transformers",
     "peft",
     "lightning",
-    "timm",
     "numpy",
     "pandas",
     "scikit-learn",
@@ -84,14 +83,18 @@ def content_hash(*parts: object) -> str:
             digest.update(part.encode())
         else:
             raise TypeError(
-                f"content_hash: cannot hash a {type(part).__name__}; pass a DataFrame, torch module, pydantic model, str or bytes"
+                f"content_hash: cannot hash a {type(part).__name__}; "
+                "pass a DataFrame, torch module, pydantic model, str or bytes"
             )
         digest.update(b"\x00")
     return digest.hexdigest()
 
 
 def manifest_data_hash(manifest: pd.DataFrame) -> str:
-    """Hash of the data a manifest describes: each image's sha256 with its label (and split when assigned), order-free."""
+    """Hash of the data a manifest describes, order-free.
+
+    It covers each image's sha256 with its label (and split when assigned).
+    """
     columns = [column for column in ("sha256", "label", "split") if column in manifest.columns]
     rows = sorted(map(tuple, manifest[columns].astype(str).to_numpy().tolist()))
     return hashlib.sha256("\n".join("\t".join(row) for row in rows).encode()).hexdigest()
@@ -183,7 +186,8 @@ def run_lock(lock_file: Path, timeout_s: float, poll_s: float = 0.5) -> Iterator
             lock.acquire(timeout=timeout_s, poll_interval=poll_s)
         except Timeout:
             raise RunLockTimeout(
-                f"{owner} still holds {lock_file} after {timeout_s:.0f} s; wait for it to finish, or raise reliability.lock_timeout_s"
+                f"{owner} still holds {lock_file} after {timeout_s:.0f} s; "
+                "wait for it to finish, or raise reliability.lock_timeout_s"
             ) from None
         logger.info("lock acquired after %.1f s of waiting", time.monotonic() - started)
     try:
@@ -264,7 +268,8 @@ def check_resources(
             parts = ", ".join(f"{need.what} {_gib(need.bytes)} at {need.path}" for need in group if need.bytes)
             knobs = "; ".join(dict.fromkeys(need.lower_it for need in group if need.bytes))
             problems.append(
-                f"not enough disk space on the filesystem of {mount}: the run needs ~{_gib(wanted)} ({parts}), {_gib(free)} is free. Change: {knobs}; or free space there"
+                f"not enough disk space on the filesystem of {mount}: the run needs ~{_gib(wanted)} ({parts}), "
+                f"{_gib(free)} is free. Change: {knobs}; or free space there"
             )
     memory = [need for need in needs if need.path is None]
     wanted = safety_factor * sum(need.bytes for need in memory)
@@ -289,7 +294,10 @@ def directory_bytes(path: Path) -> int:
 
 
 def _backbone_shape(name_or_path: str) -> tuple[int, object] | None:
-    """(parameter count, transformers config) of a backbone, without loading weights; None if its config is unreachable."""
+    """(parameter count, transformers config) of a backbone, without loading weights.
+
+    None if its config is unreachable.
+    """
     try:
         config = (
             DEMO_CONFIGS[name_or_path]()
@@ -340,7 +348,8 @@ def estimate_run_needs(config: RunConfig, zenml_dir: Path) -> list[ResourceNeed]
     shape = _backbone_shape(config.backbone)
     if shape is None:
         logger.warning(
-            "resource check: the config of backbone %s is not on this machine; model sizes are left out of the estimate",
+            "resource check: the config of backbone %s is not on this machine; "
+            "model sizes are left out of the estimate",
             config.backbone,
         )
         return needs + [
@@ -374,16 +383,18 @@ def estimate_run_needs(config: RunConfig, zenml_dir: Path) -> list[ResourceNeed]
             _activation_bytes(backbone_config, 2 * explora.batch_size, explora.global_crop_size)
             + _activation_bytes(backbone_config, explora.n_local_crops * explora.batch_size, explora.local_crop_size)
         )
-    batch = max(config.train.batch_size, explora.batch_size if config.explora_enabled else 0)
+    explora_batch = explora.batch_size if config.explora_enabled else 0
+    batch = max(config.train.batch_size, explora_batch)
     return needs + [
         ResourceNeed(what="process", bytes=PROCESS_BYTES, lower_it="nothing to lower: the libraries themselves"),
         ResourceNeed(
             what="training state (weights, grads, Adam)", bytes=4 * model_bytes, lower_it="a smaller backbone"
         ),
         ResourceNeed(
-            what=f"activations (train batch {config.train.batch_size}, ExPLoRA batch {explora.batch_size if config.explora_enabled else 0})",
+            what=f"activations (train batch {config.train.batch_size}, ExPLoRA batch {explora_batch})",
             bytes=max(train_activations, explora_activations),
-            lower_it="a smaller train.batch_size / explora.batch_size, or a smaller classifier.multiview.view_size / explora crop sizes",
+            lower_it="a smaller train.batch_size / explora.batch_size, "
+            "or a smaller classifier.multiview.view_size / explora crop sizes",
         ),
         ResourceNeed(
             what="input canvases",

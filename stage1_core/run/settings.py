@@ -60,7 +60,6 @@ def load_run_config(
     except ValidationError as error:
         first = error.errors()[0]
         section = "parameters" if error.title == RunConfig.__name__ else "reliability"
-        raise ConfigError(
-            f"{path}: {section}.{'.'.join(str(part) for part in first['loc'])}: {first['msg']} ({error.error_count()} problem(s))"
-        ) from None
+        location = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{path}: {section}.{location}: {first['msg']} ({error.error_count()} problem(s))") from None
     return RunSettings(config=config, zenml_options=document, reliability=guards)

@@ -45,15 +45,19 @@ TilesPass = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (canvas, global fe
 
 
 class AdaptiveConfig(BaseModel):
-    """How much MCC (on val_select) adaptive serving may give up against the fixed multi-view model, and at which threshold."""
+    """How much MCC adaptive serving may give up against the fixed multi-view model, and at which threshold.
+
+    The MCC drop is measured on val_select.
+    """
 
     max_mcc_drop: float = Field(0.01, ge=0.0, description="1 MCC point = 0.01")
     confidence: float = Field(
         0.75,
         ge=0.5,
         lt=1.0,
-        description="share of bootstrap resamples of val_select (split groups resampled whole) on which the MCC drop must stay within "
-        "max_mcc_drop; 0.5 is about the point estimate, which on a few hundred images skips too much (measured: 4 points lost on fresh data)",
+        description="share of bootstrap resamples of val_select (split groups resampled whole) "
+        "on which the MCC drop must stay within max_mcc_drop; 0.5 is about the point estimate, "
+        "which on a few hundred images skips too much (measured: 4 points lost on fresh data)",
     )
     n_bootstrap: int = Field(200, ge=1, description="resamples of val_select for the confidence rule")
     max_candidates: int = Field(
@@ -64,12 +68,16 @@ class AdaptiveConfig(BaseModel):
         VALIDATOR_THRESHOLD,
         gt=0.0,
         lt=1.0,
-        description="threshold the served P is judged at (the subnet validator's 0.5, as the promotion gate); margins and MCC are taken at it",
+        description="threshold the served P is judged at (the subnet validator's 0.5, as the promotion gate); "
+        "margins and MCC are taken at it",
     )
 
 
 class AdaptiveOutcome(BaseModel):
-    """Adaptive against fixed multi-view and against the global view alone, on one labelled set (MCC at the decision threshold)."""
+    """Adaptive against fixed multi-view and against the global view alone, on one labelled set.
+
+    MCC is taken at the decision threshold.
+    """
 
     model_config = ConfigDict(ser_json_inf_nan="constants")  # an undefined MCC (one predicted class) stays NaN
 
@@ -83,19 +91,24 @@ class AdaptiveOutcome(BaseModel):
 
 
 class AdaptivePolicy(BaseModel):
-    """Skip the tiles when the global view's margin reaches the bound of the side it falls on (``inf``: never skip that side)."""
+    """Skip the tiles when the global view's margin reaches the bound of the side it falls on.
+
+    A bound of ``inf`` never skips that side.
+    """
 
     model_config = ConfigDict(ser_json_inf_nan="constants")
 
     decision_threshold: float = Field(gt=0.0, lt=1.0)
     margin_threshold: float = Field(
         ge=0.0,
-        description="bound where the global view says no roadwork (P <= threshold); both sides when positive_margin_threshold is None",
+        description="bound where the global view says no roadwork (P <= threshold); "
+        "both sides when positive_margin_threshold is None",
     )
     positive_margin_threshold: float | None = Field(
         None,
         ge=0.0,
-        description="bound where the global view says roadwork (P > threshold); None: margin_threshold (bundles exported before the two-sided fit)",
+        description="bound where the global view says roadwork (P > threshold); "
+        "None: margin_threshold (bundles exported before the two-sided fit)",
     )
     max_mcc_drop: float
     confidence: float = 0.5  # the fit's resample share (0.5: bundles exported before the confidence rule)
@@ -107,7 +120,10 @@ class AdaptivePolicy(BaseModel):
         return self.margin_threshold if self.positive_margin_threshold is None else self.positive_margin_threshold
 
     def describe(self) -> str:
-        return f"skip tiles at global margin >= {self.margin_threshold:.3f} (says no roadwork) / >= {self.positive_bound:.3f} (says roadwork)"
+        return (
+            f"skip tiles at global margin >= {self.margin_threshold:.3f} (says no roadwork) "
+            f"/ >= {self.positive_bound:.3f} (says roadwork)"
+        )
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -139,7 +155,8 @@ def _checked(p_global: np.ndarray, p_full: np.ndarray, labels: np.ndarray) -> tu
     y = as_binary_labels(labels)
     if y.min() == y.max():
         raise ValueError(
-            f"labels: all {y.size} images are class {int(y[0])}; MCC needs both classes (use val_select with positives and negatives)"
+            f"labels: all {y.size} images are class {int(y[0])}; "
+            "MCC needs both classes (use val_select with positives and negatives)"
         )
     return (
         as_probabilities(p_global, name="p_global", length=y.size),
@@ -151,7 +168,10 @@ def _checked(p_global: np.ndarray, p_full: np.ndarray, labels: np.ndarray) -> tu
 def evaluate_adaptive(
     p_global: np.ndarray, p_full: np.ndarray, labels: np.ndarray, policy: AdaptivePolicy
 ) -> AdaptiveOutcome:
-    """MCC of fixed multi-view, adaptive serving and the global view alone on a labelled set (e.g. val_test), and the views spent."""
+    """MCC of fixed multi-view, adaptive serving and the global view alone, and the views spent.
+
+    Scored on a labelled set, e.g. val_test.
+    """
     p_global, p_full, y = _checked(p_global, p_full, labels)
     skip = skip_tiles(p_global, policy)
     threshold = policy.decision_threshold
@@ -171,7 +191,10 @@ def evaluate_adaptive(
 def _mcc_by_skip_count(
     skip_predicted: list[np.ndarray], full_predicted: list[np.ndarray], weights: np.ndarray
 ) -> np.ndarray:
-    """``[B, n + 1]`` MCC of each weighted resample when the first ``j`` images (in margin order) take the global answer."""
+    """``[B, n + 1]`` MCC of each weighted resample when the first ``j`` images take the global answer.
+
+    The images are in margin order.
+    """
 
     def through(cell: np.ndarray) -> np.ndarray:  # [B, n + 1]: weighted count of the cell among the first j images
         return np.pad(np.cumsum(weights * cell, axis=1), ((0, 0), (1, 0)))
@@ -186,7 +209,10 @@ def _mcc_by_skip_count(
 
 
 def _positive_bound_candidates(positive_margins: np.ndarray, max_candidates: int) -> np.ndarray:
-    """``inf`` (never skip a global "roadwork"), then the distinct margins of the images it gives, largest first (at most ``max_candidates``)."""
+    """``inf`` (never skip a global "roadwork"), then the distinct margins of the images it gives, largest first.
+
+    At most ``max_candidates`` in all.
+    """
     distinct = np.unique(positive_margins)[::-1]
     if distinct.size > max_candidates:
         distinct = np.unique(np.quantile(distinct, np.linspace(0.0, 1.0, max_candidates), method="higher"))[::-1]
@@ -201,8 +227,10 @@ def fit_adaptive_policy(
     config: AdaptiveConfig,
     groups: np.ndarray | None = None,
 ) -> AdaptivePolicy:
-    """The pair of margin bounds (one per side of ``config.decision_threshold``) that skips the tiles for most images while
-    the MCC drop against fixed multi-view stays within ``config.max_mcc_drop`` on ``config.confidence`` of the bootstrap resamples.
+    """The pair of margin bounds (one per side of ``config.decision_threshold``) that skips the tiles for most images.
+
+    It does so while the MCC drop against fixed multi-view stays within ``config.max_mcc_drop`` on
+    ``config.confidence`` of the bootstrap resamples.
 
     Why resamples: the largest skip whose drop is within budget on the fitting sample itself is the one that
     sample flatters most (a winner's curse); on a few hundred images it lost about four times the budget on
@@ -277,7 +305,8 @@ def fit_adaptive_policy(
     )
     policy.fitted_on = evaluate_adaptive(p_global[order], p_full[order], y, policy)
     logger.info(
-        "adaptive multi-view: %s: %.0f%% of %d val_select images, %.2f views/image, MCC %.4f -> %.4f (drop within %.3f on %.0f%% of %d resamples)",
+        "adaptive multi-view: %s: %.0f%% of %d val_select images, %.2f views/image, MCC %.4f -> %.4f "
+        "(drop within %.3f on %.0f%% of %d resamples)",
         policy.describe(),
         100 * policy.fitted_on.skip_rate,
         y.size,

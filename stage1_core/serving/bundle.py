@@ -84,7 +84,8 @@ class AdaptiveMetadata(BaseModel):
             f"{outcome.skip_rate:.0%} skipped, {outcome.views_per_image:.2f} views/image",
             f"  MCC fixed {outcome.mcc_full:.4f}, adaptive {outcome.mcc_adaptive:.4f} (drop {outcome.mcc_drop:+.4f}, "
             f"budget {ADAPTIVE_MCC_BUDGET}: {'met' if mcc_ok else 'MISSED'}), single view {outcome.mcc_global:.4f}",
-            f"  images/s (ONNX Runtime, one image per call): fixed {speed.fixed_images_per_s:.1f}, adaptive {speed.adaptive_images_per_s:.1f}, "
+            f"  images/s (ONNX Runtime, one image per call): fixed {speed.fixed_images_per_s:.1f}, "
+            f"adaptive {speed.adaptive_images_per_s:.1f}, "
             f"single view {speed.single_view_images_per_s:.1f}; adaptive / fixed {speed.adaptive_speedup:.2f}x "
             f"(target {ADAPTIVE_SPEEDUP_TARGET}x: {'met' if speed_ok else 'MISSED'})",
         ]
@@ -192,7 +193,10 @@ class AdaptiveExport:
 
 
 class ExportedModel:
-    """The exported bundle: the fixed multi-view ONNX model and its metadata, the adaptive graphs and the TensorRT engine when built."""
+    """The exported bundle: the fixed multi-view ONNX model and its metadata, and optional extras.
+
+    The extras are the adaptive graphs and the TensorRT engine, when built.
+    """
 
     def __init__(
         self,
@@ -230,7 +234,10 @@ class ExportedModel:
         return cls((directory / MODEL_FILE).read_bytes(), metadata, adaptive, engine)
 
     def summary(self) -> dict[str, float | int | str | bool]:
-        """Flat figures for artifact and step metadata: parity, TensorRT, and the adaptive policy and its val_test outcome."""
+        """Flat figures for artifact and step metadata.
+
+        They cover parity, TensorRT, and the adaptive policy and its val_test outcome.
+        """
         meta = self.metadata
         values: dict[str, float | int | str | bool] = {
             "opset": meta.opset,

@@ -60,7 +60,8 @@ class PredictorConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="images per ONNX Runtime call (images of one size are batched)")
     mode: Literal["adaptive", "full"] = Field(
         "adaptive",
-        description="adaptive: the two-graph path when the bundle has it (else full, with a warning); full: always all views",
+        description="adaptive: the two-graph path when the bundle has it (else full, with a warning); "
+        "full: always all views",
     )
     threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (None: its default)")
 
@@ -83,7 +84,10 @@ class Prediction(BaseModel):
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB of any Pillow mode: 16-bit grey scaled (not clipped), transparency over white, CMYK/palette/grey converted."""
+    """8-bit RGB of any Pillow mode.
+
+    16-bit grey is scaled (not clipped), transparency goes over white, CMYK/palette/grey are converted.
+    """
     if image.mode in _SIXTEEN_BIT_MODES:
         grey = np.clip(np.round(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
@@ -120,7 +124,8 @@ def decode_image(data: bytes, *, source: str, config: PredictorConfig, fit_to_bo
     if width * height > config.max_pixels:
         if not fit_to_bounds:
             raise BadImageError(
-                f"{source}: {width}x{height} = {width * height / 1e6:.1f} Mpx is over the bound of {config.max_pixels / 1e6:.1f} Mpx "
+                f"{source}: {width}x{height} = {width * height / 1e6:.1f} Mpx "
+                f"is over the bound of {config.max_pixels / 1e6:.1f} Mpx "
                 "(PredictorConfig.max_pixels); downscale the image or raise the bound"
             )
         scale = math.sqrt(config.max_pixels / (width * height))
@@ -140,7 +145,8 @@ def _fit(image: Image.Image, source: str, config: PredictorConfig, fit_to_bounds
     if min(width, height) < config.min_side:
         if not fit_to_bounds:
             raise BadImageError(
-                f"{source}: {width}x{height} px is below the smallest side of {config.min_side} px (PredictorConfig.min_side)"
+                f"{source}: {width}x{height} px is below the smallest side of {config.min_side} px "
+                "(PredictorConfig.min_side)"
             )
         scale = config.min_side / min(width, height)
         logger.warning(
@@ -195,7 +201,8 @@ class Predictor:
         missing = [name for name in (MODEL_FILE, METADATA_FILE) if not (directory / name).is_file()]
         if missing:
             raise ModelLoadError(
-                f"{directory}: not an exported model bundle (missing {', '.join(missing)}); pass the folder written by the export step"
+                f"{directory}: not an exported model bundle (missing {', '.join(missing)}); "
+                "pass the folder written by the export step"
             )
         return cls(ExportedModel.load(directory), config, origin=str(directory))
 
@@ -261,7 +268,8 @@ def default_predictor() -> Predictor:
     location = os.environ.get(MODEL_ENV)
     if not location:
         raise ModelLoadError(
-            f"set {MODEL_ENV} to an exported bundle folder (the champion's: python -m pipelines.predict --model champion --save-bundle DIR)"
+            f"set {MODEL_ENV} to an exported bundle folder "
+            "(the champion's: python -m pipelines.predict --model champion --save-bundle DIR)"
         )
     return Predictor.from_bundle(Path(location).expanduser())
 

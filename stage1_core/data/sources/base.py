@@ -1,0 +1,210 @@
+"""What every source reader shares: its error, fsspec paths, what an image's bytes tell, the image store, the row.
+
+NATIX images live inside parquet/arrow files, so they are written once into a content-addressed image store
+(:func:`store_image`); the other sources are image files already, so their ``uri`` is the file itself (an
+fsspec path: local or ``s3://``). Problems never crash the ingest and never drop a row: an image that cannot
+be decoded keeps ``decode_error`` set, and a problem a reader found (e.g. a Mapillary image without its polygons
+file) is written to ``extras["ingest_error"]``, so validation quarantines the row with that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import imagehash
+import numpy as np
+import pandas as pd
+from fsspec import AbstractFileSystem
+from PIL import ExifTags, Image
+from pydantic import BaseModel
+
+from stage1_core.common.atomic_io import write_atomic
+from stage1_core.common.cli import UsageError
+from stage1_core.common.manifest import conform_manifest, empty_manifest
+from stage1_core.data.sources.config import IngestConfig
+
+# Pixel modes that PIL converts to 8-bit RGB faithfully (alpha dropped, CMYK and grey converted) when
+# an image is read. High-bit-depth modes (16-bit grey "I;16", 32-bit "I", float "F") are rejected:
+# PIL's RGB conversion clips them to white instead of rescaling.
+ACCEPTED_MODES: frozenset[str] = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
+# EXIF orientation -> the transpose that makes the image upright (as PIL.ImageOps.exif_transpose).
+_EXIF_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_THUMBNAIL_SIDE = 128
+
+
+class DataLayoutError(UsageError, ValueError):
+    """The data path is missing, empty, or in no layout this project reads."""
+
+
+class ImageFacts(BaseModel):
+    """What ingest learns from an image's bytes, without keeping its pixels."""
+
+    width: int = 0  # after the EXIF orientation is applied
+    height: int = 0
+    phash: str = ""
+    mode: str = ""
+    orange_red_fraction: float = 0.0
+    decode_error: str = ""
+
+
+def filesystem(path: str | Path) -> tuple[AbstractFileSystem, str]:
+    """The fsspec filesystem of ``path`` and the path on it (a local path has ``~`` expanded)."""
+    return fsspec.core.url_to_fs(str(Path(path).expanduser()) if "://" not in str(path) else str(path))
+
+
+def file_uri(fs: AbstractFileSystem, path: str) -> str:
+    """A path other processes can open: plain for local files, with its protocol (``s3://``) otherwise."""
+    return path if "file" in fs.protocol else fs.unstrip_protocol(path)
+
+
+def is_visible(path: str) -> bool:
+    """False for hidden files and folders (a name starting with a dot)."""
+    return not path.rsplit("/", 1)[-1].startswith(".")
+
+
+def subfolders(fs: AbstractFileSystem, root: str) -> list[str]:
+    """The visible folders directly under ``root``, sorted."""
+    return sorted(
+        entry["name"]
+        for entry in fs.ls(root, detail=True)
+        if entry["type"] == "directory" and is_visible(entry["name"])
+    )
+
+
+def store_image(image_bytes: bytes, image_store: str) -> tuple[str, str]:
+    """Write bytes under their sha256 (once) and return (sha256, uri)."""
+    sha = hashlib.sha256(image_bytes).hexdigest()
+    uri = f"{image_store.rstrip('/')}/{sha[:2]}/{sha}"
+    fs, fs_path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(fs_path):
+        if (
+            "file" in fs.protocol
+        ):  # a unique temporary name, then a rename: a crash or a concurrent ingest never leaves a torn image
+            write_atomic(Path(fs_path), image_bytes, durable=False)
+        else:  # object stores publish an object whole or not at all
+            fs.pipe_file(fs_path, image_bytes)
+    return sha, uri
+
+
+def orange_red_fraction(image: Image.Image) -> float:
+    """Share of saturated, bright orange-to-red pixels: the colour of cones and of their look-alikes."""
+    hsv = np.asarray(image.convert("HSV"), dtype=np.uint8)
+    hue, saturation, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    red_orange = (hue <= 24) | (hue >= 245)  # 0-34 degrees and 346-360 degrees on PIL's 0-255 hue scale
+    return float(np.mean(red_orange & (saturation >= 140) & (value >= 110)))
+
+
+def describe_image(image_bytes: bytes, max_megapixels: float = 50.0) -> ImageFacts:
+    """Size (EXIF orientation applied), perceptual hash and colour facts of an encoded image.
+
+    Errors are returned in ``decode_error``, never raised. The header is read first, so an image
+    above ``max_megapixels`` is refused before its pixels are decoded (a decompression bomb costs
+    nothing); images above PIL's own bomb limit fail at open. JPEGs are decoded at a reduced DCT
+    scale (``draft``): enough for a 64-bit pHash (Zauner 2010) and a colour share.
+    """
+    try:
+        with Image.open(io.BytesIO(image_bytes)) as image:
+            width, height = image.size
+            megapixels = width * height / 1e6
+            if megapixels > max_megapixels:  # checked before getexif, which decodes a PNG in full
+                return ImageFacts(
+                    width=width,
+                    height=height,
+                    mode=image.mode,
+                    decode_error=f"{megapixels:.1f} megapixels, above the {max_megapixels:g} limit: not decoded",
+                )
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+            if orientation in (5, 6, 7, 8):
+                width, height = height, width
+            facts = ImageFacts(width=width, height=height, mode=image.mode)
+            if image.mode not in ACCEPTED_MODES:
+                return facts.model_copy(
+                    update={
+                        "decode_error": f"pixel mode {image.mode} (high bit depth) is rejected: convert it to 8-bit RGB"
+                    }
+                )
+            image.draft("RGB", (_THUMBNAIL_SIDE, _THUMBNAIL_SIDE))
+            thumbnail = image.convert("RGB")
+        if orientation in _EXIF_TRANSPOSE:
+            thumbnail = thumbnail.transpose(_EXIF_TRANSPOSE[orientation])
+        thumbnail.thumbnail((_THUMBNAIL_SIDE, _THUMBNAIL_SIDE))
+        return facts.model_copy(
+            update={"phash": str(imagehash.phash(thumbnail)), "orange_red_fraction": orange_red_fraction(thumbnail)}
+        )
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a data problem to quarantine, not a crash
+        return ImageFacts(decode_error=f"{type(error).__name__}: {error}")
+
+
+def manifest_row(
+    *,
+    row_id: str,
+    source: str,
+    uri: str,
+    sha256: str,
+    facts: ImageFacts,
+    label: int,
+    group_id: str,
+    official_split: str,
+    config: IngestConfig,
+    extras: dict[str, Any],
+    hard_negative_reasons: Sequence[str] = (),
+    **tags: str,
+) -> dict[str, Any]:
+    """One manifest row; negatives with orange/red look-alikes (or source-given reasons) are tagged hard."""
+    reasons = list(hard_negative_reasons)
+    if facts.orange_red_fraction >= config.orange_red_min_fraction > 0:
+        reasons.append("orange_red_pixels")
+    hard = label == 0 and bool(reasons)
+    extras = extras | {"mode": facts.mode, "hard_negative": hard} | ({"hard_negative_reasons": reasons} if hard else {})
+    return {
+        "id": row_id,
+        "source": source,
+        "uri": uri,
+        "sha256": sha256,
+        "phash": facts.phash,
+        "label": label,
+        "width": facts.width,
+        "height": facts.height,
+        "daytime": tags.get("daytime", ""),
+        "weather": tags.get("weather", ""),
+        "scene_environment": tags.get("scene_environment", ""),
+        "city": tags.get("city", ""),
+        "gps": tags.get("gps", ""),
+        "group_id": group_id,
+        "official_split": official_split,
+        "scene_description": tags.get("scene_description", ""),
+        "decode_error": facts.decode_error,
+        "extras": json.dumps(extras, sort_keys=True),
+    }
+
+
+def file_row(fs: AbstractFileSystem, path: str, config: IngestConfig, **fields: Any) -> dict[str, Any]:
+    """A manifest row for an image file left in place; an unreadable file becomes a decode error."""
+    try:
+        image_bytes = fs.cat_file(path)
+    except OSError as error:
+        facts = ImageFacts(decode_error=f"file unreadable: {type(error).__name__}: {error}")
+        return manifest_row(uri=file_uri(fs, path), sha256="", facts=facts, config=config, **fields)
+    facts = describe_image(image_bytes, config.max_decode_megapixels)
+    return manifest_row(
+        uri=file_uri(fs, path), sha256=hashlib.sha256(image_bytes).hexdigest(), facts=facts, config=config, **fields
+    )
+
+
+def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The rows as a conformed manifest (an empty manifest with its columns when there are none)."""
+    return conform_manifest(pd.DataFrame(rows)) if rows else empty_manifest()

@@ -1,0 +1,58 @@
+"""What the demo data is drawn from: its config, and the object kinds, conditions and size classes it names.
+
+Why procedural data: the real NATIX data (about 10 GB) cannot be fetched on the project's machines, yet every
+pipeline (ingest -> validate -> split -> train -> evaluate -> drift) must run end to end offline. The scenes
+keep the task visual: a positive is marked only by drawn roadwork objects (down to a few pixels after a 224 px
+resize), negatives carry orange look-alikes (hard negatives), and daytime and weather are rendered, not only
+tagged. The names here are what the tests, the slices and the demo pre-training refer to.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ROADWORK_KINDS: tuple[str, ...] = ("cone", "barrier", "sign", "worker", "arrow_board")
+HARD_NEGATIVE_KINDS: tuple[str, ...] = ("orange_car", "autumn_tree", "orange_clothes", "shop_sign")
+DAYTIMES: tuple[str, ...] = ("day", "dusk", "night")
+WEATHERS: tuple[str, ...] = ("clear", "rain", "fog", "snow")
+ENVIRONMENTS: tuple[str, ...] = ("urban", "suburban", "highway", "rural")
+SIZE_CLASSES: tuple[str, ...] = ("large", "medium", "small", "tiny")
+# Largest roadwork object, in pixels after the short image side is resized to 224 (the validator's L0
+# preprocessing). "tiny" objects are only a few pixels there: a whole-image 224 px model loses them.
+SIZE_RANGES_224: dict[str, tuple[float, float]] = {
+    "large": (40.0, 110.0),
+    "medium": (16.0, 40.0),
+    "small": (8.0, 16.0),
+    "tiny": (3.0, 8.0),
+}
+
+
+class DemoDataConfig(BaseModel):
+    """How much demo data to draw, at which size, and from which distribution."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    n_images: int = Field(default=800, ge=1)
+    image_width: int = Field(default=640, ge=96)
+    image_height: int = Field(default=480, ge=96)
+    frames_per_sequence: int = Field(default=4, ge=1)
+    positive_rate: float = Field(default=0.6, ge=0.0, le=1.0)
+    test_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
+    rows_per_shard: int = Field(default=400, ge=1, description="parquet rows per shard file")
+    # "night_fog_city": mostly night and fog, in a city style absent from the unshifted data (drift demos).
+    shift: Literal["none", "night_fog_city"] = "none"
+    # "mapillary": single images (frames_per_sequence is not used) with v2.0 polygons; "roadwork": positives
+    # only (positive_rate is not used), in ROADWork's COCO layout. Each layout draws its own scenes.
+    layout: Literal["natix", "mapillary", "roadwork"] = "natix"
+
+
+def size_class_of(px_224: float) -> str:
+    """Size class of an object whose largest side is ``px_224`` pixels after a 224 px short-side resize."""
+    for name in SIZE_CLASSES:
+        if px_224 >= SIZE_RANGES_224[name][0]:
+            return name
+    return "tiny"
