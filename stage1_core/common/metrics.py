@@ -56,6 +56,8 @@ MetricName = Literal[
     "augrc",
 ]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
+# Errors, losses and calibration gaps: a smaller value is better. Every other metric is a score (higher is better).
+LOWER_IS_BETTER: frozenset[str] = frozenset({"ece", "mce", "ace", "brier", "nll", "aurc", "augrc"})
 
 _CHUNK_ELEMENTS = 2**19  # counts per bootstrap chunk (4 MiB of float64): bounded memory, cache-sized arrays
 _LOG_EPS = np.finfo(np.float64).eps  # probability clipping of the NLL, as scikit-learn's log_loss
@@ -258,6 +260,17 @@ def bootstrap_group_weights(codes: np.ndarray, n_bootstrap: int, seed: int) -> n
     return _count(draws, n_groups)
 
 
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of the named metric is better (scores) or worse (errors, losses, calibration gaps).
+
+    Raises:
+        ValueError: an unknown metric name.
+    """
+    if name not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {name!r}; choose one of {list(METRIC_NAMES)}")
+    return name not in LOWER_IS_BETTER
+
+
 def compute_metrics(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -330,7 +343,8 @@ def paired_bootstrap_difference(
     Both models are scored on the same resamples, so the interval reflects the difference and
     not the two models' separate sampling noise: the comparison a promotion gate needs
     (a candidate ``a`` against the champion ``b``; the interval above 0 means ``a`` is better for
-    metrics where higher is better). ``groups`` as in :func:`compute_metrics`.
+    metrics where higher is better, worse for the others: see :func:`higher_is_better`). ``groups`` as in
+    :func:`compute_metrics`.
 
     Returns:
         (difference, ci_low, ci_high).
