@@ -66,7 +66,7 @@ class TrainConfig(BaseModel):
     trainable_blocks: int = 2
     train_views: Literal["global", "multi"] = "global"
     adapter: AdapterConfig = AdapterConfig()
-    adapter_lr: float = Field(5e-4, gt=0.0, description="learning rate of DoRA / DoRAN parameters")
+    adapter_lr: float = Field(5e-4, gt=0.0, description="learning rate of LoRA / DoRA / DoRAN parameters")
     ema: EmaConfig = EmaConfig()
     top_k_candidates: list[int] = Field(
         [1, 2, 3, 5, 10], description="K values tried on val_select for topk_mean; [] keeps the configured top_k"

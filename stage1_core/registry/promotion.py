@@ -2,9 +2,11 @@
 
 A challenger becomes ``champion`` only when it clears the configured absolute bars and is not
 worse than the current champion on the same val_test images; otherwise it is tagged
-``challenger``. "Not worse" is a paired test: both models score the same images, and the upper
-end of the paired bootstrap interval of MCC(challenger) - MCC(champion) must not be below
-``-max_mcc_drop`` (0 by default: the data must not show the challenger worse).
+``challenger``. "Not worse" is a paired test: both models score the same images, and the paired
+bootstrap interval of the challenger's improvement over the champion on ``comparison_metric`` must
+reach ``-max_mcc_drop`` (0 by default: the data must not show the challenger worse). The improvement
+is metric(challenger) - metric(champion) for scores (MCC, AUROC, ...) and metric(champion) -
+metric(challenger) for errors and losses (ECE, Brier, NLL, AURC, AUGRC, ...), where lower is better.
 
 The champion's predictions come from its registered ONNX model (the exact graph being served),
 run on this run's val_test images. Images the champion was fitted or calibrated on (its
@@ -32,7 +34,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from stage1_core.common.cli import UsageError
 from stage1_core.common.logit_map import VALIDATOR_THRESHOLD
-from stage1_core.common.metrics import METRIC_NAMES, compute_metrics, paired_bootstrap_difference
+from stage1_core.common.metrics import METRIC_NAMES, compute_metrics, higher_is_better, paired_bootstrap_difference
 from stage1_core.common.reports import Report
 from stage1_core.data.images import load_uint8_images
 from stage1_core.data.splits import bootstrap_groups
@@ -50,9 +52,14 @@ class PromotionConfig(BaseModel):
     min_mcc: float = 0.3
     max_ece: float = 0.15
     min_auroc: float = 0.7
-    comparison_metric: str = Field("mcc", description="metric of the paired comparison with the champion")
+    comparison_metric: str = Field(
+        "mcc", description="metric of the paired comparison with the champion; its direction is known (ECE: lower)"
+    )
     max_mcc_drop: float = Field(
-        0.0, ge=0, description="not worse = upper CI bound of (challenger - champion) >= -max_mcc_drop"
+        0.0,
+        ge=0,
+        description="tolerated worsening in comparison_metric's units (named after the default metric): not worse = "
+        "upper CI bound of the challenger's improvement >= -max_mcc_drop",
     )
     n_bootstrap: int = Field(1000, ge=1, description="paired bootstrap resamples of the comparison")
     confidence: float = Field(0.95, gt=0, lt=1)
@@ -284,6 +291,8 @@ def compare_with_champion(
 ) -> ChampionComparison:
     """Paired bootstrap of ``metric(challenger) - metric(champion)`` on val_test images the champion never fitted on.
 
+    "Not worse" reads the interval in the metric's direction (:func:`~stage1_core.common.metrics.higher_is_better`).
+
     Args:
         champion_probabilities: the champion's P(roadwork) on ``evidence``'s images, in order; None when it
             could not be scored (``failure`` says why), which keeps the champion.
@@ -335,13 +344,19 @@ def compare_with_champion(
         return ChampionComparison(
             **base, not_worse=False, reason=f"paired comparison impossible ({error}); the champion stays"
         )
-    not_worse = high >= -config.max_mcc_drop
+    higher = higher_is_better(config.comparison_metric)
+    best_improvement = high if higher else -low  # the upper CI bound of the improvement over the champion
+    not_worse = best_improvement >= -config.max_mcc_drop
     word = "not worse than" if not_worse else "worse than"
+    rule = (
+        f"higher is better: not worse = upper bound >= {0.0 - config.max_mcc_drop:g}"
+        if higher
+        else f"lower is better: not worse = lower bound <= {config.max_mcc_drop:g}"
+    )
     reason = (
         f"{config.comparison_metric} {word} champion v{champion_version}: difference {difference:+.4f}, "
         f"{config.confidence:.0%} paired bootstrap CI [{low:+.4f}, {high:+.4f}] "
-        f"on {int(keep.sum())} images{_resampled(groups)} "
-        f"(not worse = upper bound >= {0.0 - config.max_mcc_drop:g})"
+        f"on {int(keep.sum())} images{_resampled(groups)} ({rule})"
     )
     return ChampionComparison(
         **base,
