@@ -98,7 +98,8 @@ def print_summary(run: PipelineRunResponse) -> None:
     lines = [
         f"\nRun {run.name}: {run.status.value}",
         report.summary_text(),
-        f"Promotion: {decision.registered_model_name} v{decision.version} -> {decision.alias}",
+        f"Promotion: {decision.registered_model_name} v{decision.version} -> "
+        f"{decision.alias or 'no alias (failed the bars)'}",
     ]
     lines += [f"  - {reason}" for reason in decision.reasons]
     lines += [
