@@ -64,3 +64,12 @@ def test_file_url_works_too(tmp_path: Path) -> None:
 def test_unusable_url_names_the_problem(url: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(BackboneLoadError, match=message):
         fetch_backbone(url, tmp_path)
+
+
+def test_a_run_with_an_unusable_backbone_url_stops_before_any_step(
+    demo_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.full_run import main
+
+    assert main(["--data", str(demo_dataset), "--backbone", "memory://no-such-bucket/weights"]) == 2
+    assert "error: backbone memory://no-such-bucket/weights has no config.json" in capsys.readouterr().err
