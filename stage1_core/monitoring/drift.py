@@ -341,7 +341,8 @@ class DriftReport(reports.Report):
             png = base64.b64encode(distributions_png(self.distributions, set(self.drifted_columns))).decode()
             figure = (
                 "<h3>Distributions: reference (blue) and current (orange), share of rows</h3>"
-                f"<img alt='distribution of each compared column' src='data:image/png;base64,{png}'>"
+                "<img alt='distribution of each compared column' style='max-width:100%;height:auto' "
+                f"src='data:image/png;base64,{png}'>"
             )
         return (
             "<html><head><title>Data drift</title></head><body style='font-family:sans-serif'>"
