@@ -20,7 +20,7 @@ from stage1_core.common.atomic_io import atomic_directory, remove_partials
 from stage1_core.data.ingest import dataset_fingerprint, detect_layout
 from stage1_core.data.sources.base import DataLayoutError
 from stage1_core.demo.writers import generate_demo_dataset, generate_fused_demo
-from stage1_core.modeling.backbone import resolve_backbone
+from stage1_core.modeling.backbone import BackboneLoadError, resolve_backbone
 from stage1_core.run.reliability import (
     InsufficientResourcesError,
     RunLockTimeout,
@@ -81,7 +81,10 @@ def prepare_run(settings: RunSettings) -> dict[str, Any]:
     except DataLayoutError as error:
         raise ConfigError(str(error)) from None
     ensure_local_stack()
-    backbone_path = Path(resolve_backbone(config.backbone)).expanduser()
+    try:
+        backbone_path = Path(resolve_backbone(config.backbone)).expanduser()  # a URL's weights: fetched into the cache
+    except BackboneLoadError as error:
+        raise ConfigError(str(error)) from None
     backbone_fingerprint = dataset_fingerprint(backbone_path) if backbone_path.is_dir() else config.backbone
     return {
         "config": config,
@@ -98,7 +101,8 @@ def print_summary(run: PipelineRunResponse) -> None:
     lines = [
         f"\nRun {run.name}: {run.status.value}",
         report.summary_text(),
-        f"Promotion: {decision.registered_model_name} v{decision.version} -> {decision.alias}",
+        f"Promotion: {decision.registered_model_name} v{decision.version} -> "
+        f"{decision.alias or 'no alias (failed the bars)'}",
     ]
     lines += [f"  - {reason}" for reason in decision.reasons]
     lines += [

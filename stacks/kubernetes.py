@@ -1,8 +1,10 @@
-"""Command line of the cluster stacks (run against the deployed ZenML server: ``zenml login URL`` first).
+"""Command line of the cluster stacks: register and schedule against the deployed ZenML server, render offline.
 
 python -m stacks.kubernetes register --config stacks/kubernetes.yaml   # get-or-create the components and the stack
 python -m stacks.kubernetes schedule --config stacks/kubernetes.yaml   # the retrain pipeline on its cron (a CronJob)
-python -m stacks.kubernetes render --config stacks/kubernetes.yaml --out manifests/  # what the orchestrator submits
+python -m stacks.kubernetes render --config stacks/kubernetes.yaml --out manifests/  # what would be built and submitted
+
+``register`` and ``schedule`` need ``zenml login URL`` first; ``render`` needs no server, cluster or Docker daemon.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         client = Client()
         config = load_stack_config(args.config)
-        require_server(config, client)
+        if args.command != "render":
+            require_server(config, client)
         if args.command == "register":
             print(
                 f"stack registered: {register_stack(config, client)}; activate it with `zenml stack set {config.name}`"

@@ -190,7 +190,8 @@ def mlflow_client(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    os.environ["MLFLOW_EXPERIMENT_ID"] = client.create_experiment("promotion-test")
+    artifacts = (tmp_path_factory.mktemp("mlflow-artifacts")).as_uri()  # not MLflow's default, <cwd>/mlruns
+    os.environ["MLFLOW_EXPERIMENT_ID"] = client.create_experiment("promotion-test", artifact_location=artifacts)
     yield client
     del os.environ["MLFLOW_EXPERIMENT_ID"]
     mlflow.set_tracking_uri(None)
