@@ -7,12 +7,15 @@ all before ZenML starts anything.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from zenml.models import PipelineRunResponse
+from zenml.pipelines.pipeline_definition import Pipeline
 from zenml.utils.io_utils import get_global_config_directory
 
 from stacks.local import ensure_local_stack, mlflow_tracking_uri
@@ -39,6 +42,27 @@ def zenml_store_directory() -> Path:
     return Path(get_global_config_directory())
 
 
+def check_zenml_options(settings: RunSettings) -> None:
+    """The run config's top-level keys other than ``parameters`` and ``reliability`` must be ZenML run options.
+
+    ZenML takes them as keyword arguments: a typo (``enable_cahce``) would otherwise end in a TypeError traceback.
+
+    Raises:
+        ConfigError: naming the unknown key and the nearest valid one.
+    """
+    valid = {
+        name
+        for method in (Pipeline.with_options, Pipeline.configure)
+        for name, parameter in inspect.signature(method).parameters.items()
+        if name != "self" and parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    } | {"parameters", "reliability"}
+    for key in settings.zenml_options:
+        if key not in valid:
+            nearest = difflib.get_close_matches(key, sorted(valid), n=1)
+            hint = f"did you mean {nearest[0]!r}?" if nearest else f"valid top-level keys: {', '.join(sorted(valid))}"
+            raise ConfigError(f"{settings.source}: {key}: unknown top-level key; {hint}")
+
+
 @contextmanager
 def exclusive_run(settings: RunSettings) -> Iterator[None]:
     """One run at a time per ZenML store: hold the run lock around prepare + run + summary.
@@ -47,6 +71,7 @@ def exclusive_run(settings: RunSettings) -> Iterator[None]:
     ends (its cached steps then reuse the first one's outputs); after ``reliability.lock_timeout_s`` it stops with a
     :class:`ConfigError` naming the other run. The kernel drops the lock of a killed run, so none is ever stale.
     """
+    check_zenml_options(settings)
     try:
         with run_lock(zenml_store_directory() / LOCK_NAME, settings.reliability.lock_timeout_s):
             yield

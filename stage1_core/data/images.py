@@ -6,12 +6,13 @@ import fsspec
 import pandas as pd
 import torch
 from PIL import Image, ImageOps
-from pydantic import BaseModel
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from stage1_core.common.config import StrictConfig
 
-class AugmentationConfig(BaseModel):
+
+class AugmentationConfig(StrictConfig):
     """Training-time augmentation; colour jitter is off by default (colour is a roadwork cue)."""
 
     scale_min: float = 0.8

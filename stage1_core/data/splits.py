@@ -16,10 +16,11 @@ from enum import StrEnum
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.manifest import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ ALLOWED_SPLITS: dict[Consumer, frozenset[str]] = {
 }
 
 
-class SplitConfig(BaseModel):
+class SplitConfig(StrictConfig):
     """Split fractions (train / val_select / val_calib / val_test), the seed, and how groups are formed."""
 
     fractions: dict[str, float] = {"train": 0.6, "val_select": 0.15, "val_calib": 0.15, "val_test": 0.1}

@@ -25,6 +25,7 @@ from great_expectations.core.expectation_validation_result import ExpectationVal
 from great_expectations.expectations.row_conditions import Column
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.manifest import MANIFEST_COLUMNS
 from stage1_core.common.reports import Report
 
@@ -43,7 +44,7 @@ INGEST_ERROR_CHECK = "ingest_error"
 DATASET_CHECKS = frozenset({SCHEMA_CHECK, NOT_EMPTY_CHECK, CLASS_BALANCE_CHECK})
 
 
-class ValidationConfig(BaseModel):
+class ValidationConfig(StrictConfig):
     """Bounds of the manifest suite; defaults fit NATIX (about 80-90% positives, multi-megapixel JPEGs)."""
 
     min_side: int = Field(64, ge=1, description="smallest accepted width and height, in pixels")

@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.data.images import canvas_transform
 from stage1_core.demo.config import (
     DAYTIMES,
@@ -91,7 +92,7 @@ SCENE_TASKS: dict[str, tuple[str, ...]] = {
 }
 
 
-class PretrainConfig(BaseModel):
+class PretrainConfig(StrictConfig):
     """Recipe of the demo backbone's pre-training."""
 
     seed: int = Field(0, ge=0, description="random init, flips and scene order")

@@ -35,6 +35,7 @@ from scipy.optimize import minimize
 from scipy.special import expit, log_expit, logit, softmax
 from sklearn.model_selection import StratifiedKFold
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.logit_map import VALIDATOR_THRESHOLD, LogitMap, finite_logits
 from stage1_core.common.metrics import (
     as_binary_labels,
@@ -127,7 +128,7 @@ class TemperatureScaler(BaseModel):
         return expit(self.calibrated_logits(logits))
 
 
-class DirichletConfig(BaseModel):
+class DirichletConfig(StrictConfig):
     """ODIR penalty grid searched by stratified k-fold cross-validation (as Kull et al. 2019 choose lambda and mu)."""
 
     odir_lambdas: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
@@ -313,7 +314,7 @@ class ThresholdChoice(BaseModel):
     value_at_default: float  # objective at 0.5
 
 
-class CalibrationConfig(BaseModel):
+class CalibrationConfig(StrictConfig):
     """How ``fit_calibration_policy`` calibrates: temperature bounds, and the threshold objective (None keeps 0.5).
 
     NATIX data are 80-90% roadwork while validator challenges are 50/50: MCC and accuracy optima

@@ -31,6 +31,7 @@ from typing import Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.metrics import as_binary_labels, as_probabilities
 
 ScoreName = Literal["lac", "aps", "raps"]
@@ -44,14 +45,14 @@ class TooFewCalibrationSamples(ValueError):
     """The calibration sample cannot give a finite conformal threshold at this alpha (n < 1/alpha - 1)."""
 
 
-class SCRCConfig(BaseModel):
+class SCRCConfig(StrictConfig):
     """SCRC targets: the share of images to select (stage 1) and the miscoverage allowed among them (stage 2)."""
 
     target_selection_rate: float = Field(0.8, gt=0.0, lt=1.0)
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
 
 
-class ConformalConfig(BaseModel):
+class ConformalConfig(StrictConfig):
     """Miscoverage level, which conformal predictors to fit, RAPS regularisation and the SCRC targets."""
 
     alpha: float = Field(0.1, gt=0.0, lt=1.0)

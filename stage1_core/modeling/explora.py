@@ -34,6 +34,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.modeling.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -50,7 +51,7 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNor
 TOKEN_SUFFIXES: tuple[str, ...] = ("cls_token", "mask_token", "register_tokens")
 
 
-class ExploraConfig(BaseModel):
+class ExploraConfig(StrictConfig):
     """ExPLoRA settings. Defaults are demo-sized (seconds on a CPU); real runs raise steps, crops and heads.
 
     The paper's main configuration is one unfrozen block and LoRA rank 64; DINOv2 itself uses global /

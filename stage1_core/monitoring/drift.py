@@ -34,6 +34,7 @@ from sklearn.decomposition import PCA
 from tqdm import tqdm
 
 from stage1_core.common import reports
+from stage1_core.common.config import StrictConfig
 from stage1_core.data.images import canvas_transform, load_rgb
 from stage1_core.modeling.model import RoadworkClassifier, make_views
 
@@ -56,7 +57,7 @@ VALUE_DRIFT_METRIC = "evidently:metric_v2:ValueDrift"
 DRIFTED_COLUMNS_METRIC = "evidently:metric_v2:DriftedColumnsCount"
 
 
-class ImageFeatureConfig(BaseModel):
+class ImageFeatureConfig(StrictConfig):
     """How appearance features are measured; images are shrunk first since only global statistics are needed."""
 
     max_side: int = Field(256, ge=16, description="longest side, in pixels, an image is shrunk to before measuring")
@@ -129,7 +130,7 @@ def image_features(manifest: pd.DataFrame, config: ImageFeatureConfig | None = N
     return features
 
 
-class DriftConfig(BaseModel):
+class DriftConfig(StrictConfig):
     """Which columns to compare, how Evidently tests them, and when drift means retraining.
 
     Evidently's default categorical test ("chisquare", also used for numeric columns with few

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from transformers import AutoConfig, AutoModel
 
 from stage1_core.common.atomic_io import write_atomic
+from stage1_core.common.config import StrictConfig
 from stage1_core.modeling.backbone import DEMO_CONFIGS, resolve_backbone
 from stage1_core.run.config import RunConfig
 
@@ -144,7 +145,7 @@ def reproducibility_record(seed: int, data_hash: str, config_hash: str) -> Repro
 # ---------------------------------------------------------------------------------------------------- the run lock
 
 
-class ReliabilityConfig(BaseModel):
+class ReliabilityConfig(StrictConfig):
     """How a run guards itself: the run lock's patience and the resource check before it starts."""
 
     lock_timeout_s: float = Field(

@@ -25,9 +25,10 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from stage1_core.common.cli import UsageError
+from stage1_core.common.config import StrictConfig
 from stage1_core.serving.adaptive import AdaptivePolicy
 from stage1_core.serving.bundle import (
     INPUT_NAME,
@@ -46,10 +47,8 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _TRANSPARENT_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
-class PredictorConfig(BaseModel):
+class PredictorConfig(StrictConfig):
     """Input bounds and runtime settings of the predictor."""
-
-    model_config = ConfigDict(extra="forbid")
 
     min_side: int = Field(
         16, ge=1, description="smallest image side accepted, in px (the exported graph's lower bound)"
