@@ -7,8 +7,6 @@ import importlib
 import inspect
 import pkgutil
 import re
-import subprocess
-import sys
 import typing
 from pathlib import Path
 
@@ -23,8 +21,7 @@ from pipelines.launch import check_zenml_options
 from pipelines.retrain import retrain_pipeline
 from stage1_core.run.config import RunConfig
 from stage1_core.run.settings import ConfigError, load_run_config
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.commands import run_module
 
 # Read before the run starts (the demo data is drawn by pipelines.launch) or by the wiring itself (which steps exist).
 NOT_STEP_INPUTS = {"demo", "demo_sources", "ablation", "explora_enabled"}
@@ -88,13 +85,7 @@ def test_a_config_typo_stops_full_run_with_the_key_path_and_the_nearest_key(tmp_
     """The issue's case: ``train: {max_epoch: 40}`` was dropped silently and 8 epochs ran."""
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"parameters": {"train": {"max_epoch": 40}}}))
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.full_run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
+    result = run_module("pipelines.full_run", "--config", str(config))
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr == f"error: {config}: parameters.train.max_epoch: unknown key; did you mean 'max_epochs'?\n"
 
