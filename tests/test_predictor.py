@@ -34,6 +34,7 @@ from stage1_core.serving.predictor import (
     decode_image,
     predict_base64_jpeg,
 )
+from tests.commands import run_module
 
 CALIBRATION = LogitMap.from_temperature(1.5)
 REPO = Path(__file__).resolve().parents[1]
@@ -309,6 +310,16 @@ def test_champion_is_loaded_from_the_mlflow_registry_and_a_missing_one_is_explai
     with pytest.raises(ModelLoadError, match="MLFLOW_TRACKING_URI"):
         load_predictor()
 
+    # --json: stdout carries the JSON alone on the registry-alias path, also when ZenML (which logs to stdout)
+    # is imported to look for a tracking URI and creates its store on the way.
+    scored = run_module("pipelines.predict", str(image), "--tracking-uri", uri, "--json")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert "roadwork-classifier@champion" in json.loads(scored.stdout)["model"]
+    fresh_zenml = {"ZENML_CONFIG_PATH": str(tmp_path / "fresh_zenml"), "MLFLOW_TRACKING_URI": ""}
+    unresolved = run_module("pipelines.predict", str(image), "--json", env=fresh_zenml)
+    assert unresolved.returncode == 2 and "no MLflow tracking URI" in unresolved.stderr
+    assert "global active stack" in unresolved.stderr and unresolved.stdout == "", "ZenML logs to stderr"
+
 
 def test_cli_scores_good_inputs_and_names_each_bad_one(tmp_path, capsys) -> None:
     model = _constant_graph_bundle(
@@ -353,7 +364,9 @@ def test_cli_scores_good_inputs_and_names_each_bad_one(tmp_path, capsys) -> None
     assert set(errors) == set(reasons)
     for name, reason in reasons.items():
         assert reason in errors[name], (name, errors[name])
-    assert [Path(s).name for s in report["skipped"]] == ["README.txt"]
+    assert [(Path(s["source"]).name, s["reason"]) for s in report["skipped"]] == [
+        ("README.txt", "not an image file extension")
+    ]
 
     assert predict_cli.main(arguments) == 1
     out, err = capsys.readouterr()
@@ -407,3 +420,50 @@ def test_broken_adaptive_graphs_serve_in_full_mode_with_a_warning(
     out, err = capsys.readouterr()
     assert f"{broken}/{name}" in caplog.text and "full mode" in caplog.text
     assert "views=10" in out and "(fixed 10-view)" in err
+
+
+def test_every_input_is_reported_scored_failed_or_skipped_and_the_counts_add_up(tmp_path, capsys) -> None:
+    """The inputs that used to vanish: a broken link in a folder, a folder named like an image, hidden entries."""
+    model = _constant_graph_bundle(tmp_path / "model", 1 / 255, 0.0)
+    inputs = tmp_path / "inputs"
+    (inputs / "nested").mkdir(parents=True)
+    (inputs / "good.jpg").write_bytes(_encode(_photo(64, 48), "JPEG"))
+    (inputs / "nested" / "also.png").write_bytes(_encode(_photo(50, 60, seed=1), "PNG"))
+    (inputs / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (inputs / "linked.jpg").symlink_to(inputs / "good.jpg")
+    (inputs / "elsewhere").symlink_to(inputs / "nested", target_is_directory=True)
+    (inputs / ".thumbnail.jpg").write_bytes(b"hidden")
+    (inputs / ".cache").mkdir()
+    (inputs / ".cache" / "x.jpg").write_bytes(b"hidden too")
+    os.mkfifo(inputs / "pipe.jpg")
+    folder_named_like_an_image = tmp_path / "x.jpg"
+    folder_named_like_an_image.mkdir()
+    empty_of_images = tmp_path / "notes"
+    empty_of_images.mkdir()
+    (empty_of_images / "todo.txt").write_text("no images here")
+    named = [str(inputs), str(folder_named_like_an_image), str(empty_of_images), str(tmp_path / "missing.png")]
+
+    assert predict_cli.main([*named, "--model", str(model), "--json"]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    scored = sorted(Path(p["source"]).name for p in report["predictions"])
+    failed = {Path(f["source"]).name: f["error"] for f in report["failures"]}
+    skipped = {Path(s["source"]).name: s["reason"] for s in report["skipped"]}
+    assert scored == ["also.png", "good.jpg", "linked.jpg"]
+    assert failed == {
+        "gone.jpg": f"broken symbolic link to {tmp_path / 'deleted.jpg'}",
+        "x.jpg": "a folder holding no image file to score",
+        "notes": "a folder holding no image file to score",
+        "missing.png": "no such file or folder",
+    }
+    assert skipped == {
+        "elsewhere": "link to a folder (not followed)",
+        ".thumbnail.jpg": "hidden file",
+        ".cache": "hidden folder (not read)",
+        "pipe.jpg": "not a regular file",
+        "todo.txt": "not an image file extension",
+    }
+    assert predict_cli.main([*named, "--model", str(model)]) == 1
+    err = capsys.readouterr().err
+    assert "12 inputs: 3 scored, 4 failed, 5 skipped" in err
+    assert f"FAILED {folder_named_like_an_image}: a folder holding no image file to score" in err

@@ -10,13 +10,15 @@ A script that calls our commands must tell a finding from a mistake from a crash
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 EXIT_OK = 0
 EXIT_FINDING = 1
@@ -38,6 +40,21 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def json_stdout(enabled: bool) -> Iterator[TextIO]:
+    """The stream a command prints its result to; with ``--json`` (``enabled``) stdout carries that JSON alone.
+
+    Everything else written to ``sys.stdout`` meanwhile goes to stderr: ZenML, for one, logs to stdout
+    through a handler it makes when first imported, which happens inside the block.
+    """
+    stdout = sys.stdout
+    if not enabled:
+        yield stdout
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield stdout
 
 
 def crash_log_path(command: str) -> Path:
