@@ -40,6 +40,8 @@ def print_result(result: DataCheckResult) -> None:
         print(pivot.to_string())
     for reason, count in result.reason_counts.items():
         print(f"quarantined for {reason}: {count}")
+    for row_id, reason in result.reason_examples.items():
+        print(f"  e.g. {row_id}: {reason}")
     for reason in result.critical_reasons:
         print(f"CRITICAL: {reason}")
 

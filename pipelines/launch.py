@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from zenml.enums import ExecutionMode
 from zenml.models import PipelineRunResponse
 from zenml.pipelines.pipeline_definition import Pipeline
 from zenml.utils.io_utils import get_global_config_directory
@@ -35,6 +36,10 @@ from stage1_core.run.settings import ConfigError, RunSettings
 
 CONFIGS = Path(__file__).parent / "configs"
 LOCK_NAME = "roadwork-run.lock"
+# One failed or interrupted step ends the run at once and its own exception reaches the command, which maps it onto
+# the exit-code contract. ZenML's default goes on with every step that does not depend on the failed one (an
+# ablation's training after the main training was stopped) and raises a bare RuntimeError at the end.
+EXECUTION_MODE = ExecutionMode.FAIL_FAST
 
 
 def zenml_store_directory() -> Path:

@@ -26,7 +26,7 @@ from zenml.execution.pipeline.dynamic.run_context import DynamicPipelineRunConte
 from zenml.models import PipelineRunResponse
 
 from pipelines.drift_reference import find_reference
-from pipelines.launch import CONFIGS, exclusive_run, prepare_run, print_summary
+from pipelines.launch import CONFIGS, EXECUTION_MODE, exclusive_run, prepare_run, print_summary
 from pipelines.train_and_gate import LIBRARY_AWARE_CACHE, MODEL_DESCRIPTION, MODEL_NAME, train_and_gate
 from stacks.local import mlflow_tracking_uri
 from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
@@ -73,6 +73,7 @@ def discard_model_version() -> None:
     depends_on=[adapt_backbone, train_model],
     model=Model(name=MODEL_NAME, description=MODEL_DESCRIPTION),
     cache_policy=LIBRARY_AWARE_CACHE,
+    execution_mode=EXECUTION_MODE,
 )
 def retrain_pipeline(
     config: RunConfig,

@@ -32,6 +32,10 @@ class UsageError(Exception):
     """A user's mistake (usage, path, layout, config, model): the message names it and says what to do; exit 2."""
 
 
+class Finding(Exception):
+    """The job ran and found a problem in what it was given (validation critical, a split without a class): exit 1."""
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Log lines on stderr; third-party chatter above warnings only.
 
@@ -66,14 +70,18 @@ def crash_log_path(command: str) -> Path:
 def run_command(command: str, main: Callable[[], int]) -> int:
     """Run a command's body and map its outcome onto the exit-code contract.
 
-    ``main`` returns 0 or 1; a :class:`UsageError` becomes exit 2 with its message; anything else
-    is an internal error: exit 3, one line on stderr, the traceback in :func:`crash_log_path`.
+    ``main`` returns 0 or 1; a :class:`Finding` becomes exit 1 and a :class:`UsageError` exit 2, each with its
+    message on one line; anything else is an internal error: exit 3, one line on stderr, the traceback in
+    :func:`crash_log_path`.
     """
     try:
         return main()
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Finding as error:
+        print(f"found: {error}", file=sys.stderr)
+        return EXIT_FINDING
     except Exception as error:  # noqa: BLE001 - the contract: any other failure is reported as an internal error, never a bare traceback
         log = crash_log_path(command)
         log.write_text(traceback.format_exc())

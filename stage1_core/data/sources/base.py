@@ -187,6 +187,34 @@ def file_row(fs: AbstractFileSystem, path: str, config: IngestConfig, **fields: 
     )
 
 
+UNREADABLE_FILE = "unreadable_file"  # extras key of a row standing for (part of) a source file that cannot be read
+
+
+def unreadable_row(
+    *, row_id: str, source: str, uri: str, official_split: str, problem: str, config: IngestConfig, whole_file: bool
+) -> dict[str, Any]:
+    """A manifest row standing for what a source file held but could not be read (a corrupt shard, a COCO file
+    without images, an image entry without a file name): validation quarantines it with ``problem`` as its
+    reason, so it is counted and named instead of stopping the ingest of the readable files around it.
+
+    Args:
+        whole_file: the row stands for (part of) a file that cannot be read, not for one bad entry: how many
+            images such a file held is unknown, so validation makes it critical.
+    """
+    return manifest_row(
+        row_id=row_id,
+        source=source,
+        uri=uri,
+        sha256="",
+        facts=ImageFacts(),
+        label=-1,
+        group_id=row_id,
+        official_split=official_split,
+        config=config,
+        extras={"ingest_error": problem} | ({UNREADABLE_FILE: uri} if whole_file else {}),
+    )
+
+
 def manifest_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """The rows as a conformed manifest (an empty manifest with its columns when there are none)."""
     return conform_manifest(pd.DataFrame(rows)) if rows else empty_manifest()
