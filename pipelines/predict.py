@@ -25,8 +25,9 @@ from PIL import Image
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from stage1_core.common.cli import EXIT_FINDING, EXIT_OK, configure_logging, json_stdout, run_command
-from stage1_core.registry.champion import CHAMPION, load_predictor, load_registered_model
+from stage1_core.common.cli import EXIT_FINDING, EXIT_OK, configure_logging, run_printing_command, writable_folder
+from stage1_core.common.config import config_from_options
+from stage1_core.registry.champion import CHAMPION, load_predictor, load_registered_model, looks_like_a_path
 from stage1_core.serving.predictor import BadImageError, Prediction, PredictorConfig, decode_image
 
 IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
@@ -200,18 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.inputs and args.save_bundle is None:
         parser.error("give images or folders to score, or --save-bundle DIR")
     configure_logging(logging.WARNING)
-    with json_stdout(args.json) as stdout:
-        return run_command("predict", lambda: _predict(args, stdout))
+    return run_printing_command("predict", lambda stdout: _predict(args, stdout), args.json)
 
 
 def _predict(args: argparse.Namespace, stdout: TextIO) -> int:
     """The command's body: score (or save the bundle), print the report, return 0 or 1."""
-    tracking_uri = None if Path(args.model).expanduser().exists() else _tracking_uri(args.tracking_uri)
+    tracking_uri = None if looks_like_a_path(args.model) else _tracking_uri(args.tracking_uri)
     if args.save_bundle is not None:
+        writable_folder(args.save_bundle.parent, "--save-bundle")
         exported, origin = load_registered_model(args.model, tracking_uri=tracking_uri)
         print(f"{origin} written to {exported.save(args.save_bundle)}", file=stdout)
         return EXIT_OK
-    config = PredictorConfig(max_pixels=args.max_pixels, min_side=args.min_side, mode=args.mode)
+    config = config_from_options(PredictorConfig, max_pixels=args.max_pixels, min_side=args.min_side, mode=args.mode)
     predictor = load_predictor(args.model, tracking_uri=tracking_uri, config=config)
     inputs = expand_inputs(args.inputs)
     failures = list(inputs.failures)

@@ -7,9 +7,12 @@ find them and change nothing. Run it directly with ``python -m stacks.local``.
 from __future__ import annotations
 
 import logging
+import sys
 
 from zenml.client import Client
 from zenml.enums import StackComponentType
+
+from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,16 @@ def mlflow_tracking_uri(client: Client | None = None) -> str:
     return tracker.get_tracking_uri() if tracker else ""
 
 
+def main() -> int:
+    """Command line: register (if missing) and activate the local stack."""
+    configure_logging()
+
+    def register() -> int:
+        print(f"active stack: {ensure_local_stack()}")
+        return EXIT_OK
+
+    return run_command("stacks.local", register)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    print(f"active stack: {ensure_local_stack()}")
+    sys.exit(main())

@@ -11,6 +11,7 @@ A script that calls our commands must tell a finding from a mistake from a crash
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import signal
@@ -95,6 +96,39 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def writable_folder(folder: Path, option: str) -> Path:
+    """Check, before any work, that ``folder`` can be written (or created): not after minutes of it.
+
+    Nothing is created: the nearest existing folder on the path is tried with a temporary file (a write tried,
+    not permission bits read: root passes those, a read-only mount does not).
+
+    Raises:
+        UsageError: the folder cannot be written or created, named with the option that gave it.
+    """
+    existing = folder.expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {folder}: {existing} is a file, not a folder; pick a writable folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(f"{option} {folder}: cannot write there ({error.strerror}); pick a writable folder") from None
+    return folder
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (argparse turns the error into its usage message, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 @contextlib.contextmanager
 def json_stdout(enabled: bool) -> Iterator[TextIO]:
     """The stream a command prints its result to; with ``--json`` (``enabled``) stdout carries that JSON alone.
@@ -142,3 +176,10 @@ def run_command(command: str, main: Callable[[], int]) -> int:
             f"internal error: {type(error).__name__}: {error} (traceback in {log}; please report it)", file=sys.stderr
         )
         return EXIT_INTERNAL
+
+
+def run_printing_command(command: str, main: Callable[[TextIO], int], json_output: bool) -> int:
+    """:func:`run_command` for a command that prints its result to the stream ``main`` is given: with ``--json``
+    (``json_output``) that stream is stdout and carries the JSON alone (:func:`json_stdout`)."""
+    with json_stdout(json_output) as out:
+        return run_command(command, lambda: main(out))

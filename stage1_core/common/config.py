@@ -12,7 +12,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -46,6 +46,25 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ConfigFileError(f"{path}: the top level must be a mapping of keys, not a {type(document).__name__}")
     return document
+
+
+class OptionsError(UsageError, ValueError):
+    """Command-line options that make an invalid config (a negative size, an unknown choice...)."""
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def config_from_options(model: type[ConfigT], **values: Any) -> ConfigT:
+    """A config built from a command's options; an invalid value is a usage error (exit 2) naming the field.
+
+    Raises:
+        OptionsError: one line with every problem (see :func:`describe_config_error`).
+    """
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        raise OptionsError(f"invalid options: {describe_config_error(error, model)}") from None
 
 
 class StrictConfig(BaseModel):

@@ -66,7 +66,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
-from stage1_core.common.config import StrictConfig
+from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
+from stage1_core.common.config import OptionsError, StrictConfig, config_from_options
 from stage1_core.data.images import canvas_transform
 from stage1_core.demo.config import (
     DAYTIMES,
@@ -239,7 +240,7 @@ def check_fresh_pool(config: PretrainConfig, earlier_stages: Sequence[PretrainSt
     for number, stage in enumerate(earlier_stages, start=1):
         if first <= stage.chunk_seeds[1] and stage.chunk_seeds[0] <= last:
             next_free_seed = max(s.chunk_seeds[1] for s in earlier_stages) + 1
-            raise ValueError(
+            raise OptionsError(
                 f"the pool's generator seeds {first}..{last} overlap those of stage {number} "
                 f"({stage.chunk_seeds[0]}..{stage.chunk_seeds[1]}) "
                 f"of {config.base_backbone!r}: pass --stream-seed-start {next_free_seed}"
@@ -812,7 +813,7 @@ def save_pretrained_demo(backbone: PreTrainedModel, summary: ScenePretrainSummar
     return out_dir
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m stage1_core.demo.pretrain OUT_DIR [--seed S] [--steps N] [--minutes M] ...``."""
     defaults = PretrainConfig()
     parser = argparse.ArgumentParser(description="Pre-train the dinov2-demo backbone on a stream of generated scenes.")
@@ -858,8 +859,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--log-every", type=int, default=defaults.log_every)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = PretrainConfig(
+    configure_logging()
+    return run_command("demo.pretrain", lambda: _pretrain(args, argv))
+
+
+def _pretrain(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    config = config_from_options(
+        PretrainConfig,
         seed=args.seed,
         steps=args.steps,
         max_minutes=args.minutes,
@@ -874,7 +880,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tiles_per_scene=args.tiles_per_scene,
         image_width=args.image_size[0],
         image_height=args.image_size[1],
-        multiview=MultiViewConfig(view_size=args.view_size),
+        multiview={"view_size": args.view_size},
         probe_images=args.probe_images,
         num_workers=args.num_workers,
         log_every=args.log_every,
@@ -886,7 +892,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.info("held-out probe: %s", json.dumps(summary.probe))
     save_pretrained_demo(model.backbone, summary, args.out_dir)
     logger.info("backbone, summary, curves and model card written to %s", args.out_dir)
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_NAME = "p_roadwork"
 TILES_INPUTS = ("canvas", "global_features")  # the tiles graph's inputs, in order
+IMAGE_TYPE = "tensor(uint8)"  # what the image input of model.onnx and global_view.onnx takes
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 ENGINE_FILE = "model_fp16.engine"
@@ -190,6 +191,11 @@ def checked_session(
     found = tuple(node.name for node in session.get_inputs())
     if found != inputs:
         raise ModelLoadError(f"{origin}: a graph with inputs {list(found)}, expected {list(inputs)}; {REWRITE_BUNDLE}")
+    image_types = {node.type for node in session.get_inputs() if node.name == INPUT_NAME}
+    if image_types - {IMAGE_TYPE}:
+        raise ModelLoadError(
+            f"{origin}: its {INPUT_NAME!r} input is {image_types.pop()}, expected {IMAGE_TYPE}; {REWRITE_BUNDLE}"
+        )
     return session
 
 
