@@ -301,6 +301,7 @@ class ExportedModel:
         self.metadata = metadata
         self.adaptive = adaptive
         self.tensorrt_engine = tensorrt_engine
+        self.adaptive_error: str | None = None  # why a bundle's adaptive files were present but not loaded
 
     def save(self, directory: Path) -> Path:
         """Write the bundle folder: what ``load``, the predictor and the materializer read.
@@ -330,14 +331,17 @@ class ExportedModel:
         directory = Path(directory)
         metadata = read_metadata(directory / METADATA_FILE, ExportMetadata)
         onnx_bytes = read_graph(directory / MODEL_FILE)
-        adaptive = None
+        adaptive, adaptive_error = None, None
         if AdaptiveExport.present(directory):
             try:
                 adaptive = AdaptiveExport.load(directory)
             except ModelLoadError as error:
+                adaptive_error = str(error)
                 logger.warning("%s; serving without the adaptive graphs (full mode)", error)
         engine = (directory / ENGINE_FILE).read_bytes() if (directory / ENGINE_FILE).is_file() else None
-        return cls(onnx_bytes, metadata, adaptive, engine)
+        exported = cls(onnx_bytes, metadata, adaptive, engine)
+        exported.adaptive_error = adaptive_error
+        return exported
 
     def summary(self) -> dict[str, float | int | str | bool]:
         """Flat figures for artifact and step metadata.

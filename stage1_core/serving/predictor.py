@@ -157,7 +157,7 @@ class Predictor:
             except ModelLoadError as error:
                 logger.warning("%s; serving the fixed %d-view graph (full mode)", error, self.metadata.views_per_image)
                 adaptive = None
-        elif self.config.mode == "adaptive":
+        elif self.config.mode == "adaptive" and exported.adaptive_error is None:  # a broken one was named already
             logger.warning(
                 "%s has no adaptive graphs (exported before they existed?): serving the fixed %d-view graph",
                 origin or "the model",
