@@ -35,7 +35,6 @@ result is ``stage1_core/demo/weights/dinov2-demo``, which the demo name ``dinov2
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -54,7 +53,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import matthews_corrcoef
@@ -68,6 +66,7 @@ from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
 from stage1_core.common.config import OptionsError, StrictConfig, config_from_options
+from stage1_core.common.images import decode_rgb
 from stage1_core.data.images import canvas_transform
 from stage1_core.demo.config import (
     DAYTIMES,
@@ -327,7 +326,7 @@ def view_targets(
 def _sample(
     frame: DrawnFrame, config: PretrainConfig, transform: torch.nn.Module, patch_grid: int, flip: bool
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    canvas = transform(Image.open(io.BytesIO(frame.jpeg)).convert("RGB"))
+    canvas = transform(decode_rgb(frame.jpeg))
     if flip:
         canvas = canvas.flip(-1)
     views, mask, patches = view_targets(frame, config, patch_grid, flip)
@@ -613,9 +612,7 @@ def _probe_features(
     features, logits = [], []
     model.eval()
     for start in tqdm(range(0, len(frames), batch_size), desc="probe features", unit="batch", leave=False):
-        images = torch.stack(
-            [transform(Image.open(io.BytesIO(f.jpeg)).convert("RGB")) for f in frames[start : start + batch_size]]
-        )
+        images = torch.stack([transform(decode_rgb(f.jpeg)) for f in frames[start : start + batch_size]])
         view_features, _ = model.features(images)
         features.append(view_features[:, 0].numpy())
         logits.append(aggregate_view_logits(model.roadwork(view_features)[..., 0], model.multiview).numpy())
