@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 import tempfile
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from stage1_core.common.cli import EXIT_OK, configure_logging, positive_int, run_printing_command
 from stage1_core.common.metrics import compute_metrics
 from stage1_core.demo.config import SIZE_CLASSES, DemoDataConfig
 from stage1_core.demo.writers import generate_demo_dataset
@@ -68,12 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("bundle", type=Path, help="exported model folder (model.onnx, metadata.json, ...)")
-    parser.add_argument("--images", type=int, default=1500, help="scenes to draw (default 1500)")
+    parser.add_argument("--images", type=positive_int, default=1500, help="scenes to draw (default 1500)")
     parser.add_argument(
         "--seed", type=int, default=777, help="generator seed (default 777: no pipeline config uses it)"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
+    configure_logging(logging.WARNING)
+    return run_printing_command("benchmarks.demo_heldout", lambda out: _benchmark(args, out), args.json)
+
+
+def _benchmark(args: argparse.Namespace, out: TextIO) -> int:
+    Predictor.from_bundle(args.bundle)  # a bundle that cannot be served is named before minutes of drawing
     with tempfile.TemporaryDirectory(prefix="demo-heldout-") as directory:
         scenes = draw_scenes(Path(directory), args.images, args.seed)
     results = {mode: score(args.bundle, scenes, mode) for mode in ("full", "adaptive")}
@@ -81,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             json.dumps(
                 {"images": len(scenes), "positive_rate": float(scenes["label"].mean()), "seed": args.seed, **results}
-            )
+            ),
+            file=out,
         )
-        return 0
+        return EXIT_OK
     print(
         f"{len(scenes)} held-out demo scenes (seed {args.seed}, one frame each, "
         f"{scenes['label'].mean():.0%} roadwork), threshold 0.5, 95% bootstrap CI"
@@ -104,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{size:<10}{positives.get(size, 0):>8}"
             + "".join(f"{results[mode][f'recall_{size}']:>10.2f}" for mode in results)
         )
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

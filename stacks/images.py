@@ -34,6 +34,8 @@ from zenml.pipelines.build_utils import prune_snapshot_before_build
 from zenml.stack import Stack
 from zenml.utils.pipeline_docker_image_builder import PipelineDockerImageBuilder
 
+from stage1_core.common.config import StrictConfig
+
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = REPO / "pyproject.toml"
 DOCKERFILE = Path(__file__).with_name("Dockerfile.cuda")
@@ -51,10 +53,8 @@ CUDA_CHECK = (
 RUNTIME_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-class ImageConfig(BaseModel):
+class ImageConfig(StrictConfig):
     """The pipeline image: its CUDA base (the parent image's build argument) and the project extras installed."""
-
-    model_config = ConfigDict(extra="forbid")
 
     cuda_image: str = Field(
         DEFAULT_CUDA_IMAGE,

@@ -17,7 +17,7 @@ from zenml.client import Client
 
 from stacks.manifests import render_manifests
 from stacks.remote import load_stack_config, prepared_scheduled_pipeline, register_stack, require_server
-from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
+from stage1_core.common.cli import EXIT_OK, configure_logging, run_command, writable_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({config.orchestrator}); list with `zenml pipeline schedule list`"
             )
         else:
+            writable_folder(args.out, "--out")
             for path in render_manifests(config, client, args.out):
                 print(path)
         return EXIT_OK

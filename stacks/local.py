@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from mlflow.entities import LifecycleStage, ViewType
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from zenml.client import Client
 from zenml.enums import StackComponentType
 from zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker import LOCAL_MLFLOW_ARTIFACTS_DIRECTORY
+
+from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,16 @@ def mlflow_tracking_uri(client: Client | None = None) -> str:
     return tracker.get_tracking_uri() if tracker else ""
 
 
+def main() -> int:
+    """Command line: register (if missing) and activate the local stack."""
+    configure_logging()
+
+    def register() -> int:
+        print(f"active stack: {ensure_local_stack()}")
+        return EXIT_OK
+
+    return run_command("stacks.local", register)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    print(f"active stack: {ensure_local_stack()}")
+    sys.exit(main())

@@ -25,10 +25,9 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from croniter import croniter
 from kubernetes.utils import parse_quantity
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from zenml.client import Client
 from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 from zenml.config.resource_settings import ResourceSettings
@@ -39,6 +38,7 @@ from zenml.pipelines.pipeline_definition import Pipeline
 
 from stacks.images import ImageConfig, docker_settings
 from stage1_core.common.cli import UsageError
+from stage1_core.common.config import ConfigFileError, StrictConfig, describe_config_error, read_yaml_mapping
 from stage1_core.data.sources.config import IngestConfig
 from stage1_core.modeling.backbone import PRETRAINED_DEMOS, is_url
 from stage1_core.run.config import RunConfig
@@ -63,7 +63,7 @@ class StackConfigError(UsageError, ValueError):
     """
 
 
-class ClusterConfig(BaseModel):
+class ClusterConfig(StrictConfig):
     """Where the pipeline pods run."""
 
     context: str = Field(description="kubeconfig context of the cluster (`kubectl config get-contexts`)")
@@ -90,7 +90,7 @@ class ClusterConfig(BaseModel):
         return minor
 
 
-class ArtifactStoreConfig(BaseModel):
+class ArtifactStoreConfig(StrictConfig):
     """An S3-compatible bucket (AWS S3, MinIO, Ceph...)."""
 
     path: str = Field(description="s3://bucket/prefix")
@@ -105,7 +105,7 @@ class ArtifactStoreConfig(BaseModel):
         return path
 
 
-class ContainerRegistryConfig(BaseModel):
+class ContainerRegistryConfig(StrictConfig):
     """Where built images are pushed and pulled from."""
 
     uri: str = Field(description="e.g. registry.example.com/roadwork")
@@ -120,28 +120,28 @@ class ContainerRegistryConfig(BaseModel):
     )
 
 
-class ImageBuilderConfig(BaseModel):
+class ImageBuilderConfig(StrictConfig):
     """Kaniko builds inside the cluster (no Docker daemon needed here); `local` builds with this machine's Docker."""
 
     flavor: Literal["kaniko", "local"] = "kaniko"
     namespace: str = "zenml-kaniko"
 
 
-class MlflowConfig(BaseModel):
+class MlflowConfig(StrictConfig):
     """The MLflow tracking server, also the model registry."""
 
     tracking_uri: str = Field(description="https://mlflow.example.com")
     credentials_secret: str | None = Field(None, description="ZenML secret with username and password (basic auth)")
 
 
-class PodResources(BaseModel):
+class PodResources(StrictConfig):
     """Requests and limits of a pod (Kubernetes quantity strings)."""
 
     cpu: str = "2"
     memory: str = "8Gi"
 
 
-class GpuConfig(BaseModel):
+class GpuConfig(StrictConfig):
     """GPU steps: the GPU request, and where such pods may land."""
 
     steps: list[str] = Field(
@@ -161,7 +161,7 @@ class GpuConfig(BaseModel):
     )
 
 
-class ScheduleConfig(BaseModel):
+class ScheduleConfig(StrictConfig):
     """The retraining cron.
 
     The Kubernetes orchestrator turns it into a batch/v1 CronJob, Kubeflow into a recurring run.
@@ -215,7 +215,7 @@ class ScheduleConfig(BaseModel):
         return self.cron
 
 
-class KubeflowConfig(BaseModel):
+class KubeflowConfig(StrictConfig):
     """Where Kubeflow Pipelines runs (the Kubeflow variant)."""
 
     host: str | None = Field(
@@ -227,7 +227,7 @@ class KubeflowConfig(BaseModel):
     )
 
 
-class RemoteStackConfig(BaseModel):
+class RemoteStackConfig(StrictConfig):
     """One cluster stack, as written in stacks/kubernetes.yaml or stacks/kubeflow.yaml."""
 
     name: str = "roadwork-k8s"
@@ -261,10 +261,11 @@ def load_stack_config(path: Path) -> RemoteStackConfig:
     if not path.is_file():
         raise StackConfigError(f"stack config {path} does not exist (start from stacks/kubernetes.yaml)")
     try:
-        return RemoteStackConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+        return RemoteStackConfig.model_validate(read_yaml_mapping(path))
+    except ConfigFileError as error:
+        raise StackConfigError(str(error)) from None
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors())
-        raise StackConfigError(f"{path}: {problems}") from None
+        raise StackConfigError(f"{path}: {describe_config_error(error, RemoteStackConfig)}") from None
 
 
 def _pod_settings(config: RemoteStackConfig, resources: PodResources, *, gpu: bool = False) -> dict[str, Any]:

@@ -45,6 +45,8 @@ from pydantic import BaseModel, ConfigDict
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from stage1_core.common.config import StrictConfig
+
 logger = logging.getLogger(__name__)
 
 MetricName = Literal[
@@ -73,7 +75,7 @@ _CHUNK_ELEMENTS = 2**19  # counts per bootstrap chunk (4 MiB of float64): bounde
 _LOG_EPS = np.finfo(np.float64).eps  # probability clipping of the NLL, as scikit-learn's log_loss
 
 
-class MetricsConfig(BaseModel):
+class MetricsConfig(StrictConfig):
     """How metrics and their intervals are computed: bootstrap resamples, interval level, calibration bins, seed."""
 
     n_bootstrap: int = 1000

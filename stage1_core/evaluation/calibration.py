@@ -40,6 +40,7 @@ from scipy.special import expit, log_expit, logit, softmax
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.logit_map import VALIDATOR_THRESHOLD, LogitMap, finite_logits
 from stage1_core.common.metrics import (
     as_binary_labels,
@@ -132,7 +133,7 @@ class TemperatureScaler(BaseModel):
         return expit(self.calibrated_logits(logits))
 
 
-class DirichletConfig(BaseModel):
+class DirichletConfig(StrictConfig):
     """ODIR penalty grid searched by stratified k-fold cross-validation (as Kull et al. 2019 choose lambda and mu).
 
     Every (lambda, mu) pair of the grid is searched. The paper's deep-network experiments search lambda over
@@ -140,8 +141,6 @@ class DirichletConfig(BaseModel):
     still moves on a calibration split of a few hundred images (below 1e-3 the penalty changes the map by
     less than 1e-3 in a, b and c; above 10 it pins a and c near 0).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     odir_lambdas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
     odir_mus: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -356,7 +355,7 @@ class ThresholdChoice(BaseModel):
     value_at_default: float  # objective at 0.5
 
 
-class CalibrationConfig(BaseModel):
+class CalibrationConfig(StrictConfig):
     """How ``fit_calibration_policy`` calibrates: temperature bounds, and the threshold objective (None keeps 0.5).
 
     NATIX data are 80-90% roadwork while validator challenges are 50/50: MCC and accuracy optima

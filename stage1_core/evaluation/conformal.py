@@ -45,6 +45,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import binom
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.metrics import as_binary_labels, as_probabilities
 
 ScoreName = Literal["lac", "aps", "raps"]
@@ -61,11 +62,9 @@ class TooFewCalibrationSamples(ValueError):
 RAPS_LAMBDA_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 0.2, 0.5)  # the RAPS reference code's pick_lamda_size
 
 
-class SCRCConfig(BaseModel):
+class SCRCConfig(StrictConfig):
     """SCRC-I targets: the share of images to select (stage 1), the miscoverage allowed among them (stage 2), and
     delta, the probability over calibration draws that either target is missed (each bounded by delta)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     target_selection_rate: float = Field(0.8, gt=0.0, lt=1.0)
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
@@ -74,10 +73,8 @@ class SCRCConfig(BaseModel):
     )
 
 
-class ConformalConfig(BaseModel):
+class ConformalConfig(StrictConfig):
     """Miscoverage level, which conformal predictors to fit, RAPS regularisation and the SCRC targets."""
-
-    model_config = ConfigDict(extra="forbid")
 
     alpha: float = Field(0.1, gt=0.0, lt=1.0)
     predictors: tuple[PredictorName, ...] = ("lac", "aps", "aps_randomized", "raps")

@@ -31,16 +31,17 @@ from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.modeling.backbone import lora_target_modules, transformer_blocks
 
 logger = logging.getLogger(__name__)
 
 
-class AdapterConfig(BaseModel):
+class AdapterConfig(StrictConfig):
     """Which adapter fine-tunes the backbone's Q and V projections (``none``: head and trainable blocks only;
     ``lora`` with ``trainable_blocks: 0``: ExPLoRA's parameter-efficient supervised stage)."""
 

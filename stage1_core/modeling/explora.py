@@ -46,13 +46,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.modeling.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -75,15 +76,13 @@ MASK_MIN_ASPECT = 0.3
 SINKHORN_ITERATIONS = 3  # DINOv2's sinkhorn_knopp_teacher
 
 
-class ExploraConfig(BaseModel):
+class ExploraConfig(StrictConfig):
     """ExPLoRA settings. Recipe values default to the published ones (``src`` in each description:
     ExPLoRA = arXiv 2406.10973; ssl = the ``ssl_default_config.yaml`` shipped with ExPLoRA's code, equal to
     DINOv2's; train.py / masking.py / param_groups.py = DINOv2's code). Budget values (steps, batch) are
     small so that a default run takes seconds on a CPU; a real run raises them (DINOv2's recipe: 100 epochs
     of 1250 iterations at 1024 images). Schedules are fractions of ``max_steps`` (DINOv2: epochs of 100).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     unfrozen_blocks: int = Field(1, ge=0, description="last blocks trained fully (src ExPLoRA: 1, sometimes 2)")
     lora_rank: int = Field(64, ge=1, description="LoRA rank on Q and V of every other block (src ExPLoRA: 64)")

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.data.fusion import FusionConfig, FusionSummary, sampling_weights, summarize
 from stage1_core.data.images import AugmentationConfig, ManifestImageDataset, canvas_transform
 from stage1_core.data.splits import Consumer, LeakageError, take_split
@@ -43,7 +44,7 @@ def seed_per_epoch(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-class EmaConfig(BaseModel):
+class EmaConfig(StrictConfig):
     """EMA of the weights (Polyak averaging; the ``decay`` warms up as in timm's ModelEmaV2, so short runs are not
     dominated by the initial weights). The averaged weights are the ones validated, selected and returned."""
 
@@ -53,7 +54,7 @@ class EmaConfig(BaseModel):
     )
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StrictConfig):
     """Supervised training settings (the plan's safe defaults: dropout in the head, wd 0.01, smoothing 0.1)."""
 
     max_epochs: int = 8

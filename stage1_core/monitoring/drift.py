@@ -36,6 +36,7 @@ from sklearn.decomposition import PCA
 from tqdm import tqdm
 
 from stage1_core.common import reports
+from stage1_core.common.config import StrictConfig
 from stage1_core.data.images import canvas_transform, load_rgb
 from stage1_core.modeling.model import RoadworkClassifier, make_views
 from stage1_core.monitoring.distributions import ColumnDistribution, column_distributions, distributions_png
@@ -61,7 +62,7 @@ SUMMARY_FILE = "drift_summary.html"  # static: readable without JavaScript
 EVIDENTLY_FILE = "drift.html"  # Evidently's interactive report
 
 
-class ImageFeatureConfig(BaseModel):
+class ImageFeatureConfig(StrictConfig):
     """How appearance features are measured; images are shrunk first since only global statistics are needed."""
 
     max_side: int = Field(256, ge=16, description="longest side, in pixels, an image is shrunk to before measuring")
@@ -134,7 +135,7 @@ def image_features(manifest: pd.DataFrame, config: ImageFeatureConfig | None = N
     return features
 
 
-class DriftConfig(BaseModel):
+class DriftConfig(StrictConfig):
     """Which columns to compare, how Evidently tests them, and when drift means retraining.
 
     Evidently's default categorical test ("chisquare", also used for numeric columns with few

@@ -146,6 +146,11 @@ def load_registered_model(
     return exported, f"{name}@{alias} (v{version.version}, {uri})"
 
 
+def looks_like_a_path(model: str) -> bool:
+    """Whether ``model`` names a bundle folder (it exists, or has a path's shape) rather than a registry alias."""
+    return Path(model).expanduser().exists() or os.sep in model or model.startswith((".", "~"))
+
+
 def load_predictor(
     model: str = CHAMPION, *, tracking_uri: str | None = None, config: PredictorConfig | None = None
 ) -> Predictor:
@@ -153,7 +158,7 @@ def load_predictor(
     path = Path(model).expanduser()
     if path.exists():
         return Predictor.from_bundle(path, config)
-    if os.sep in model or model.startswith("."):
+    if looks_like_a_path(model):
         raise ModelLoadError(f"{model}: no such model bundle folder")
     exported, origin = load_registered_model(model, tracking_uri=tracking_uri)
     return Predictor(exported, config, origin=origin)

@@ -36,6 +36,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field, field_validator
 
 from stage1_core.common.cli import UsageError
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.logit_map import VALIDATOR_THRESHOLD
 from stage1_core.common.metrics import METRIC_NAMES, compute_metrics, higher_is_better, paired_bootstrap_difference
 from stage1_core.common.reports import Report
@@ -56,7 +57,7 @@ from stage1_core.serving.predictor import ModelLoadError, Predictor, PredictorCo
 logger = logging.getLogger(__name__)
 
 
-class PromotionConfig(BaseModel):
+class PromotionConfig(StrictConfig):
     """Registry name, the absolute bars a model must clear, and the paired comparison with the champion."""
 
     registered_model_name: str = REGISTERED_MODEL_NAME

@@ -10,23 +10,27 @@ stays small; building the graphs is ``export.py``'s job.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime
-from pydantic import BaseModel, ConfigDict
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stage1_core.common.atomic_io import atomic_directory
 from stage1_core.common.logit_map import LogitMap
 from stage1_core.serving.adaptive import AdaptiveOutcome, AdaptivePolicy, run_adaptive
+from stage1_core.serving.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "p_roadwork"
+TILES_INPUTS = ("canvas", "global_features")  # the tiles graph's inputs, in order
+IMAGE_TYPE = "tensor(uint8)"  # what the image input of model.onnx and global_view.onnx takes
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 ENGINE_FILE = "model_fp16.engine"
@@ -118,6 +122,83 @@ def _plain_bound(bound: float) -> float | str:
     return bound if np.isfinite(bound) else "never"
 
 
+REWRITE_BUNDLE = (
+    "restore the bundle from the export step's output, or write it again "
+    "(python -m pipelines.predict --model champion --save-bundle DIR)"
+)
+# What ONNX Runtime raises for bytes that are no loadable model (plain Exception subclasses, not RuntimeError).
+ONNXRUNTIME_LOAD_ERRORS: tuple[type[Exception], ...] = (
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.InvalidGraph,
+    ort_errors.InvalidProtobuf,
+    ort_errors.NoSuchFile,
+    ort_errors.NotImplemented,
+    ort_errors.RuntimeException,
+)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def read_metadata(path: Path, model: type[ModelT]) -> ModelT:
+    """A bundle's JSON file as its pydantic model.
+
+    Raises:
+        ModelLoadError: the file is missing, unreadable, not JSON, or not this model (the first problem named).
+    """
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except OSError as error:
+        raise ModelLoadError(f"{path}: cannot be read ({error.strerror or error}); {REWRITE_BUNDLE}") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        problem = f"{where}: {first['msg']}" if where else first["msg"]
+        raise ModelLoadError(f"{path}: not a valid {model.__name__} ({problem}); {REWRITE_BUNDLE}") from None
+
+
+def read_graph(path: Path) -> bytes:
+    """An ONNX graph file's bytes (checked for what can be checked without parsing: present and not empty).
+
+    Raises:
+        ModelLoadError: the file is missing, unreadable or empty.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ModelLoadError(f"{path}: cannot be read ({error.strerror or error}); {REWRITE_BUNDLE}") from None
+    if not data:
+        raise ModelLoadError(f"{path}: empty file (0 bytes); {REWRITE_BUNDLE}")
+    return data
+
+
+def checked_session(
+    onnx_bytes: bytes, origin: str, inputs: tuple[str, ...], threads: int | None = None
+) -> onnxruntime.InferenceSession:
+    """A CPU session of a bundle graph whose input names are ``inputs``.
+
+    Raises:
+        ModelLoadError: the bytes are no ONNX model ONNX Runtime can load (truncated, corrupt), or one with
+            other inputs (not this project's graph); the message names ``origin``.
+    """
+    try:
+        session = cpu_session(onnx_bytes, threads)
+    except ONNXRUNTIME_LOAD_ERRORS as error:
+        reason = str(error).split(" : ")[-1].strip().rstrip(".")
+        raise ModelLoadError(
+            f"{origin}: not a loadable ONNX model ({reason}; truncated or corrupt?); {REWRITE_BUNDLE}"
+        ) from None
+    found = tuple(node.name for node in session.get_inputs())
+    if found != inputs:
+        raise ModelLoadError(f"{origin}: a graph with inputs {list(found)}, expected {list(inputs)}; {REWRITE_BUNDLE}")
+    image_types = {node.type for node in session.get_inputs() if node.name == INPUT_NAME}
+    if image_types - {IMAGE_TYPE}:
+        raise ModelLoadError(
+            f"{origin}: its {INPUT_NAME!r} input is {image_types.pop()}, expected {IMAGE_TYPE}; {REWRITE_BUNDLE}"
+        )
+    return session
+
+
 def cpu_session(onnx_bytes: bytes, threads: int | None = None) -> onnxruntime.InferenceSession:
     """A CPU ONNX Runtime session; ``threads`` bounds its intra-op threads (None: ONNX Runtime's default).
 
@@ -141,9 +222,15 @@ def cpu_session(onnx_bytes: bytes, threads: int | None = None) -> onnxruntime.In
 class AdaptiveSessions:
     """The two graphs in ONNX Runtime, run as adaptive serving (or both passes for every image, for fitting)."""
 
-    def __init__(self, global_onnx: bytes, tiles_onnx: bytes, threads: int | None = None) -> None:
-        self.global_session = cpu_session(global_onnx, threads)
-        self.tiles_session = cpu_session(tiles_onnx, threads)
+    def __init__(self, global_onnx: bytes, tiles_onnx: bytes, threads: int | None = None, origin: str = "") -> None:
+        """Start both sessions; ``origin`` (the bundle folder) names the files in errors.
+
+        Raises:
+            ModelLoadError: a graph ONNX Runtime cannot load, or one with other inputs.
+        """
+        prefix = f"{origin}/" if origin else ""
+        self.global_session = checked_session(global_onnx, f"{prefix}{GLOBAL_FILE}", (INPUT_NAME,), threads)
+        self.tiles_session = checked_session(tiles_onnx, f"{prefix}{TILES_FILE}", TILES_INPUTS, threads)
 
     def global_pass(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(global-view features, calibrated global-view P, canvas) of a uint8 ``[B, 3, H, W]`` batch."""
@@ -151,7 +238,7 @@ class AdaptiveSessions:
         return global_features, p_global, canvas
 
     def tiles_pass(self, canvas: np.ndarray, global_features: np.ndarray) -> np.ndarray:
-        return self.tiles_session.run(None, {"canvas": canvas, "global_features": global_features})[0]
+        return self.tiles_session.run(None, dict(zip(TILES_INPUTS, (canvas, global_features), strict=True)))[0]
 
     def predict(self, images: np.ndarray, policy: AdaptivePolicy) -> tuple[np.ndarray, np.ndarray]:
         """P(roadwork) and views used per image of a uint8 ``[B, 3, H, W]`` batch."""
@@ -185,11 +272,16 @@ class AdaptiveExport:
 
     @classmethod
     def load(cls, directory: Path) -> AdaptiveExport:
-        metadata = AdaptiveMetadata.model_validate(json.loads((directory / ADAPTIVE_FILE).read_text()))
-        return cls((directory / GLOBAL_FILE).read_bytes(), (directory / TILES_FILE).read_bytes(), metadata)
+        """Read the three files.
 
-    def sessions(self, threads: int | None = None) -> AdaptiveSessions:
-        return AdaptiveSessions(self.global_onnx, self.tiles_onnx, threads)
+        Raises:
+            ModelLoadError: ``adaptive.json`` is unreadable or invalid, or a graph file cannot be read.
+        """
+        metadata = read_metadata(directory / ADAPTIVE_FILE, AdaptiveMetadata)
+        return cls(read_graph(directory / GLOBAL_FILE), read_graph(directory / TILES_FILE), metadata)
+
+    def sessions(self, threads: int | None = None, origin: str = "") -> AdaptiveSessions:
+        return AdaptiveSessions(self.global_onnx, self.tiles_onnx, threads, origin)
 
 
 class ExportedModel:
@@ -209,6 +301,7 @@ class ExportedModel:
         self.metadata = metadata
         self.adaptive = adaptive
         self.tensorrt_engine = tensorrt_engine
+        self.adaptive_error: str | None = None  # why a bundle's adaptive files were present but not loaded
 
     def save(self, directory: Path) -> Path:
         """Write the bundle folder: what ``load``, the predictor and the materializer read.
@@ -227,11 +320,28 @@ class ExportedModel:
 
     @classmethod
     def load(cls, directory: Path) -> ExportedModel:
-        """Read a bundle folder; the adaptive graphs and the engine are optional."""
-        metadata = ExportMetadata.model_validate(json.loads((directory / METADATA_FILE).read_text()))
-        adaptive = AdaptiveExport.load(directory) if AdaptiveExport.present(directory) else None
+        """Read a bundle folder; the adaptive graphs and the engine are optional.
+
+        Broken adaptive files leave the bundle without its adaptive path (a warning says which file and why):
+        the fixed multi-view model still serves every image.
+
+        Raises:
+            ModelLoadError: ``model.onnx`` or ``metadata.json`` is missing, unreadable or invalid (named).
+        """
+        directory = Path(directory)
+        metadata = read_metadata(directory / METADATA_FILE, ExportMetadata)
+        onnx_bytes = read_graph(directory / MODEL_FILE)
+        adaptive, adaptive_error = None, None
+        if AdaptiveExport.present(directory):
+            try:
+                adaptive = AdaptiveExport.load(directory)
+            except ModelLoadError as error:
+                adaptive_error = str(error)
+                logger.warning("%s; serving without the adaptive graphs (full mode)", error)
         engine = (directory / ENGINE_FILE).read_bytes() if (directory / ENGINE_FILE).is_file() else None
-        return cls((directory / MODEL_FILE).read_bytes(), metadata, adaptive, engine)
+        exported = cls(onnx_bytes, metadata, adaptive, engine)
+        exported.adaptive_error = adaptive_error
+        return exported
 
     def summary(self) -> dict[str, float | int | str | bool]:
         """Flat figures for artifact and step metadata.
