@@ -53,6 +53,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from stage1_core.data.images import LoaderConfig
 from stage1_core.modeling.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -163,6 +164,9 @@ class ExploraConfig(BaseModel):
         "teacher", description="which backbone is returned; DINO / DINOv2 evaluate the teacher"
     )
     log_every_steps: int = Field(10, ge=1)
+    loader: LoaderConfig = Field(
+        LoaderConfig(), description="decoding workers, pinned memory, prefetch (multi-crop augmentation is CPU work)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExploraConfig:
@@ -678,6 +682,7 @@ def run_explora(
             shuffle=True,
             drop_last=True,
             generator=torch.Generator().manual_seed(config.seed),
+            **config.loader.dataloader_options(),
         )
         logger.info(
             "ExPLoRA: %d/%d backbone params trainable (%.2f%%), LoRA on %d modules, unfrozen %s; crops %d/%d px",
