@@ -90,16 +90,19 @@ def clamp_unit(image: torch.Tensor) -> torch.Tensor:
 def canvas_transform(canvas_size: int, augmentation: AugmentationConfig | None) -> v2.Compose:
     """PIL image -> float tensor ``[3, S, S]`` in [0, 1]; random crops etc. only when ``augmentation`` is given.
 
-    Resizing happens on the float tensor (bilinear, antialiased), the same operation the exported
-    ONNX graph performs, so training, evaluation and serving see the same pixels.
+    The resize (bilinear, antialiased: the operation the exported ONNX graph performs on floats) runs on the
+    8-bit pixels before they become floats: 9x faster for a 2 MP photo on a 604 px canvas, 17 ms instead of
+    163 + 238 ms (resize + float conversion) for 12 MP on one core, and within 1/255 of the float resize
+    (PyTorch's uint8 kernel rounds once). ``stage1_core.common.draft`` states the tolerance of the whole fast
+    path (drafted decode + this resize) against a full decode resized as the served graph does.
     """
-    to_float = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    to_float = [v2.ToDtype(torch.float32, scale=True)]
     if augmentation is None:
-        return v2.Compose([*to_float, v2.Resize((canvas_size, canvas_size), antialias=True), v2.Lambda(clamp_unit)])
+        return v2.Compose([v2.PILToTensor(), v2.Resize((canvas_size, canvas_size), antialias=True), *to_float])
     steps: list = [
-        *to_float,
+        v2.PILToTensor(),
         v2.RandomResizedCrop(canvas_size, scale=(augmentation.scale_min, augmentation.scale_max), antialias=True),
-        v2.Lambda(clamp_unit),
+        *to_float,
     ]
     if augmentation.horizontal_flip:
         steps.append(v2.RandomHorizontalFlip())
