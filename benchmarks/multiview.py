@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from benchmarks.inference import process_rss_mb, reset_peak_rss
+from benchmarks.memory import process_rss_mb, reset_peak_rss
 from stage1_core.modeling.backbone import load_backbone
 from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier, make_views
 from stage1_core.modeling.training import set_trainable_blocks
