@@ -13,9 +13,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModel
 
+from stage1_core.modeling.adapters import add_adapters
 from stage1_core.modeling.backbone import published_config
 from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
-from stage1_core.modeling.training import set_trainable_blocks
+from stage1_core.modeling.training import TrainConfig, set_trainable_blocks
 
 # NVIDIA H100 SXM5 datasheet: 989.4 TFLOPS dense BF16 tensor-core peak (1,979 with 2:4 sparsity); H100 PCIe 756.
 H100_BF16_DENSE_TFLOPS = 989.4
@@ -24,24 +25,24 @@ H100_BF16_DENSE_TFLOPS = 989.4
 ASSUMED_UTILISATION = 0.4
 
 
-def classifier_flops(name: str, view_size: int, *, views: str, training: bool, trainable_blocks: int = 2) -> float:
-    """FLOPs for one image: the forward over its views (``views``: "multi" = global + 3x3 tiles, "global" = the
-    global view alone), plus, for a training step, the backward with the head and the last ``trainable_blocks``
-    blocks trained (-1: all); gradients flow back only as far as the lowest trained block, as autograd decides."""
-    multiview = MultiViewConfig(view_size=view_size, aggregation="topk_mean" if views == "multi" else "global_only")
+def classifier_flops(name: str, multiview: MultiViewConfig, train: TrainConfig | None = None) -> float:
+    """FLOPs for one image: the forward over its views, plus, with ``train``, the backward of a training step set
+    up as :func:`~stage1_core.modeling.training.train_classifier` sets it up (trainable blocks, adapters, global or
+    all views); gradients flow back only as far as the lowest trained parameter, as autograd decides."""
+    if train is not None and train.train_views == "global":
+        multiview = multiview.model_copy(update={"aggregation": "global_only"})
     with torch.device("meta"):
         model = RoadworkClassifier(
             AutoModel.from_config(published_config(name), attn_implementation="sdpa"),
             ClassifierConfig(multiview=multiview),
         )
         canvas = torch.rand(1, 3, multiview.canvas_size, multiview.canvas_size)
-    if training:
-        set_trainable_blocks(model, trainable_blocks)
-        model.train()
-    else:
-        model.eval()
+        if train is not None:
+            set_trainable_blocks(model, train.trainable_blocks)
+            model.backbone = add_adapters(model.backbone, train.adapter, train.trainable_blocks)
+    model.train(train is not None)
     with FlopCounterMode(display=False) as counter:
-        if training:
+        if train is not None:
             model(canvas).sum().backward()
         else:
             with torch.no_grad():

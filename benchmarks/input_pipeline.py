@@ -43,10 +43,12 @@ from stage1_core.data.images import canvas_transform
 from stage1_core.demo.config import DemoDataConfig
 from stage1_core.demo.writers import generate_demo_dataset
 from stage1_core.modeling.model import MultiViewConfig, make_views, resize_to_canvas
+from stage1_core.modeling.training import TrainConfig
 
 DEFAULT_DECODER = "pil_draft"  # what ManifestImageDataset / UnlabeledImageDataset run
 REFERENCE = "pil_full_float_resize"
 FED_ARCHITECTURE = "dinov2-vitb14"
+FED_TRAINING = TrainConfig(train_views="multi")  # all 10 views, the last 2 blocks and the head trained
 
 
 class DecoderRun(BaseModel):
@@ -66,7 +68,7 @@ class FeedEstimate(BaseModel):
 
     architecture: str
     size: str
-    stage: str  # inference (10 views, forward) or training (10 views, forward + backward of the last 2 blocks)
+    stage: str  # inference (10 views, forward) or training (FED_TRAINING: 10 views, last 2 blocks trained)
     gflops_per_image: float
     gpu_images_per_second: float
     cpu_images_per_second_per_core: float
@@ -178,8 +180,9 @@ def measure(size: str, data: list[bytes], config: MultiViewConfig) -> list[Decod
 def feed_estimates(runs: list[DecoderRun], view_size: int) -> list[FeedEstimate]:
     """Cores to feed one H100 with ViT-B/14 multi-view at its compute rate, per photo size and stage."""
     estimates = []
-    for stage, training in (("inference", False), ("training", True)):
-        flops = classifier_flops(FED_ARCHITECTURE, view_size, views="multi", training=training)
+    multiview = MultiViewConfig(view_size=view_size)
+    for stage, train in (("inference", None), ("training", FED_TRAINING)):
+        flops = classifier_flops(FED_ARCHITECTURE, multiview, train)
         gpu_rate = images_per_second(flops)
         for run in runs:
             if run.decoder == DEFAULT_DECODER:
