@@ -5,9 +5,9 @@ one training run costs on one H100.
 [--stages inference train explora export] [--config pipelines/configs/gpu.yaml] [--utilisation 0.4]``
 
 Each architecture (a released DINOv2 / DINOv3 configuration at random init: ``load_backbone("<name>-random")``)
-runs in a fresh process, stage after stage, on the recipe of ``--config`` (its classifier views, its train and
-explora sections, with the batch cut to ``--images``), with the resident-memory high-water mark reset before
-each stage:
+runs each stage in a fresh process, on the recipe of ``--config`` (its classifier views, its train and explora
+sections, with the batch cut to ``--images``); peak memory is the process's resident high-water mark during the
+stage (weights, activations, optimiser state; imports excluded from the growth column):
 
 - ``inference``: the multi-view forward (global view + 3x3 tiles) of ``--images`` canvases;
 - ``train``: one optimisation step as the recipe trains (adapters, trainable blocks, global or all views);
@@ -230,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     names = args.names + (LARGE_NAMES if args.large else [])
     runs = []
     for name in names:
-        command = [sys.executable, "-m", "benchmarks.architectures", "--measure", name, "--config", str(args.config)]
-        command += ["--images", str(args.images), "--stages", *args.stages]
-        child = subprocess.run(command, check=True, capture_output=True, text=True)
-        runs += [StageRun.model_validate(item) for item in json.loads(child.stdout.strip().splitlines()[-1])]
+        for stage in args.stages:  # a fresh process per stage: no stage inherits the memory another freed
+            command = ["-m", "benchmarks.architectures", "--measure", name, "--config", str(args.config)]
+            command += ["--images", str(args.images), "--stages", stage]
+            child = subprocess.run([sys.executable, *command], check=True, capture_output=True, text=True)
+            runs += [StageRun.model_validate(item) for item in json.loads(child.stdout.strip().splitlines()[-1])]
     costs = cost_table(runs, config, args.utilisation) if args.cost else []
     if args.json:
         print(json.dumps({"runs": [run.model_dump() for run in runs], "cost": [row.model_dump() for row in costs]}))

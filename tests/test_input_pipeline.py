@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from stage1_core.common.draft import (
@@ -115,3 +116,19 @@ def test_decoding_workers_yield_the_batches_of_one_process(real_resolution_photo
         )
     }
     assert batches[0].shape == (len(manifest), 3, 224, 224) and torch.equal(batches[0], batches[2])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG)")
+def test_gpu_decoder_canvas_stays_within_the_stated_tolerance(real_resolution_photos: dict[str, Path]) -> None:
+    """Batched nvJPEG (torchvision, orientation applied) resized on the GPU, against the full decode on the CPU."""
+    paths = _photos(real_resolution_photos["4032x3024"])
+    encoded = [torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8) for path in paths]
+    decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device="cuda", apply_exif_orientation=True)
+    bounds = (CANVAS_MEAN_TOLERANCE, CANVAS_P999_TOLERANCE, CANVAS_MAX_TOLERANCE)
+    for path, pixels in zip(paths, decoded, strict=True):
+        gpu = resize_to_canvas(pixels.unsqueeze(0).float() / 255.0, 604)[0].cpu()
+        full = v2.functional.pil_to_tensor(load_rgb(str(path))).unsqueeze(0).float() / 255.0
+        difference = (gpu - resize_to_canvas(full, 604)[0]).abs().flatten()
+        stats = (float(difference.mean()), float(torch.quantile(difference[::3], 0.999)), float(difference.max()))
+        assert all(value <= bound for value, bound in zip(stats, bounds, strict=True)), (path.name, stats)

@@ -159,3 +159,22 @@ def test_onnx_export_at_224_keeps_parity(small_backbone) -> None:
     parity = exported.metadata.parity[0]
     assert parity.passed and parity.max_abs_diff <= 1e-4, (name, parity)
     assert exported.metadata.canvas_size == model.config.multiview.canvas_size == 604
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bf16, SDPA)")
+def test_bf16_training_step_on_cuda_at_224(small_backbone) -> None:
+    """ViT-S of each family on the GPU: a bf16 multi-view step with LoRA on every block, as configs/gpu.yaml trains."""
+    name, _ = small_backbone
+    model = _classifier(load_backbone(f"{name}{RANDOM_SUFFIX}", seed=0)).cuda()
+    set_trainable_blocks(model, 0)
+    model.backbone = add_adapters(model.backbone, AdapterConfig(method="lora", rank=8), 0).cuda()
+    side = model.config.multiview.canvas_size
+    canvas = torch.rand(4, 3, side, side, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(canvas)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), torch.tensor([0.0, 1.0, 0.0, 1.0], device="cuda"))
+    loss.backward()
+    assert torch.isfinite(loss) and all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in adapter_parameters(model.backbone)
+    )
