@@ -15,7 +15,7 @@ from stage1_core.demo.writers import generate_demo_dataset
 SMALL = DemoDataConfig(n_images=40, seed=6, image_width=128, image_height=96, frames_per_sequence=2)
 
 
-@pytest.mark.parametrize("source", ["natix", "mapillary", "roadwork"])
+@pytest.mark.parametrize("source", ["natix", "mapillary", "roadwork", "folder"])
 def test_writes_a_split_manifest_and_prints_its_counts(
     source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -32,6 +32,8 @@ def test_writes_a_split_manifest_and_prints_its_counts(
     printed = capsys.readouterr().out
     assert f"ingested {SMALL.n_images} = valid {SMALL.n_images} + quarantined 0" in printed
     assert source in printed and "train" in printed and "val_select" in printed
+    sizes = manifest["split_group"].value_counts().value_counts().sort_index()
+    assert f"split groups (rows per group -> groups): {dict(sizes.items())}" in printed
     assert not quarantine_path(out).exists()
 
 

@@ -14,7 +14,13 @@ from pydantic import BaseModel
 from stage1_core.common.atomic_io import atomic_file
 from stage1_core.data.ingest import ingest
 from stage1_core.data.sources.config import IngestConfig
-from stage1_core.data.splits import SplitConfig, assign_splits, check_groups_within_one_split
+from stage1_core.data.splits import (
+    SPLIT_GROUP_COLUMN,
+    SplitConfig,
+    assign_splits,
+    check_groups_within_one_split,
+    group_size_distribution,
+)
 from stage1_core.data.validation import DataValidationError, ValidationConfig, ValidationResult, validate_manifest
 
 
@@ -27,6 +33,7 @@ class DataCheckResult(BaseModel):
     critical_reasons: list[str]
     reason_counts: dict[str, int]
     counts: dict[str, int]  # "split/label/source" -> images
+    group_sizes: dict[int, int] = {}  # rows per split group -> number of groups (near-duplicates and sequences)
 
 
 def quarantine_path(out: Path) -> Path:
@@ -74,4 +81,5 @@ def run_data_check(
         critical_reasons=report.critical_reasons,
         reason_counts=report.reason_counts,
         counts={f"{row.split}/{row.label}/{row.source}": int(row.images) for row in counts.itertuples()},
+        group_sizes=group_size_distribution(split_manifest[SPLIT_GROUP_COLUMN]) if len(split_manifest) else {},
     )
