@@ -18,7 +18,8 @@ the figure is per core. Side by side, each with its canvas distance from the pat
   GPU; only where CUDA is present, and per batch, not per core: the CPU only reads the files.
 
 Last, the CPU cores it takes to feed one H100 with ViT-B/14 multi-view images at ``ASSUMED_UTILISATION`` of its
-BF16 peak, for inference and for a training step (FLOPs counted by ``benchmarks.flops``), with the default decoder.
+BF16 peak, for inference and for a training step of ``pipelines/configs/gpu.yaml`` (FLOPs counted by
+``benchmarks.flops``), with the default decoder.
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ from stage1_core.data.images import canvas_transform
 from stage1_core.demo.config import DemoDataConfig
 from stage1_core.demo.writers import generate_demo_dataset
 from stage1_core.modeling.model import MultiViewConfig, make_views, resize_to_canvas
-from stage1_core.modeling.training import TrainConfig
+from stage1_core.run.settings import load_run_config
 
 DEFAULT_DECODER = "pil_draft"  # what ManifestImageDataset / UnlabeledImageDataset run
 REFERENCE = "pil_full_float_resize"
 FED_ARCHITECTURE = "dinov2-vitb14"
-FED_TRAINING = TrainConfig(train_views="multi")  # all 10 views, the last 2 blocks and the head trained
+RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "gpu.yaml"  # its train: section
 
 
 class DecoderRun(BaseModel):
@@ -68,7 +69,7 @@ class FeedEstimate(BaseModel):
 
     architecture: str
     size: str
-    stage: str  # inference (10 views, forward) or training (FED_TRAINING: 10 views, last 2 blocks trained)
+    stage: str  # inference (10 views, forward) or training (a step of the gpu.yaml recipe: LoRA, 10 views)
     gflops_per_image: float
     gpu_images_per_second: float
     cpu_images_per_second_per_core: float
@@ -181,7 +182,7 @@ def feed_estimates(runs: list[DecoderRun], view_size: int) -> list[FeedEstimate]
     """Cores to feed one H100 with ViT-B/14 multi-view at its compute rate, per photo size and stage."""
     estimates = []
     multiview = MultiViewConfig(view_size=view_size)
-    for stage, train in (("inference", None), ("training", FED_TRAINING)):
+    for stage, train in (("inference", None), ("training", load_run_config(RECIPE).config.train)):
         flops = classifier_flops(FED_ARCHITECTURE, multiview, train)
         gpu_rate = images_per_second(flops)
         for run in runs:
