@@ -46,6 +46,7 @@ from sklearn.metrics import matthews_corrcoef
 from transformers import AutoModel, Dinov2Config
 
 from benchmarks.command import run_benchmark
+from benchmarks.memory import process_rss_mb, reset_peak_rss
 from stage1_core.common.cli import configure_logging, positive_int
 from stage1_core.common.logit_map import LogitMap
 from stage1_core.demo.config import DemoDataConfig
@@ -144,26 +145,6 @@ def fit_head(model: RoadworkClassifier, images: list[np.ndarray], labels: np.nda
     with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(probe.coef_).float())
         linear.bias.copy_(torch.from_numpy(probe.intercept_).float())
-
-
-def process_rss_mb(field: str) -> float | None:
-    """This process's ``VmRSS`` (now) or ``VmHWM`` (peak) in MB from /proc; None where /proc is absent."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset the resident-memory high-water mark (Linux >= 4.0); False where it cannot be reset."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 class _Timings:

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from benchmarks.command import run_benchmark
-from benchmarks.inference import process_rss_mb, reset_peak_rss
+from benchmarks.memory import process_rss_mb, reset_peak_rss
 from stage1_core.common.cli import configure_logging, positive_int
 from stage1_core.modeling.backbone import load_backbone
 from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier, make_views

@@ -39,6 +39,8 @@ def print_result(result: DataCheckResult) -> None:
             margins_name="all",
         )
         print(pivot.to_string())
+    if result.group_sizes:
+        print(f"split groups (rows per group -> groups): {result.group_sizes}; largest {max(result.group_sizes)} rows")
     for reason, count in result.reason_counts.items():
         print(f"quarantined for {reason}: {count}")
     for row_id, reason in result.reason_examples.items():

@@ -39,3 +39,25 @@ def demo_dataset(session_dir: Path) -> Path:
 def demo_manifest(demo_dataset: Path, session_dir: Path) -> pd.DataFrame:
     """The demo dataset ingested into the unified manifest."""
     return ingest(IngestConfig(path=str(demo_dataset), image_store=str(session_dir / "image_store")))
+
+
+@pytest.fixture(scope="session")
+def real_resolution_photos(session_dir: Path) -> dict[str, Path]:
+    """Demo photos as cameras save them, in the folder layout: 1920x1080 and 4032x3024, half of them progressive,
+    half stored turned with an EXIF Orientation tag (6 of each size; about 10 s to render)."""
+    return {
+        size: generate_demo_dataset(
+            session_dir / f"photos_{size}",
+            DemoDataConfig(
+                n_images=6,
+                seed=7,
+                image_width=int(size.split("x")[0]),
+                image_height=int(size.split("x")[1]),
+                layout="folder",
+                frames_per_sequence=1,
+                progressive_share=0.5,
+                exif_orientation_share=0.5,
+            ),
+        )
+        for size in ("1920x1080", "4032x3024")
+    }

@@ -20,7 +20,7 @@ from stage1_core.demo.writers import generate_demo_dataset
 SMALL = DemoDataConfig(n_images=40, seed=6, image_width=128, image_height=96, frames_per_sequence=2)
 
 
-@pytest.mark.parametrize(("source", "exit_code"), [("natix", 0), ("mapillary", 0), ("roadwork", 1)])
+@pytest.mark.parametrize(("source", "exit_code"), [("natix", 0), ("mapillary", 0), ("roadwork", 1), ("folder", 0)])
 def test_writes_a_split_manifest_and_prints_its_counts(
     source: str, exit_code: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -38,6 +38,8 @@ def test_writes_a_split_manifest_and_prints_its_counts(
     printed = capsys.readouterr().out
     assert f"ingested {SMALL.n_images} = valid {SMALL.n_images} + quarantined 0" in printed
     assert source in printed and "train" in printed and "val_select" in printed
+    sizes = manifest["split_group"].value_counts().value_counts().sort_index()
+    assert f"split groups (rows per group -> groups): {dict(sizes.items())}" in printed
     assert not quarantine_path(out).exists()
 
 

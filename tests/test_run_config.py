@@ -1,5 +1,6 @@
 """One definition of the run config: every section reaches the steps that read it, through one pipeline parameter;
-every config model refuses unknown keys, and a typo names its key path and the nearest valid key."""
+every config model refuses unknown keys, and a typo names its key path and the nearest valid key. The shipped run
+configs validate, and the GPU and cluster runs share one recipe, not the demo's."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from stage1_core.run.config import RunConfig
 from stage1_core.run.settings import ConfigError, load_run_config
 from tests.commands import run_module
 
+CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 # Read before the run starts (the demo data is drawn by pipelines.launch) or by the wiring itself (which steps exist).
 NOT_STEP_INPUTS = {"demo", "demo_sources", "ablation", "explora_enabled"}
 
@@ -125,3 +127,19 @@ def test_a_typo_in_zenml_options_or_a_broken_yaml_is_one_line(tmp_path: Path) ->
         config.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(expected)):
             check_zenml_options(load_run_config(config))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_run_config_validates(path: Path) -> None:
+    assert load_run_config(path).config is not None
+
+
+def test_gpu_and_cluster_runs_share_the_published_recipe() -> None:
+    gpu, cluster, demo = (
+        load_run_config(CONFIGS / name).config for name in ("gpu.yaml", "cluster.yaml", "default.yaml")
+    )
+    assert gpu.explora == cluster.explora and gpu.train == cluster.train, "configs/gpu.yaml and cluster.yaml drifted"
+    assert gpu.classifier == cluster.classifier
+    assert (gpu.explora.lora_rank, gpu.explora.head_out_dim, gpu.explora.n_local_crops) == (64, 65536, 8)
+    assert gpu.explora.max_steps >= 100 * demo.explora.max_steps, "no demo budget in a real run"
+    assert gpu.classifier.multiview.view_size == 224 and gpu.classifier.multiview.canvas_size == 604

@@ -12,6 +12,7 @@ from stage1_core.data.splits import (
     assign_splits,
     check_groups_within_one_split,
     check_split_classes,
+    group_size_distribution,
     near_duplicate_clusters,
     near_duplicate_pairs,
     split_groups,
@@ -99,6 +100,25 @@ def test_near_duplicates_and_sequences_merge_transitively() -> None:
     assert split_groups(manifest, max_distance=None).tolist() == manifest["group_id"].tolist()
     reordered = split_groups(manifest.iloc[::-1], max_distance=4)
     assert reordered.sort_index().equals(groups.sort_index())
+
+
+def test_a_chain_of_look_alikes_does_not_become_one_giant_group() -> None:
+    """12 street scenes, each 6 bits from the next (as look-alike scenes are), 6-12-18... bits from the others:
+    linked pair by pair (connected components) they were one group of 12; star clusters keep each group
+    within 6 bits of its centre."""
+    manifest = _manifest(n_groups=12, frames=1)
+    chain = int(manifest.loc[0, "phash"], 16)
+    for row in range(1, 12):
+        chain ^= ((1 << 6) - 1) << (6 * (row - 1) % 60)  # 6 new bits each step
+        manifest.loc[row, "phash"] = f"{chain:016x}"
+    groups = split_groups(manifest, max_distance=6)
+    assert groups.value_counts().max() <= 3, group_size_distribution(groups)
+    values = manifest["phash"].map(lambda value: int(value, 16))
+    for _, members in values.groupby(groups):
+        assert any(all(bin(centre ^ other).count("1") <= 6 for other in members) for centre in members), (
+            "every group has a member within the bound of all the others"
+        )
+    assert sum(size * count for size, count in group_size_distribution(groups).items()) == 12
 
 
 def test_a_near_duplicate_cluster_lands_in_one_split() -> None:

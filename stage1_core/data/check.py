@@ -15,11 +15,13 @@ from stage1_core.common.atomic_io import atomic_file
 from stage1_core.data.ingest import ingest
 from stage1_core.data.sources.config import IngestConfig
 from stage1_core.data.splits import (
+    SPLIT_GROUP_COLUMN,
     SplitClassError,
     SplitConfig,
     assign_splits,
     check_groups_within_one_split,
     check_split_classes,
+    group_size_distribution,
 )
 from stage1_core.data.validation import DataValidationError, ValidationConfig, ValidationResult, validate_manifest
 
@@ -34,6 +36,7 @@ class DataCheckResult(BaseModel):
     reason_counts: dict[str, int]
     reason_examples: dict[str, str]  # row id -> reason, for the first row of each distinct first reason
     counts: dict[str, int]  # "split/label/source" -> images
+    group_sizes: dict[int, int] = {}  # rows per split group -> number of groups (near-duplicates and sequences)
 
 
 def quarantine_path(out: Path) -> Path:
@@ -97,4 +100,5 @@ def run_data_check(
         reason_counts=report.reason_counts,
         reason_examples=reason_examples(result.quarantine),
         counts={f"{row.split}/{row.label}/{row.source}": int(row.images) for row in counts.itertuples()},
+        group_sizes=group_size_distribution(split_manifest[SPLIT_GROUP_COLUMN]) if len(split_manifest) else {},
     )

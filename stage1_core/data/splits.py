@@ -3,7 +3,9 @@
 A sequence of near-duplicate frames must sit in one split only, otherwise val/test scores
 measure memorisation. Sequences come from the source (``group_id``); near-duplicates the source
 does not know about (re-uploads, re-encodes, the same corner shot twice) are found by perceptual
-hash distance and merged with the sequences into one ``split_group`` per connected component.
+hash distance, gathered into star clusters (every member within the distance bound of the cluster's
+centre, so look-alike street scenes linked pair by pair cannot chain into one giant group) and merged
+with the sequences into one ``split_group`` per connected component.
 Each downstream use reads its split through :func:`take_split`, which refuses any other split, so
 leakage is an error at the point of use, not a silent bias.
 """
@@ -101,6 +103,31 @@ def near_duplicate_pairs(phashes: np.ndarray, max_distance: int) -> tuple[np.nda
     return (np.concatenate(firsts), np.concatenate(seconds)) if firsts else (empty, empty)
 
 
+def star_centres(n_nodes: int, first: np.ndarray, second: np.ndarray, order_key: np.ndarray) -> np.ndarray:
+    """Per node, the centre of its star cluster (Aslam et al. 2004, "The star clustering algorithm").
+
+    Nodes are visited by falling degree (ties: ascending ``order_key``, so the result does not depend on
+    the input order); an unassigned node becomes a centre and takes its unassigned neighbours as
+    satellites. Every member is a direct neighbour of its centre: with links at pHash distance <= d, a
+    cluster's diameter is at most 2d however long a chain of look-alikes is, whereas connected components
+    of the same links merge a whole chain (each image a few bits from the next) into one group.
+    """
+    adjacency = coo_matrix(
+        (np.ones(2 * len(first), dtype=np.int8), (np.concatenate([first, second]), np.concatenate([second, first]))),
+        shape=(n_nodes, n_nodes),
+    ).tocsr()
+    degree = np.diff(adjacency.indptr)
+    centre = np.full(n_nodes, -1, dtype=np.int64)
+    for node in np.lexsort((order_key, -degree)):
+        if centre[node] >= 0:
+            continue
+        centre[node] = node
+        neighbours = adjacency.indices[adjacency.indptr[node] : adjacency.indptr[node + 1]]
+        free = neighbours[centre[neighbours] < 0]
+        centre[free] = node
+    return centre
+
+
 def _distinct_hashes(phash: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows that have a hash, each such row's index into the distinct hashes, the distinct hashes as uint64)."""
     text = phash.fillna("").astype(str)
@@ -110,7 +137,7 @@ def _distinct_hashes(phash: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def near_duplicate_clusters(phash: pd.Series, max_distance: int) -> np.ndarray:
-    """Per row, its cluster of perceptual hashes linked within ``max_distance`` bits (-1: the row has no hash).
+    """Per row, its star cluster (:func:`star_centres`) of hashes within ``max_distance`` bits (-1: no hash).
 
     Copies of one photo (re-encodes, resizes, re-uploads) fall in one cluster; sequences are not merged in, so
     the frames of one video (which may rightly change label midway) stay apart unless they look alike.
@@ -120,9 +147,7 @@ def near_duplicate_clusters(phash: pd.Series, max_distance: int) -> np.ndarray:
     if not hashed.any():
         return clusters
     first, second = near_duplicate_pairs(values, max_distance)
-    size = len(values)
-    graph = coo_matrix((np.ones(len(first), dtype=np.int8), (first, second)), shape=(size, size))
-    clusters[hashed] = connected_components(graph, directed=False)[1][codes]
+    clusters[hashed] = star_centres(len(values), first, second, order_key=np.arange(len(values)))[codes]
     return clusters
 
 
@@ -130,18 +155,20 @@ def split_groups(manifest: pd.DataFrame, max_distance: int | None) -> pd.Series:
     """Per row, the group it must share a split with: sequences (``group_id``) joined with pHash near-duplicates.
 
     A graph whose nodes are the group ids and the distinct perceptual hashes: each row links its group
-    to its hash, hashes within ``max_distance`` bits are linked, and every connected component (union-find
-    in effect) becomes one group, named by its smallest ``group_id`` so the result does not depend on row
-    order. Rows without a hash (undecodable) keep their own group.
+    to its hash, each hash is linked to the centre of its star cluster (:func:`star_centres` over the
+    hashes within ``max_distance`` bits), and every connected component becomes one group, named by its
+    smallest ``group_id`` so the result does not depend on row order. Rows without a hash (undecodable)
+    keep their own group.
     """
     group_codes, group_names = pd.factorize(manifest["group_id"].astype(str), sort=True)
     hashed, hash_codes, values = _distinct_hashes(manifest["phash"])
     if max_distance is None or not hashed.any():
         return pd.Series(np.asarray(group_names)[group_codes], index=manifest.index, name=SPLIT_GROUP_COLUMN)
     first, second = near_duplicate_pairs(values, max_distance)
+    centre = star_centres(len(values), first, second, order_key=np.arange(len(values)))  # hashes are sorted
     n_groups = len(group_names)
-    sources = np.concatenate([group_codes[hashed], first + n_groups])
-    targets = np.concatenate([hash_codes + n_groups, second + n_groups])
+    sources = np.concatenate([group_codes[hashed], np.arange(len(values)) + n_groups])
+    targets = np.concatenate([hash_codes + n_groups, centre + n_groups])
     size = n_groups + len(values)
     graph = coo_matrix((np.ones(len(sources), dtype=np.int8), (sources, targets)), shape=(size, size))
     _, component = connected_components(graph, directed=False)
@@ -151,12 +178,17 @@ def split_groups(manifest: pd.DataFrame, max_distance: int | None) -> pd.Series:
     n_merged = int(manifest["group_id"].nunique() - merged.nunique())
     if n_merged:
         logger.info(
-            "near-duplicate clustering (pHash distance <= %d) merged %d groups; largest group %d rows",
+            "near-duplicate clustering (pHash distance <= %d) merged %d groups; rows per group: %s",
             max_distance,
             n_merged,
-            int(merged.value_counts().max()),
+            group_size_distribution(merged),
         )
     return merged
+
+
+def group_size_distribution(groups: pd.Series) -> dict[int, int]:
+    """Group size -> number of groups of that size, smallest first: how the split's units are made up."""
+    return {int(size): int(count) for size, count in groups.value_counts().value_counts().sort_index().items()}
 
 
 def _deal(groups: pd.DataFrame, fractions: dict[str, float], seed: int) -> dict[str, str]:

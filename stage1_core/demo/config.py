@@ -44,12 +44,29 @@ class DemoDataConfig(StrictConfig):
     positive_rate: float = Field(default=0.6, ge=0.0, le=1.0)
     test_fraction: float = Field(default=0.25, ge=0.0, lt=1.0)
     jpeg_quality: int = Field(default=90, ge=1, le=100)
+    progressive_share: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of the frames saved as progressive JPEGs (the rest baseline)"
+    )
+    exif_orientation_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of the frames stored turned, with the EXIF Orientation tag (3, 6 or 8) that turns them "
+        "upright again, as phone cameras save photos; sizes, boxes and polygons stay those of the upright image",
+    )
     rows_per_shard: int = Field(default=400, ge=1, description="parquet rows per shard file")
+    row_group_rows: int = Field(
+        default=100,
+        ge=1,
+        description="parquet rows per row group, the unit a reader decompresses at once: ingest's memory bound "
+        "(datasets wrote image datasets with 100, its PARQUET_ROW_GROUP_SIZE_FOR_IMAGE_DATASETS)",
+    )
     # "night_fog_city": mostly night and fog, in a city style absent from the unshifted data (drift demos).
     shift: Literal["none", "night_fog_city"] = "none"
     # "mapillary": single images (frames_per_sequence is not used) with v2.0 polygons; "roadwork": positives
-    # only (positive_rate is not used), in ROADWork's COCO layout. Each layout draws its own scenes.
-    layout: Literal["natix", "mapillary", "roadwork"] = "natix"
+    # only (positive_rate is not used), in ROADWork's COCO layout; "folder": roadwork/ and no_roadwork/ image
+    # files (no split, no sequence ids). Each layout draws its own scenes.
+    layout: Literal["natix", "mapillary", "roadwork", "folder"] = "natix"
 
 
 def size_class_of(px_224: float) -> str:

@@ -390,6 +390,35 @@ def _regions(scene: Scene, view: View) -> tuple[tuple[str, tuple[Point, ...]], .
     return tuple((name, tuple(clamp(px, py) for px, py in polygon)) for name, polygon in regions)
 
 
+# EXIF orientations a camera writes (upside down, turned left, turned right) and the transpose that stores an
+# upright frame so that the tag turns it upright again (the inverse of PIL.ImageOps.exif_transpose's).
+_STORED_TURNED: dict[int, Image.Transpose] = {
+    3: Image.Transpose.ROTATE_180,
+    6: Image.Transpose.ROTATE_90,
+    8: Image.Transpose.ROTATE_270,
+}
+_EXIF_ORIENTATION_TAG = 0x0112
+
+
+def encode_jpeg(image: Image.Image, config: DemoDataConfig, image_id: int) -> bytes:
+    """The frame as a JPEG file: baseline, or progressive for ``config.progressive_share`` of the frames, and
+    stored turned with an EXIF Orientation tag for ``config.exif_orientation_share`` of them (as phone cameras
+    write photos); which frames is a pure function of the seed and the image id."""
+    draw = np.random.default_rng(stream_seed(config, 3, image_id)).random(3)
+    options: dict[str, object] = {}
+    if draw[0] < config.progressive_share:
+        options["progressive"] = True
+    if draw[1] < config.exif_orientation_share:
+        orientation = list(_STORED_TURNED)[int(draw[2] * len(_STORED_TURNED))]
+        image = image.transpose(_STORED_TURNED[orientation])
+        exif = Image.Exif()
+        exif[_EXIF_ORIENTATION_TAG] = orientation
+        options["exif"] = exif
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=config.jpeg_quality, **options)
+    return buffer.getvalue()
+
+
 @dataclass(frozen=True)
 class RenderedFrame:
     """One frame as the layout writers save it, with its place in the dataset and its truth."""
@@ -416,9 +445,8 @@ def render_frames(
                 scene = build_scene(plan, width, height, rng)
                 for t in range(plan.n_frames):
                     image, truth = _render_frame(scene, t, width, height, rng)
-                    buffer = io.BytesIO()
-                    image.save(buffer, format="JPEG", quality=config.jpeg_quality)
-                    yield RenderedFrame(split, scene, t, plan.first_id + t, buffer.getvalue(), truth)
+                    image_id = plan.first_id + t
+                    yield RenderedFrame(split, scene, t, image_id, encode_jpeg(image, config, image_id), truth)
                     progress.update(1)
 
 

@@ -174,7 +174,7 @@ _PROFILES: dict[str, _Profile] = {
     ),
 }
 _SHIFT_CODES = {"none": 0, "night_fog_city": 1}
-_LAYOUT_CODES = {"mapillary": 1, "roadwork": 2}
+_LAYOUT_CODES = {"mapillary": 1, "roadwork": 2, "folder": 3}
 _ENVIRONMENT_P = {"urban": 0.4, "suburban": 0.25, "highway": 0.2, "rural": 0.15}
 _SIZE_CLASS_P = {"large": 0.3, "medium": 0.3, "small": 0.2, "tiny": 0.2}
 _KIND_P = {"cone": 0.32, "barrier": 0.2, "sign": 0.16, "worker": 0.16, "arrow_board": 0.16}

@@ -1,11 +1,15 @@
 """The demo data written in each source layout, plus ``demo_truth.parquet``; the ``python -m`` command.
 
-One writer per layout (NATIX parquet shards, Mapillary Vistas v2.0, ROADWork COCO), each drawing its files
+One writer per layout (NATIX parquet shards, Mapillary Vistas v2.0, ROADWork COCO, a plain roadwork/ and
+no_roadwork/ folder), each drawing its files
 with the layout constants of :mod:`stage1_core.data.sources`, so what the demo writes is what ingest reads.
 ``demo_truth.parquet`` records what was drawn, so evaluation can slice by object size and hard-negative kind
 without changing the source layouts.
 
-``python -m stage1_core.demo.writers OUT_DIR [--n-images N] [--seed S] [--shift night_fog_city] [--layout L]``
+``python -m stage1_core.demo.writers OUT_DIR [--n-images N] [--seed S] [--shift night_fog_city] [--layout L]
+[--size 4032x3024] [--progressive-share P] [--exif-orientation-share E]``: ``--size 1920x1080`` or ``4032x3024``
+with both shares above 0 writes real-resolution photos as cameras save them (baseline and progressive JPEGs,
+some stored turned with an EXIF Orientation tag).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from stage1_core.data.sources.config import (
     MAPILLARY_TEMPORARY_SIGN_FRONT,
     MAPILLARY_TRAFFIC_CONE,
 )
+from stage1_core.data.sources.folder import FOLDER_NEGATIVE, FOLDER_POSITIVE
 from stage1_core.data.sources.mapillary import MAPILLARY_CONFIG_FILE, MAPILLARY_IMAGES, MAPILLARY_POLYGONS
 from stage1_core.data.sources.natix import NATIX_DATA_DIR, NATIX_SCHEMA, NATIX_SHARD_NAME
 from stage1_core.data.sources.roadwork import (
@@ -103,7 +108,12 @@ def generate_demo_dataset(out_dir: Path, config: DemoDataConfig) -> Path:
         for split in ("train", "test")
     }
     by_split = {split: seqs for split, seqs in by_split.items() if seqs}
-    writer = {"natix": _write_natix, "mapillary": _write_mapillary, "roadwork": _write_roadwork}[config.layout]
+    writer = {
+        "natix": _write_natix,
+        "mapillary": _write_mapillary,
+        "roadwork": _write_roadwork,
+        "folder": _write_folder,
+    }[config.layout]
     start = time.perf_counter()
     truth_rows = writer(out_dir, config, by_split)
     _write(truth_rows, out_dir / "demo_truth.parquet", TRUTH_SCHEMA)
@@ -156,7 +166,7 @@ def _write_natix(
         truth_rows.append(_truth_row(frame, config))
         remaining[frame.split] -= 1
         if len(rows) == config.rows_per_shard or remaining[frame.split] == 0:
-            _write(rows, data_dir / shards[frame.split][shard[frame.split]], NATIX_SCHEMA)
+            _write(rows, data_dir / shards[frame.split][shard[frame.split]], NATIX_SCHEMA, config.row_group_rows)
             rows, shard[frame.split] = [], shard[frame.split] + 1
     return truth_rows
 
@@ -337,6 +347,25 @@ def _write_roadwork(
     return truth_rows
 
 
+def _write_folder(
+    out_dir: Path, config: DemoDataConfig, by_split: dict[str, list[SequencePlan]]
+) -> list[dict[str, Any]]:
+    """``roadwork/`` and ``no_roadwork/`` JPEG files, both splits together (the layout has no split)."""
+    folders = {1: out_dir / FOLDER_POSITIVE, 0: out_dir / FOLDER_NEGATIVE}
+    planned: dict[int, set[str]] = {0: set(), 1: set()}
+    for plans in by_split.values():
+        for plan in plans:
+            planned[plan.label] |= {f"demo{plan.first_id + t:07d}.jpg" for t in range(plan.n_frames)}
+    for label, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        _check_no_stale_files(folder, "*.jpg", planned[label])
+    truth_rows = []
+    for frame in render_frames(config, by_split):
+        (folders[frame.scene.plan.label] / f"demo{frame.image_id:07d}.jpg").write_bytes(frame.jpeg)
+        truth_rows.append(_truth_row(frame, config))
+    return truth_rows
+
+
 def _natix_row(scene: Scene, t: int, image_id: int, jpeg: bytes, width: int, height: int) -> dict[str, Any]:
     plan = scene.plan
     lat, lon = scene.gps
@@ -380,9 +409,9 @@ def _truth_row(frame: RenderedFrame, config: DemoDataConfig) -> dict[str, Any]:
     }
 
 
-def _write(rows: list[dict[str, Any]], path: Path, schema: pa.Schema) -> None:
+def _write(rows: list[dict[str, Any]], path: Path, schema: pa.Schema, row_group_rows: int | None = None) -> None:
     columns = [pa.array([row[f.name] for row in rows], type=f.type) for f in schema]
-    pq.write_table(pa.Table.from_arrays(columns, schema=schema), path)
+    pq.write_table(pa.Table.from_arrays(columns, schema=schema), path, row_group_size=row_group_rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -391,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``python -m stage1_core.demo.writers OUT_DIR [--n-images N] [--seed S] [--shift night_fog_city] [--layout L]``
     """
     defaults = DemoDataConfig()
-    parser = argparse.ArgumentParser(description="Draw the procedural demo dataset in the NATIX parquet layout.")
+    parser = argparse.ArgumentParser(description="Draw the procedural demo dataset in one source layout, or fused.")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--n-images", type=int, default=defaults.n_images)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -404,12 +433,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=defaults.layout,
         help="fused: one subfolder per layout (a multi-source dataset)",
     )
+    parser.add_argument(
+        "--size", default=f"{defaults.image_width}x{defaults.image_height}", help="WIDTHxHEIGHT, e.g. 4032x3024"
+    )
+    parser.add_argument("--progressive-share", type=float, default=defaults.progressive_share)
+    parser.add_argument("--exif-orientation-share", type=float, default=defaults.exif_orientation_share)
     args = parser.parse_args(argv)
     configure_logging()
+    width, _, height = args.size.partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        parser.error(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 1920x1080")
 
     def draw() -> int:
         layout = {} if args.layout == "fused" else {"layout": args.layout}
-        config = config_from_options(DemoDataConfig, seed=args.seed, n_images=args.n_images, shift=args.shift, **layout)
+        config = config_from_options(
+            DemoDataConfig,
+            seed=args.seed,
+            n_images=args.n_images,
+            shift=args.shift,
+            image_width=int(width),
+            image_height=int(height),
+            progressive_share=args.progressive_share,
+            exif_orientation_share=args.exif_orientation_share,
+            **layout,
+        )
         if args.layout == "fused":
             generate_fused_demo(args.out_dir, config)
         else:

@@ -7,8 +7,11 @@ cluster pods get weights without a hub), a hub id (only on a machine that can re
 cached), or a demo name. ``dinov2-demo`` names the
 project's own pre-trained demo weights, committed under ``stage1_core/demo/weights/dinov2-demo`` (made by
 ``stage1_core.demo.pretrain``, described by its ``MODEL_CARD.md``) and read through the local-directory
-path like real weights; the other demo names are small randomly initialised configs of the real
-architectures (nothing downloaded).
+path like real weights; ``dinov2-demo-random`` and ``dinov3-demo`` are small randomly initialised configs of the
+real architectures, and ``<name>-random`` (``dinov2-vits14-random`` ... ``dinov3-vitl16-random``) the released
+architectures at their real sizes, written out from the hub configs (nothing downloaded).
+:func:`save_random_backbone` writes one of those as a ``save_pretrained`` directory, which goes through the
+local-directory path exactly as downloaded weights do.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import hashlib
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoConfig, AutoModel, Dinov2Config, DINOv3ViTConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, Dinov2Config, DINOv3ViTConfig, PretrainedConfig, PreTrainedModel
 
 from stage1_core.common.atomic_io import atomic_directory
 
@@ -48,6 +53,84 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 QUERY_NAMES: tuple[str, ...] = ("q_proj", "query", "q")
 VALUE_NAMES: tuple[str, ...] = ("v_proj", "value", "v")
 
+
+def _dinov2(hidden_size: int, layers: int, heads: int, registers: int = 0) -> dict[str, Any]:
+    """A DINOv2 ViT/14 as its hub ``config.json`` states it (Oquab et al. 2023, arXiv 2304.07193; registers:
+    Darcet et al. 2024, arXiv 2309.16588): LayerNorm eps 1e-6, MLP ratio 4 with GELU, qkv bias, LayerScale,
+    position embeddings for 518 px (37 x 37 patches) interpolated to the input size."""
+    config = {
+        "model_type": "dinov2_with_registers" if registers else "dinov2",
+        "hidden_size": hidden_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "mlp_ratio": 4,
+        "patch_size": 14,
+        "image_size": 518,
+        "layer_norm_eps": 1e-6,
+        "layerscale_value": 1.0,
+        "qkv_bias": True,
+        "use_swiglu_ffn": False,
+        "hidden_act": "gelu",
+        "drop_path_rate": 0.0,
+    }
+    if registers:
+        config |= {"num_register_tokens": registers, "interpolate_antialias": True, "interpolate_offset": 0.0}
+    return config
+
+
+def _dinov3(hidden_size: int, layers: int, heads: int) -> dict[str, Any]:
+    """A DINOv3 ViT/16 as its hub ``config.json`` states it (Simeoni et al. 2025, arXiv 2508.10104): 4 register
+    tokens, 2-D RoPE (base 100) instead of position embeddings, with the coordinate rescaling augmentation
+    (``pos_embed_rescale`` 2, active in training only), no key bias, LayerNorm eps 1e-5, MLP 4x with GELU."""
+    return {
+        "model_type": "dinov3_vit",
+        "hidden_size": hidden_size,
+        "intermediate_size": 4 * hidden_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "patch_size": 16,
+        "image_size": 224,
+        "num_register_tokens": 4,
+        "rope_theta": 100.0,
+        "pos_embed_rescale": 2.0,
+        "pos_embed_shift": None,
+        "pos_embed_jitter": None,
+        "layer_norm_eps": 1e-5,
+        "layerscale_value": 1.0,
+        "query_bias": True,
+        "key_bias": False,
+        "value_bias": True,
+        "proj_bias": True,
+        "mlp_bias": True,
+        "use_gated_mlp": False,
+        "hidden_act": "gelu",
+        "drop_path_rate": 0.0,
+    }
+
+
+# The released architectures, written out (nothing is downloaded): name -> (the hub id of the released weights,
+# the config). ``load_backbone("<name>-random")`` builds one at random init, and ``save_random_backbone``
+# writes it as a save_pretrained directory that loads like the released weights.
+PUBLISHED_ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
+    "dinov2-vits14": ("facebook/dinov2-small", _dinov2(384, 12, 6)),
+    "dinov2-vitb14": ("facebook/dinov2-base", _dinov2(768, 12, 12)),
+    "dinov2-vitl14": ("facebook/dinov2-large", _dinov2(1024, 24, 16)),
+    "dinov2-vits14-reg": ("facebook/dinov2-with-registers-small", _dinov2(384, 12, 6, registers=4)),
+    "dinov2-vitb14-reg": ("facebook/dinov2-with-registers-base", _dinov2(768, 12, 12, registers=4)),
+    "dinov2-vitl14-reg": ("facebook/dinov2-with-registers-large", _dinov2(1024, 24, 16, registers=4)),
+    "dinov3-vits16": ("facebook/dinov3-vits16-pretrain-lvd1689m", _dinov3(384, 12, 6)),
+    "dinov3-vitb16": ("facebook/dinov3-vitb16-pretrain-lvd1689m", _dinov3(768, 12, 12)),
+    "dinov3-vitl16": ("facebook/dinov3-vitl16-pretrain-lvd1689m", _dinov3(1024, 24, 16)),
+}
+RANDOM_SUFFIX = "-random"
+
+
+def published_config(name: str) -> PretrainedConfig:
+    """The transformers config of a released architecture (a key of :data:`PUBLISHED_ARCHITECTURES`)."""
+    settings = dict(PUBLISHED_ARCHITECTURES[name][1])
+    return AutoConfig.for_model(settings.pop("model_type"), **settings)
+
+
 # The demo package ships these weights (it also makes them: stage1_core.demo.pretrain);
 # this module only reads the folder.
 PRETRAINED_DEMOS = {"dinov2-demo": Path(__file__).resolve().parents[1] / "demo" / "weights" / "dinov2-demo"}
@@ -63,7 +146,10 @@ DEMO_CONFIGS = {
         image_size=112,
         num_register_tokens=4,
     ),
+    # the released architectures at random init (dinov2-vits14-random ...): real sizes, no weights to download
+    **{f"{name}{RANDOM_SUFFIX}": partial(published_config, name) for name in PUBLISHED_ARCHITECTURES},
 }
+
 
 HUB_EXAMPLES = (
     "facebook/dinov2-small",
@@ -198,6 +284,31 @@ def load_backbone(name_or_path: str, *, seed: int = 0, attn_implementation: str 
         raise BackboneLoadError(f"cannot load backbone weights from {name_or_path!r} ({error}); {_usage()}") from error
     logger.info("backbone %s: %s loaded", name_or_path, config.model_type)
     return model.eval()
+
+
+def save_random_backbone(name: str, directory: Path, seed: int = 0) -> Path:
+    """Write a released architecture (a key of :data:`PUBLISHED_ARCHITECTURES`) at random init as a
+    ``save_pretrained`` directory: config.json and safetensors, what a copy of the released weights holds.
+
+    Every path that reads real weights (loading, adapters, ExPLoRA, export) can then run at the real size
+    on a machine that cannot download them; only the numbers are not the released ones.
+
+    Raises:
+        BackboneLoadError: an unknown architecture name (the message lists them).
+    """
+    if name not in PUBLISHED_ARCHITECTURES:
+        raise BackboneLoadError(f"unknown architecture {name!r}; written out: {sorted(PUBLISHED_ARCHITECTURES)}")
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(published_config(name))
+    model.save_pretrained(directory)
+    logger.info(
+        "%s (as %s) at random init, %d parameters -> %s",
+        name,
+        PUBLISHED_ARCHITECTURES[name][0],
+        model.num_parameters(),
+        directory,
+    )
+    return Path(directory)
 
 
 def transformer_blocks(backbone: torch.nn.Module) -> torch.nn.ModuleList:

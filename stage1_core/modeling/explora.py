@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from stage1_core.common.config import StrictConfig
+from stage1_core.data.images import LoaderConfig
 from stage1_core.modeling.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -162,6 +163,9 @@ class ExploraConfig(StrictConfig):
         "teacher", description="which backbone is returned; DINO / DINOv2 evaluate the teacher"
     )
     log_every_steps: int = Field(10, ge=1)
+    loader: LoaderConfig = Field(
+        LoaderConfig(), description="decoding workers, pinned memory, prefetch (multi-crop augmentation is CPU work)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ExploraConfig:
@@ -677,6 +681,7 @@ def run_explora(
             shuffle=True,
             drop_last=True,
             generator=torch.Generator().manual_seed(config.seed),
+            **config.loader.dataloader_options(),
         )
         logger.info(
             "ExPLoRA: %d/%d backbone params trainable (%.2f%%), LoRA on %d modules, unfrozen %s; crops %d/%d px",

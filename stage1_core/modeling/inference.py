@@ -14,7 +14,8 @@ from stage1_core.modeling.model import RoadworkClassifier
 
 def manifest_canvases(model: RoadworkClassifier, manifest: pd.DataFrame) -> ManifestImageDataset:
     """The rows' images as ``model``'s canvases (no augmentation), with their labels."""
-    return ManifestImageDataset(manifest, canvas_transform(model.config.multiview.canvas_size, None))
+    canvas_size = model.config.multiview.canvas_size
+    return ManifestImageDataset(manifest, canvas_transform(canvas_size, None), canvas_size)
 
 
 def predict_logits(

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from stage1_core.common.config import StrictConfig
 from stage1_core.data.fusion import FusionConfig, FusionSummary, sampling_weights, summarize
-from stage1_core.data.images import AugmentationConfig, ManifestImageDataset, canvas_transform
+from stage1_core.data.images import AugmentationConfig, LoaderConfig, ManifestImageDataset, canvas_transform
 from stage1_core.data.splits import Consumer, LeakageError, take_split
 from stage1_core.modeling.adapters import AdapterConfig, adapter_parameters, add_adapters, merge_adapters
 from stage1_core.modeling.backbone import transformer_blocks
@@ -82,7 +82,7 @@ class TrainConfig(StrictConfig):
     sampling: FusionConfig = FusionConfig()
     early_stopping_patience: int = 3
     augmentation: AugmentationConfig = AugmentationConfig()
-    num_workers: int = 0
+    loader: LoaderConfig = LoaderConfig()
     seed: int = 0
     accelerator: str = "auto"
     precision: str = Field(
@@ -370,10 +370,10 @@ def _loader(
     With ``weights``: augmented and drawn by the epoch-seeded sampler.
     """
     dataset = ManifestImageDataset(
-        manifest, canvas_transform(canvas_size, None if weights is None else config.augmentation)
+        manifest, canvas_transform(canvas_size, None if weights is None else config.augmentation), canvas_size
     )
     if weights is None:
-        return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+        return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, **config.loader.dataloader_options())
     sampler = EpochWeightedSampler(
         torch.as_tensor(weights.to_numpy(), dtype=torch.double), num_samples=len(manifest), seed=config.seed
     )
@@ -383,8 +383,8 @@ def _loader(
         dataset,
         batch_size=config.batch_size,
         sampler=sampler,
-        num_workers=config.num_workers,
         generator=loader_generator,
+        **config.loader.dataloader_options(),
     )
 
 

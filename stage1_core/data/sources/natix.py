@@ -287,6 +287,18 @@ def _natix_columns(file: str, schema: pa.Schema) -> list[str]:
     return [name for name in NATIX_COLUMNS if name in names]
 
 
+def _row_group_batches(parquet: pq.ParquetFile, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Record batches one row group at a time, the memory of each row group given back before the next.
+
+    Iterating a whole file at once keeps every row group's column chunk it has read until the file is closed
+    (measured: a 400-row shard of 2 MP photos held 4 x 30 MB), so the memory of an ingest would grow with the
+    shard size; NATIX's shards hold several hundred megabytes of JPEGs, in row groups of 100 rows.
+    """
+    for index in range(parquet.num_row_groups):
+        yield from parquet.iter_batches(batch_size=batch_size, columns=columns, row_groups=[index])
+        pa.default_memory_pool().release_unused()
+
+
 def _records(batches: Iterator[pa.RecordBatch], batch_size: int) -> Iterator[dict[str, Any]]:
     """Rows as Python dicts, ``batch_size`` at a time, so only one slice of images is ever copied out."""
     for batch in batches:
@@ -350,7 +362,7 @@ def _parquet_records(fs: AbstractFileSystem, file: str, config: IngestConfig) ->
     with fs.open(file, "rb") as handle:
         parquet = pq.ParquetFile(handle)
         columns = _natix_columns(file, parquet.schema_arrow)
-        batches = parquet.iter_batches(batch_size=config.record_batch_size, columns=columns)
+        batches = _row_group_batches(parquet, columns, config.record_batch_size)
         yield from _records(batches, config.record_batch_size)
 
 
