@@ -112,8 +112,13 @@ class CalibrationLayer(torch.nn.Module):
 
 
 def image_to_canvas(image: torch.Tensor, canvas_size: int) -> torch.Tensor:
-    """uint8 ``[B, 3, H, W]`` -> float canvas ``[B, 3, S, S]`` in [0, 1]: the serving graphs' preprocessing."""
-    return resize_to_canvas(image.float() / 255.0, canvas_size)
+    """uint8 ``[B, 3, H, W]`` -> float canvas ``[B, 3, S, S]`` in [0, 1]: the serving graphs' preprocessing.
+
+    The pixel values are resized first and scaled to [0, 1] after (the resize is linear: the same canvas up to
+    float rounding), so the division runs on the canvas, not on the photo: 3.4x fewer pixels at 640x480, where
+    dividing the photo took 13-20% of the global-view graph's time in ONNX Runtime (``benchmarks.inference``).
+    """
+    return resize_to_canvas(image.float(), canvas_size, maximum=255.0) / 255.0
 
 
 class ServingGraph(torch.nn.Module):

@@ -64,12 +64,12 @@ class ClassifierConfig(BaseModel):
     multiview: MultiViewConfig = MultiViewConfig()
 
 
-def resize_to_canvas(images: torch.Tensor, canvas_size: int) -> torch.Tensor:
-    """Float ``[B, C, H, W]`` in [0, 1] -> ``[B, C, S, S]``: bilinear, antialiased, clipped (antialiasing can
+def resize_to_canvas(images: torch.Tensor, canvas_size: int, maximum: float = 1.0) -> torch.Tensor:
+    """Float ``[B, C, H, W]`` in [0, maximum] -> ``[B, C, S, S]``: bilinear, antialiased, clipped (antialiasing can
     overshoot by a rounding error). The one resize that :func:`prepare_canvas` and the exported graphs share."""
     return F.interpolate(
         images, size=(canvas_size, canvas_size), mode="bilinear", align_corners=False, antialias=True
-    ).clamp(0.0, 1.0)
+    ).clamp(0.0, maximum)
 
 
 def prepare_canvas(images: torch.Tensor | Sequence[torch.Tensor], canvas_size: int) -> torch.Tensor:
