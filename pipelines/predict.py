@@ -40,6 +40,7 @@ class PredictReport(BaseModel):
 
     model: str
     mode: str
+    precision: str  # fp32 or int8: the graphs served (the bundle's int8 guard decides)
     predictions: list[Prediction]
     failures: list[Failure]
     skipped: list[str]
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         report = PredictReport(
             model=predictor.origin,
             mode=predictor.mode,
+            precision=predictor.precision,
             predictions=predictions,
             failures=failures,
             skipped=skipped,
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skipped {name}: not an image file extension", file=sys.stderr)
             summary = (
                 f"{len(predictions)} scored, {len(failures)} failed, {len(skipped)} skipped; "
-                f"model {predictor.origin} ({predictor.mode})"
+                f"model {predictor.origin} ({predictor.mode}, {predictor.precision})"
             )
             print(summary + (f", {views:.2f} views/image" if views is not None else ""), file=sys.stderr)
         return EXIT_FINDING if failures or not files else EXIT_OK

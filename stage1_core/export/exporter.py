@@ -4,8 +4,10 @@ The exported graph goes from a uint8 RGB image tensor of any size to P(roadwork)
 canvas, normalisation, multi-view crops, backbone, head, top-K aggregation and calibration are all
 inside, so a server needs nothing but ONNX Runtime (``serving.py``). Beside it go the two graphs of
 adaptive multi-view (global view; tiles), whose margin bounds are fitted on val_select and whose MCC
-and speed are measured on val_test, and, where ``tensorrt`` and a CUDA device are present, an FP16
-TensorRT engine of the fixed graph. Every runtime is checked against PyTorch on real images.
+and speed are measured on val_test, their static int8 versions (``quantization.py``: calibrated on val_calib,
+served only if the guard finds them within the MCC budget on val_test), and, where ``tensorrt`` and a CUDA
+device are present, an FP16 TensorRT engine of the fixed graph. Every runtime is checked against PyTorch on
+real images.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ from tqdm import tqdm
 from stage1_core.common.logit_map import LogitMap
 from stage1_core.data.images import load_rgb
 from stage1_core.data.splits import bootstrap_groups
+from stage1_core.export.quantization import (
+    Int8Config,
+    guard_decision,
+    int8_cpu_flags,
+    precision_check,
+    quantize_graph,
+)
 from stage1_core.modeling.model import RoadworkClassifier, make_tiles, resize_to_canvas
 from stage1_core.serving.adaptive import AdaptiveConfig, AdaptiveOutcome, evaluate_adaptive, fit_adaptive_policy
 from stage1_core.serving.bundle import (
@@ -43,7 +52,10 @@ from stage1_core.serving.bundle import (
     AdaptiveSessions,
     ExportedModel,
     ExportMetadata,
+    Int8Export,
+    Int8Metadata,
     ParityReport,
+    PrecisionCheck,
     ServingSpeed,
     cpu_session,
 )
@@ -89,6 +101,7 @@ class ExportConfig(BaseModel):
         None, ge=1, description="ONNX Runtime intra-op threads of the val_test speed measurement (None: its default)"
     )
     adaptive: AdaptiveConfig = AdaptiveConfig()
+    int8: Int8Config = Int8Config()
     tensorrt: TensorRTConfig = TensorRTConfig()
 
 
@@ -583,45 +596,99 @@ def export_adaptive(
     return AdaptiveExport(global_onnx, tiles_onnx, metadata)
 
 
-def measure_adaptive(
-    exported: ExportedModel, images: Iterable[np.ndarray], labels: np.ndarray, threads: int | None = None
-) -> tuple[AdaptiveOutcome, ServingSpeed]:
-    """Run the bundle's fixed, global-only and adaptive paths on a labelled set (val_test), one image per call.
+def export_int8(exported: ExportedModel, calibration_images: list[np.ndarray], config: Int8Config) -> Int8Export:
+    """Static int8 versions of the bundle's fixed graph and adaptive pair, calibrated on uint8 ``[3, H, W]`` images.
 
-    Returns the MCC of each path at the decision threshold (and the views per image), and their
-    images/s in ONNX Runtime: the three are timed image by image in turn, so load from other
-    processes hits them alike.
+    The tiles graph is calibrated on the canvases and global-view features the fp32 global graph gives for the
+    same images. The guard has not run yet: the bundle serves fp32 until ``measure_serving`` checked them.
+
+    Raises:
+        ValueError: no calibration image.
+    """
+    if not calibration_images:
+        raise ValueError("int8 export needs calibration images (val_calib): none given")
+    image_feeds = [{INPUT_NAME: image[None]} for image in calibration_images]
+    fixed, n_fixed = quantize_graph(exported.onnx_bytes, image_feeds, config)
+    quantized = {"fixed": n_fixed}
+    global_int8 = tiles_int8 = None
+    if exported.adaptive is not None:
+        global_int8, quantized["global"] = quantize_graph(exported.adaptive.global_onnx, image_feeds, config)
+        sessions = exported.adaptive.sessions()
+        global_passes = (sessions.global_pass(feed[INPUT_NAME]) for feed in image_feeds)
+        tiles_feeds = ({"canvas": canvas, "global_features": features} for features, _, canvas in global_passes)
+        tiles_int8, quantized["tiles"] = quantize_graph(exported.adaptive.tiles_onnx, tiles_feeds, config)
+    metadata = Int8Metadata(
+        quantization=(
+            f"static QDQ: {'/'.join(config.op_types)} of the backbone, uint8 activations "
+            "(MinMax ranges), int8 per-channel weights, fp32 outputs"
+        ),
+        quantized_nodes=quantized,
+        calibration_images=len(calibration_images),
+        cpu_flags=int8_cpu_flags(),
+        onnxruntime_version=onnxruntime.__version__,
+    )
+    return Int8Export(fixed, metadata, global_int8, tiles_int8)
+
+
+def measure_serving(
+    exported: ExportedModel,
+    images: Iterable[np.ndarray],
+    labels: np.ndarray,
+    threads: int | None = None,
+    max_mcc_drop: float = Int8Config().max_mcc_drop,
+    dataset: str = "val_test",
+) -> tuple[AdaptiveOutcome, ServingSpeed, list[PrecisionCheck]]:
+    """Run the bundle's fixed, global-only and adaptive paths (and their int8 versions) on a labelled set.
+
+    One image per call. Returns the MCC of each fp32 path at the decision threshold (and the views per image),
+    their images/s in ONNX Runtime, and the int8 guard's checks (empty without int8 graphs). The paths are timed
+    image by image in turn, so load from other processes hits them alike.
     """
     if exported.adaptive is None:
         raise ValueError("the exported model has no adaptive graphs: export them with export_adaptive first")
-    fixed = exported.session(threads)
-    sessions = exported.adaptive.sessions(threads)
     policy = exported.adaptive.metadata.policy
-    seconds = np.zeros(3)
-    p_full, p_global = [], []
-    for index, image in enumerate(tqdm(images, desc="adaptive val_test", unit="img")):
+    fixed, sessions = exported.session(threads), exported.adaptive.sessions(threads)
+    paths: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "fixed": lambda batch: fixed.run(None, {INPUT_NAME: batch})[0],
+        "single": lambda batch: sessions.global_pass(batch)[1],
+        "adaptive": lambda batch: sessions.predict(batch, policy)[0],
+    }
+    int8 = exported.int8
+    if int8 is not None:
+        int8_fixed = cpu_session(int8.onnx_bytes, threads)
+        paths["int8 fixed"] = lambda batch: int8_fixed.run(None, {INPUT_NAME: batch})[0]
+        if int8.global_onnx is not None and int8.tiles_onnx is not None:
+            int8_sessions = AdaptiveSessions(int8.global_onnx, int8.tiles_onnx, threads)
+            paths["int8 adaptive"] = lambda batch: int8_sessions.predict(batch, policy)[0]
+    seconds = dict.fromkeys(paths, 0.0)
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in paths}
+    for index, image in enumerate(tqdm(images, desc=f"serving paths on {dataset}", unit="img")):
         batch = image[None]
-        if index == 0:  # untimed: first-call costs
-            fixed.run(None, {INPUT_NAME: batch})
-            sessions.predict(batch, policy)
-        start = time.perf_counter()
-        p_full.append(fixed.run(None, {INPUT_NAME: batch})[0])
-        middle = time.perf_counter()
-        p_global.append(sessions.global_pass(batch)[1])
-        end = time.perf_counter()
-        sessions.predict(batch, policy)
-        seconds += (middle - start, end - middle, time.perf_counter() - end)
-    outcome = evaluate_adaptive(np.concatenate(p_global), np.concatenate(p_full), labels, policy)
-    fixed_speed, single_speed, adaptive_speed = outcome.n_images / seconds
+        for name, run in paths.items():
+            if index == 0:  # untimed: first-call costs
+                run(batch)
+            start = time.perf_counter()
+            scores[name].append(run(batch))
+            seconds[name] += time.perf_counter() - start
+    p = {name: np.concatenate(values) for name, values in scores.items()}
+    outcome = evaluate_adaptive(p["single"], p["fixed"], labels, policy)
+    per_s = {name: outcome.n_images / elapsed for name, elapsed in seconds.items()}
     speed = ServingSpeed(
         n_images=outcome.n_images,
         threads=threads,
-        fixed_images_per_s=fixed_speed,
-        adaptive_images_per_s=adaptive_speed,
-        single_view_images_per_s=single_speed,
-        adaptive_speedup=adaptive_speed / fixed_speed,
+        fixed_images_per_s=per_s["fixed"],
+        adaptive_images_per_s=per_s["adaptive"],
+        single_view_images_per_s=per_s["single"],
+        adaptive_speedup=per_s["adaptive"] / per_s["fixed"],
+        int8_fixed_images_per_s=per_s.get("int8 fixed"),
+        int8_adaptive_images_per_s=per_s.get("int8 adaptive"),
     )
-    return outcome, speed
+    checks = [
+        precision_check(dataset, path, p[fp32], p[f"int8 {fp32}"], labels, max_mcc_drop)
+        for path, fp32 in (("full", "fixed"), ("adaptive", "adaptive"))
+        if f"int8 {fp32}" in p
+    ]
+    return outcome, speed, checks
 
 
 def read_images(uris: Iterable[str]) -> Iterator[np.ndarray]:
@@ -637,14 +704,17 @@ def export_bundle(
     val_select: pd.DataFrame,
     val_test: pd.DataFrame,
     config: ExportConfig,
+    val_calib: pd.DataFrame | None = None,
 ) -> ExportedModel:
-    """The whole serving bundle: fixed graph (+ TensorRT engine) and adaptive graphs.
+    """The whole serving bundle: fixed graph (+ TensorRT engine), adaptive graphs and their int8 versions.
 
-    The adaptive graphs are fitted on ``val_select`` and measured on ``val_test``.
+    The adaptive graphs are fitted on ``val_select`` and measured on ``val_test``; the int8 graphs are
+    calibrated on ``val_calib`` and served only if the guard finds them within budget on ``val_test``.
 
     Args:
         val_select: manifest rows (``uri``, ``label``) the margin bounds are fitted on (model selection).
-        val_test: manifest rows the parity check and the adaptive figures (MCC, speed) use (evaluation).
+        val_test: manifest rows the parity check, the adaptive figures (MCC, speed) and the int8 guard use.
+        val_calib: manifest rows whose images fix the int8 activation ranges (None: no int8 graphs).
     """
     parity_images = [torch.from_numpy(image) for image in read_images(val_test["uri"].head(config.parity_images))]
     exported = export_onnx(classifier, calibration, decision_threshold, parity_images, config)
@@ -657,10 +727,20 @@ def export_bundle(
         config,
         bootstrap_groups(val_select),
     )
-    outcome, speed = measure_adaptive(
-        exported, read_images(val_test["uri"]), val_test["label"].to_numpy(), config.threads
+    if config.int8.enabled and val_calib is not None:
+        calibration_images = list(read_images(val_calib["uri"].head(config.int8.calibration_images)))
+        exported.int8 = export_int8(exported, calibration_images, config.int8)
+    outcome, speed, checks = measure_serving(
+        exported, read_images(val_test["uri"]), val_test["label"].to_numpy(), config.threads, config.int8.max_mcc_drop
     )
     exported.adaptive.metadata.val_test, exported.adaptive.metadata.speed = outcome, speed
-    for line in exported.adaptive.metadata.summary_lines():
+    lines = exported.adaptive.metadata.summary_lines()
+    if exported.int8 is not None:
+        served, reason = guard_decision(checks)
+        exported.int8.metadata = exported.int8.metadata.model_copy(
+            update={"checks": checks, "served": served, "reason": reason}
+        )
+        lines += exported.int8.metadata.summary_lines()
+    for line in lines:
         logger.info("%s", line)
     return exported

@@ -64,6 +64,11 @@ class PredictorConfig(BaseModel):
         "full: always all views",
     )
     threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (None: its default)")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description="auto: the int8 graphs where the bundle's accuracy guard chose them, else fp32; "
+        "int8 serves them even against the guard (for measuring)",
+    )
 
 
 class BadImageError(ValueError):
@@ -181,6 +186,8 @@ class Predictor:
 
     def __init__(self, exported: ExportedModel, config: PredictorConfig | None = None, origin: str = "") -> None:
         self.config = config or PredictorConfig()
+        exported = exported.served(self.config.precision)
+        self.precision = exported.precision
         self.metadata: ExportMetadata = exported.metadata
         self.origin = origin
         self.session = cpu_session(exported.onnx_bytes, self.config.threads)
