@@ -274,6 +274,14 @@ class RoadworkClassifier(nn.Module):
         weights = self.attention(features)
         return self.head((weights.unsqueeze(-1) * features).sum(dim=1)).squeeze(-1)
 
+    def logits_and_global(
+        self, canvas: torch.Tensor, multiview: MultiViewConfig | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The aggregated logit and the global view's own logit (view 0, as adaptive serving scores it), one pass."""
+        multiview = multiview or self.config.multiview
+        features = self.view_features(canvas, multiview)
+        return self.pool(features, multiview), self.head(features[:, 0]).squeeze(-1)
+
     def forward(self, canvas: torch.Tensor, multiview: MultiViewConfig | None = None) -> torch.Tensor:
         """One aggregated logit per image."""
         multiview = multiview or self.config.multiview
