@@ -28,7 +28,6 @@ within ``max_mcc_drop`` for the fixed and the adaptive path, or the bundle serve
 from __future__ import annotations
 
 import ast
-import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -42,8 +41,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from stage1_core.common.logit_map import VALIDATOR_THRESHOLD
 from stage1_core.common.metrics import as_binary_labels, decision_mcc
 from stage1_core.serving.bundle import PrecisionCheck, ServingPath
-
-logger = logging.getLogger(__name__)
 
 BACKBONE_SCOPE = "classifier.backbone"  # the module path of the backbone in every serving graph (exporter.py)
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # where torch's dynamo exporter records each node's module path

@@ -88,7 +88,7 @@ class AdaptiveMetadata(BaseModel):
             return [f"adaptive multi-view: {policy.describe()} (not measured on val_test)"]
         speed_ok = speed.adaptive_speedup >= ADAPTIVE_SPEEDUP_TARGET
         mcc_ok = outcome.mcc_drop <= ADAPTIVE_MCC_BUDGET
-        return [
+        lines = [
             f"adaptive multi-view on val_test ({outcome.n_images} images): {policy.describe()}: "
             f"{outcome.skip_rate:.0%} skipped, {outcome.views_per_image:.2f} views/image",
             f"  MCC fixed {outcome.mcc_full:.4f}, adaptive {outcome.mcc_adaptive:.4f} (drop {outcome.mcc_drop:+.4f}, "
@@ -98,6 +98,12 @@ class AdaptiveMetadata(BaseModel):
             f"single view {speed.single_view_images_per_s:.1f}; adaptive / fixed {speed.adaptive_speedup:.2f}x "
             f"(target {ADAPTIVE_SPEEDUP_TARGET}x: {'met' if speed_ok else 'MISSED'})",
         ]
+        if speed.int8_fixed_images_per_s is not None and speed.int8_adaptive_images_per_s is not None:
+            lines.append(
+                f"  images/s of the int8 graphs: fixed {speed.int8_fixed_images_per_s:.1f}, "
+                f"adaptive {speed.int8_adaptive_images_per_s:.1f}"
+            )
+        return lines
 
 
 class ExportMetadata(BaseModel):
