@@ -7,10 +7,10 @@ ONNX Runtime runs the graphs the bundle serves: fp32 (with onnxscript's ORT fusi
 ``ExportConfig.fuse_for_onnxruntime``, on by default) and their static int8 versions (``export/quantization.py``:
 QDQ, the backbone's MatMul and Conv with uint8 activations and int8 per-channel weights, calibrated on the
 linear-probe share's images), side by side with the plain exporter's graph (standard operators only). The int8
-graphs are a different model numerically: the accuracy guard's figures on the val_test share (MCC drop, decisions
-changed, max |dP|, per serving path) are printed with them, and "served" is what a bundle would serve: int8
-where the guard passes, else fp32. On a CUDA machine a ViT-B-sized config (hidden 768, 12 layers, 12 heads,
-224 px views, random init) also runs in PyTorch FP16 (autocast) and as a TensorRT FP16 engine when
+graphs are a different model numerically: the accuracy guard's figures on the val_test and val_select shares
+(MCC drop, decisions changed, max |dP|, per serving path) are printed with them, and "served" is what a bundle
+would serve: int8 where the guard passes, else fp32. On a CUDA machine a ViT-B-sized config (hidden 768,
+12 layers, 12 heads, 224 px views, random init) also runs in PyTorch FP16 (autocast) and as a TensorRT FP16 engine when
 ``tensorrt`` is installed; ``--vit-s`` adds a random-init ViT-S/14 at 224 px on the CPU (eager, ONNX Runtime
 fp32 and int8, fixed 10-view): how the int8 gain scales with the model.
 
@@ -65,7 +65,9 @@ from stage1_core.export.exporter import (
     export_int8,
     export_onnx,
     image_to_canvas,
+    int8_guard_checks,
     measure_serving,
+    score_serving_paths,
     tensorrt_unavailable,
 )
 from stage1_core.export.quantization import Int8Config, guard_decision
@@ -504,7 +506,11 @@ def run(
     exported.adaptive = export_adaptive(model, UNCALIBRATED, parity_images, select, y_select, export_config)
     exported.int8 = export_int8(exported, train[: export_config.int8.calibration_images], export_config.int8)
     policy = exported.adaptive.metadata.policy
-    test_outcome, _, checks = measure_serving(exported, test, y_test, threads, export_config.int8.max_mcc_drop)
+    test_outcome, _, test_scores = measure_serving(exported, test, y_test, threads)
+    select_scores, _ = score_serving_paths(exported, select, threads, desc="int8 guard")
+    pooled = {path: np.concatenate([test_scores[path], select_scores[path]]) for path in test_scores}
+    guard_labels = np.concatenate([y_test, y_select])
+    checks = int8_guard_checks("val_test+val_select", pooled, guard_labels, export_config.int8.max_mcc_drop)
     decision, reason = guard_decision(checks)
     served = "onnxruntime-int8" if decision == "int8" else "onnxruntime"
     int8 = exported.int8
@@ -553,7 +559,7 @@ def run(
         threads=threads,
         n_images={
             "train (linear probe, int8 calibration)": len(train),
-            "val_select (adaptive fit)": len(select),
+            "val_select (adaptive fit, int8 guard)": len(select),
             "val_test (timed, int8 guard)": len(test),
         },
         batch=batch,
@@ -629,7 +635,7 @@ def _ratios(
                 f"{name}: {value:.2f}x, target {target}x MISSED by {target - value:.2f}x ({percent_short:.0f}% short)"
             )
     verdicts += [
-        f"int8 MCC drop on val_test ({check.path}): {check.mcc_drop:+.4f}, budget {check.max_mcc_drop}: "
+        f"int8 MCC drop on {check.dataset} ({check.path}): {check.mcc_drop:+.4f}, budget {check.max_mcc_drop}: "
         f"{'met' if check.passed else 'MISSED'}"
         for check in checks
     ]
@@ -666,7 +672,7 @@ def print_table(result: BenchmarkResult) -> None:
     print(f"onnxruntime-int8: {result.int8_quantization}; CPU int8 instructions: {' '.join(result.int8_cpu_flags)}")
     for check in result.int8_guard:
         print(
-            f"  guard on val_test ({check.n_images} images), {check.path}: MCC {check.mcc_fp32:.3f} fp32 -> "
+            f"  guard on {check.dataset} ({check.n_images} images), {check.path}: MCC {check.mcc_fp32:.3f} fp32 -> "
             f"{check.mcc_int8:.3f} int8 (drop {check.mcc_drop:+.4f}), {check.decisions_changed} decisions changed, "
             f"|dP| max {check.max_abs_diff:.4f}, mean {check.mean_abs_diff:.4f}"
         )

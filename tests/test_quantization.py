@@ -27,8 +27,9 @@ from stage1_core.export.exporter import (
     export_bundle,
     export_int8,
     export_onnx,
-    measure_serving,
+    int8_guard_checks,
     read_images,
+    score_serving_paths,
 )
 from stage1_core.export.quantization import BACKBONE_SCOPE, Int8Config, guard_decision, precision_check
 from stage1_core.modeling.backbone import load_backbone
@@ -106,16 +107,18 @@ def test_int8_bundle_is_calibrated_guarded_and_served_by_the_predictor_cli_miner
     }
     assert sum(quantized.values()) == int8.metadata.quantized_nodes["fixed"] > 0 and not all(quantized.values())
 
-    # the guard's figures are what the sessions give on val_test, for both serving paths
+    # the guard's figures are what the sessions give on val_test and val_select, for both serving paths
+    guard = pd.concat([val_test, splits["val_select"]])
     assert [(c.dataset, c.path, c.n_images) for c in int8.metadata.checks] == [
-        ("val_test", "full", len(val_test)),
-        ("val_test", "adaptive", len(val_test)),
+        ("val_test+val_select", "full", len(guard)),
+        ("val_test+val_select", "adaptive", len(guard)),
     ]
+    guard_images = list(read_images(guard["uri"]))
     fp32_session, int8_session = cpu_session(exported.onnx_bytes), cpu_session(int8.onnx_bytes)
-    p_fp32 = np.concatenate([fp32_session.run(None, {"image": i[None]})[0] for i in test_images])
-    p_int8 = np.concatenate([int8_session.run(None, {"image": i[None]})[0] for i in test_images])
+    p_fp32 = np.concatenate([fp32_session.run(None, {"image": i[None]})[0] for i in guard_images])
+    p_int8 = np.concatenate([int8_session.run(None, {"image": i[None]})[0] for i in guard_images])
     full = int8.metadata.checks[0]
-    assert full == precision_check("val_test", "full", p_fp32, p_int8, val_test["label"].to_numpy(), 2.0)
+    assert full == precision_check("val_test+val_select", "full", p_fp32, p_int8, guard["label"].to_numpy(), 2.0)
     assert 0 < full.max_abs_diff < 0.5, "int8 is a different model numerically, not a broken one"
     assert int8.metadata.served == "int8" and "within its MCC budget" in int8.metadata.reason
     summary = exported.summary()
@@ -130,7 +133,8 @@ def test_int8_bundle_is_calibrated_guarded_and_served_by_the_predictor_cli_miner
         and Predictor.from_bundle(directory, PredictorConfig(precision="fp32")).precision == "fp32"
     )
     sources = [str(i) for i in range(len(test_images))]
-    np.testing.assert_allclose([p.p_roadwork for p in fixed.predict_arrays(test_images, sources)], p_int8, atol=1e-6)
+    served = [p.p_roadwork for p in fixed.predict_arrays(test_images, sources)]
+    np.testing.assert_allclose(served, p_int8[: len(test_images)], atol=1e-6)
     adaptive = Predictor.from_bundle(directory)
     assert adaptive.mode == "adaptive" and adaptive.precision == "int8"
 
@@ -181,7 +185,8 @@ def test_guard_serves_fp32_when_int8_costs_more_mcc_than_the_budget(tiny_model, 
     exported.adaptive = export_adaptive(tiny_model, calibration, parity, images, labels, config)
     # activation ranges fixed on blank images: real images saturate the int8 graphs
     exported.int8 = export_int8(exported, [np.zeros_like(images[0])] * 4, config.int8)
-    _, _, checks = measure_serving(exported, images, labels, max_mcc_drop=config.int8.max_mcc_drop)
+    scores, _ = score_serving_paths(exported, images)
+    checks = int8_guard_checks("val_test", scores, labels, config.int8.max_mcc_drop)
     served, reason = guard_decision(checks)
     assert served == "fp32" and all(not check.passed and check.decisions_changed > 0 for check in checks)
     assert "val_test full: MCC 1.0000 ->" in reason and "> 0.01" in reason

@@ -20,9 +20,9 @@ pixel values), LayerNorm, the fused attention (softmax inside ONNX Runtime's Mul
 attention through the plain graph's MatMul + Softmax ran slower), GELU, the head, the view pooling and the
 calibration map (tiny, but acting on the logit itself).
 
-The guard compares the int8 graphs with the fp32 ones on labelled images (val_test at export; the fresh
-held-out demo scenes in ``benchmarks.demo_heldout``): the MCC drop at the validator's threshold must stay
-within ``max_mcc_drop`` for the fixed and the adaptive path, or the bundle serves fp32 and says why.
+The guard compares the int8 graphs with the fp32 ones on labelled images (val_test and val_select at export;
+the fresh held-out demo scenes in ``benchmarks.demo_heldout``): the MCC drop at the validator's threshold must
+stay within ``max_mcc_drop`` for the fixed and the adaptive path, or the bundle serves fp32 and says why.
 """
 
 from __future__ import annotations
