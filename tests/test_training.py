@@ -13,7 +13,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from stage1_core.data.images import ManifestImageDataset, canvas_transform
 from stage1_core.data.splits import Consumer, LeakageError, SplitConfig, assign_splits, take_split
-from stage1_core.evaluation.ablation import AblationTable, score_inference_modes, without_distillation
+from stage1_core.evaluation.ablation import (
+    AblationTable,
+    distillation_ablation,
+    distillation_recipe,
+    score_inference_modes,
+)
 from stage1_core.evaluation.calibration import CalibrationConfig, fit_calibration_policy
 from stage1_core.evaluation.report import EvaluationConfig
 from stage1_core.modeling.adapters import AdapterConfig, has_adapters
@@ -109,13 +114,21 @@ def test_bad_training_setups_fail_before_training(splits) -> None:
 def test_the_aggregate_teaches_the_global_view_and_never_the_reverse() -> None:
     global_logits = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
     aggregate_logits = torch.tensor([2.0, -3.0, 2.0], requires_grad=True)
-    global_view_distillation(global_logits, aggregate_logits).backward()
+    global_view_distillation(global_logits, aggregate_logits, torch.tensor([1.0, 0.0, 1.0])).backward()
     assert aggregate_logits.grad is None, "the teacher is detached: the aggregate is not pulled towards the global view"
     expected = (torch.sigmoid(global_logits) - torch.sigmoid(aggregate_logits)).detach() / 3
     assert torch.allclose(global_logits.grad, expected), "each global logit moves towards its aggregate, 0 when equal"
     multiview = _model().config.multiview
     assert distillation_weight(multiview, TrainConfig(train_views="multi")) == DistillationConfig().weight > 0
     assert distillation_weight(multiview, TrainConfig(train_views="global")) == 0.0, "no other views to learn from"
+    off, by_label = DistillationConfig(weight=0.0), DistillationConfig(teacher="label")
+    assert distillation_ablation(TrainConfig(train_views="global"), multiview, off) is None, (
+        "would train the same model"
+    )
+    assert distillation_ablation(TrainConfig(train_views="multi", distillation=off), multiview, off) is None
+    assert distillation_ablation(TrainConfig(train_views="multi"), multiview, off).distillation == off
+    assert distillation_recipe("ExPLoRA + linear head", off) == "ExPLoRA + linear head, no distillation"
+    assert distillation_recipe("main", by_label) == "main, global view taught by the label (weight 1)"
 
 
 @pytest.mark.slow
@@ -137,7 +150,7 @@ def test_distilled_global_view_follows_the_aggregate_and_the_ablation_table_show
         global_logits, full_logits = predict_global_and_full_logits(trained, val_select)
         gaps[weight] = float(np.abs(global_logits - full_logits).mean())
         policy = fit_calibration_policy(full_logits, val_select["label"].to_numpy(), CalibrationConfig())
-        name = "main" if weight else without_distillation("main")
+        name = "main" if weight else distillation_recipe("main", config.distillation)
         rows += score_inference_modes(
             name, trained, policy, val_select, val_select, EvaluationConfig(n_bootstrap=20), AdaptiveConfig()
         )

@@ -26,7 +26,8 @@ from stage1_core.common.reports import Report, metric_cell
 from stage1_core.data.splits import bootstrap_groups
 from stage1_core.evaluation.calibration import CalibrationPolicy
 from stage1_core.modeling.inference import predict_global_and_full_logits
-from stage1_core.modeling.model import RoadworkClassifier
+from stage1_core.modeling.model import MultiViewConfig, RoadworkClassifier
+from stage1_core.modeling.training import DistillationConfig, TrainConfig, distillation_weight
 from stage1_core.serving.adaptive import AdaptiveConfig, evaluate_adaptive, fit_adaptive_policy, skip_tiles
 
 InferenceMode = Literal["global view", "multi-view", "adaptive"]
@@ -44,9 +45,10 @@ class AblationConfig(BaseModel):
         True,
         description="train with a DoRAN adapter instead of the configured one (skipped when that is DoRAN already)",
     )
-    without_distillation: bool = Field(
-        True,
-        description="train without the global-view distillation (skipped when the main recipe does not distil)",
+    distillation: DistillationConfig | None = Field(
+        DistillationConfig(weight=0.0),
+        description="train the main recipe with this global-view loss instead of the configured one (the default, "
+        "weight 0: without one); skipped where it would train the same model; None: no such ablation",
     )
 
 
@@ -106,9 +108,21 @@ def recipe_name(explora: bool, adapter: str) -> str:
     return f"{'ExPLoRA' if explora else 'no ExPLoRA'} + {head}"
 
 
-def without_distillation(recipe: str) -> str:
-    """How the ablation without the global-view distillation reads, e.g. ``ExPLoRA + linear head, no distillation``."""
-    return f"{recipe}, no distillation"
+def distillation_ablation(
+    config: TrainConfig, multiview: MultiViewConfig, alternative: DistillationConfig | None
+) -> TrainConfig | None:
+    """The main training with the ablation's global-view loss, or None where that would train the same model."""
+    if alternative is None or alternative == config.distillation:
+        return None
+    ablated = config.model_copy(update={"distillation": alternative})
+    return None if distillation_weight(multiview, ablated) == distillation_weight(multiview, config) == 0 else ablated
+
+
+def distillation_recipe(recipe: str, distillation: DistillationConfig) -> str:
+    """How the distillation ablation reads, e.g. ``ExPLoRA + linear head, no distillation``."""
+    if distillation.weight == 0:
+        return f"{recipe}, no distillation"
+    return f"{recipe}, global view taught by the {distillation.teacher} (weight {distillation.weight:g})"
 
 
 def slug(text: str) -> str:

@@ -82,6 +82,11 @@ class DistillationConfig(BaseModel):
         description="softens teacher and student alike; 1 keeps the aggregate's own confidence, which is what the "
         "adaptive margin reads (T > 1 pulls the global view towards 0.5 and it skips less)",
     )
+    teacher: Literal["aggregate", "label"] = Field(
+        "aggregate",
+        description="aggregate: the detached ten-view logit (self-distillation); label: the image's (smoothed) label, "
+        "the early exit's own loss of BranchyNet (Teerapittayanon et al. 2016)",
+    )
 
 
 class TrainConfig(BaseModel):
@@ -212,9 +217,19 @@ def trainer_hardware(config: TrainConfig) -> dict[str, Any]:
 
 
 def global_view_distillation(
-    global_logits: torch.Tensor, aggregate_logits: torch.Tensor, temperature: float = 1.0
+    global_logits: torch.Tensor,
+    aggregate_logits: torch.Tensor,
+    targets: torch.Tensor,
+    config: DistillationConfig | None = None,
 ) -> torch.Tensor:
-    """Soft-target BCE of the global view's logit against the detached aggregate (see ``DistillationConfig``)."""
+    """BCE of the global view's logit against its teacher (see ``DistillationConfig``).
+
+    The teacher is the detached aggregate (soft targets at the temperature) or the image's ``targets``.
+    """
+    config = config or DistillationConfig()
+    if config.teacher == "label":
+        return F.binary_cross_entropy_with_logits(global_logits, targets)
+    temperature = config.temperature
     teacher = torch.sigmoid(aggregate_logits.detach() / temperature)
     return temperature**2 * F.binary_cross_entropy_with_logits(global_logits / temperature, teacher)
 
@@ -310,9 +325,10 @@ class ClassifierModule(L.LightningModule):
         else:
             logits = (self.compiled or self.model)(images, self.train_views)
         smoothing = self.config.label_smoothing
-        loss = F.binary_cross_entropy_with_logits(logits, labels * (1 - smoothing) + smoothing / 2)
+        targets = labels * (1 - smoothing) + smoothing / 2
+        loss = F.binary_cross_entropy_with_logits(logits, targets)
         if self.distillation_weight:
-            distillation = global_view_distillation(global_logits, logits, self.config.distillation.temperature)
+            distillation = global_view_distillation(global_logits, logits, targets, self.config.distillation)
             self.log("train/distillation", distillation, on_step=False, on_epoch=True)
             loss = loss + self.distillation_weight * distillation
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
