@@ -17,9 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from pydantic import BaseModel
 
+from stage1_core.common.cli import EXIT_OK, configure_logging, positive_int, run_printing_command
 from stage1_core.data.ingest import ingest
 from stage1_core.data.sources.config import IngestConfig
 from stage1_core.data.splits import SplitConfig, assign_splits
@@ -82,16 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: print one line per size (or one JSON object with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[1000, 5000])
     parser.add_argument(
         "--work", type=Path, default=Path("data/benchmark"), help="where the demo sets and image stores go"
     )
     parser.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)  # child process: one measurement
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    configure_logging(logging.WARNING)
+    return run_printing_command("benchmarks.data", lambda out: _benchmark(args, out), args.json or bool(args.measure))
+
+
+def _benchmark(args: argparse.Namespace, out: TextIO) -> int:
     if args.measure is not None:
-        print(measure(args.measure, args.work / f"store_{args.measure.name}").model_dump_json())
-        return 0
+        print(measure(args.measure, args.work / f"store_{args.measure.name}").model_dump_json(), file=out)
+        return EXIT_OK
     runs = []
     for size in args.sizes:
         data = _dataset(args.work, size)
@@ -103,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         runs.append(DataBenchmarkRun.model_validate_json(child.stdout.strip().splitlines()[-1]))
     if args.json:
-        print(json.dumps({"runs": [run.model_dump() for run in runs]}))
-        return 0
+        print(json.dumps({"runs": [run.model_dump() for run in runs]}), file=out)
+        return EXIT_OK
     print(
         f"{'images':>7} {'image MB':>9} {'s':>7} {'img/s':>7} {'ingest s':>9} {'validate s':>10} {'split s':>8} "
         f"{'base RSS MB':>11} {'peak RSS MB':>11} {'peak-base':>9} {'manifest MB':>11}"
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{run.baseline_rss_mb:>11.0f} "
             f"{run.peak_rss_mb:>11.0f} {run.peak_rss_mb - run.baseline_rss_mb:>9.0f} {run.manifest_mb:>11.1f}"
         )
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

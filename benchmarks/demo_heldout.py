@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 import tempfile
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from stage1_core.common.cli import EXIT_FINDING, EXIT_OK, configure_logging, positive_int, run_printing_command
 from stage1_core.common.metrics import bootstrap_indices, compute_metrics
 from stage1_core.demo.config import SIZE_CLASSES, DemoDataConfig
 from stage1_core.demo.writers import generate_demo_dataset
@@ -105,12 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("bundle", type=Path, help="exported model folder (model.onnx, metadata.json, ...)")
-    parser.add_argument("--images", type=int, default=1500, help="scenes to draw (default 1500)")
+    parser.add_argument("--images", type=positive_int, default=1500, help="scenes to draw (default 1500)")
     parser.add_argument(
         "--seed", type=int, default=777, help="generator seed (default 777: no pipeline config uses it)"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
+    configure_logging(logging.WARNING)
+    return run_printing_command("benchmarks.demo_heldout", lambda out: _benchmark(args, out), args.json)
+
+
+def _benchmark(args: argparse.Namespace, out: TextIO) -> int:
+    Predictor.from_bundle(args.bundle)  # a bundle that cannot be served is named before minutes of drawing
     with tempfile.TemporaryDirectory(prefix="demo-heldout-") as directory:
         scenes = draw_scenes(Path(directory), args.images, args.seed)
     exported = ExportedModel.load(args.bundle)
@@ -135,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                     "int8_guard_decision": decision,
                     "bundle_serves": bundle_serves,
                 }
-            )
+            ),
+            file=out,
         )
-        return 1 if contradicted else 0
+        return EXIT_FINDING if contradicted else EXIT_OK
     print(
         f"{len(scenes)} held-out demo scenes (seed {args.seed}, one frame each, "
         f"{scenes['label'].mean():.0%} roadwork), threshold 0.5, 95% bootstrap CI"
@@ -173,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         print("  the bundle serves int8 but the guard fails on these scenes: serve it with precision='fp32'")
     elif decision == "int8" and bundle_serves == "fp32":
         print("  int8 keeps the budget on these scenes, which resolve it better than the export's guard sets")
-    return 1 if contradicted else 0
+    return EXIT_FINDING if contradicted else EXIT_OK
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -50,6 +51,8 @@ from pydantic import BaseModel
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModel, Dinov2Config
 
+from benchmarks.command import run_benchmark
+from stage1_core.common.cli import configure_logging, positive_int
 from stage1_core.common.logit_map import LogitMap
 from stage1_core.demo.config import DemoDataConfig
 from stage1_core.demo.writers import generate_demo_dataset
@@ -699,21 +702,26 @@ def print_table(result: BenchmarkResult) -> None:
     print(f"memory: {result.memory_note}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Command line; the exit-code contract of ``stage1_core.common.cli`` (0 when measured)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object of the figures")
     parser.add_argument(
-        "--images", type=int, default=120, help="demo images: 40%% linear probe, 30%% adaptive fit, 30%% timed"
+        "--images", type=positive_int, default=120, help="demo images: 40%% linear probe, 30%% adaptive fit, 30%% timed"
     )
-    parser.add_argument("--requests", type=int, default=24, help="single-image requests timed per configuration")
-    parser.add_argument("--batch", type=int, default=8, help="images per call for the throughput figure")
+    parser.add_argument(
+        "--requests", type=positive_int, default=24, help="single-image requests timed per configuration"
+    )
+    parser.add_argument("--batch", type=positive_int, default=8, help="images per call for the throughput figure")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=torch.get_num_threads(),
         help="intra-op threads for PyTorch and ONNX Runtime alike",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; images/s is the best round")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=3, help="interleaved timing rounds; images/s is the best round"
+    )
     parser.add_argument(
         "--no-compile", action="store_true", help="skip torch.compile (its compilation takes minutes on a small CPU)"
     )
@@ -722,20 +730,19 @@ def main() -> None:
         action="store_true",
         help="also time a random-init ViT-S/14 at 224 px, fixed 10-view (eager, ONNX Runtime fp32 and int8)",
     )
-    args = parser.parse_args()
-    logging.basicConfig(
-        level=logging.INFO if not args.json else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    args = parser.parse_args(argv)
+    configure_logging(logging.INFO if not args.json else logging.WARNING)
+    logging.getLogger("torch").setLevel(logging.WARNING)
+
+    return run_benchmark(
+        "benchmarks.inference",
+        lambda: run(
+            args.images, args.requests, args.batch, args.threads, not args.no_compile, args.rounds, vit_s=args.vit_s
+        ),
+        print_table,
+        args.json,
     )
-    for noisy in ("onnxscript", "onnx_ir", "torch"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    result = run(
-        args.images, args.requests, args.batch, args.threads, not args.no_compile, args.rounds, vit_s=args.vit_s
-    )
-    if args.json:
-        print(result.model_dump_json())
-    else:
-        print_table(result)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 import time
+from typing import TextIO
 
 import numpy as np
 from sklearn import metrics as skm
 
+from stage1_core.common.cli import EXIT_OK, configure_logging, positive_int, run_printing_command
 from stage1_core.common.metrics import bootstrap_indices, compute_metrics
 
 TARGET_SECONDS = 5.0
@@ -71,27 +75,40 @@ def run(n: int, resamples: int) -> dict[str, object]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", action="store_true", help="print one JSON object of the figures")
-    parser.add_argument("--n", type=int, default=10_000, help="predictions (default 10,000)")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1,000)")
-    args = parser.parse_args()
-    figures = run(args.n, args.resamples)
-    if args.json:
-        print(json.dumps(figures))
-        return
-    print(f"{figures['n']} predictions, {figures['n_bootstrap']} bootstrap resamples, all 16 metrics")
+def print_figures(figures: dict, out: TextIO) -> None:
+    print(f"{figures['n']} predictions, {figures['n_bootstrap']} bootstrap resamples, all 16 metrics", file=out)
     print(
         f"  vectorised compute_metrics : {figures['vectorised_s']:8.2f} s   (target < {TARGET_SECONDS:.0f} s: "
-        f"{'ok' if figures['within_target'] else 'OVER'}; CPU {figures['vectorised_cpu_s']:.2f} s)"
+        f"{'ok' if figures['within_target'] else 'OVER'}; CPU {figures['vectorised_cpu_s']:.2f} s)",
+        file=out,
     )
     print(
         f"  naive sklearn loop, 10 metrics (extrapolated from {NAIVE_RESAMPLES} resamples): "
-        f"{figures['naive_sklearn_extrapolated_s']:8.2f} s"
+        f"{figures['naive_sklearn_extrapolated_s']:8.2f} s",
+        file=out,
     )
-    print(f"  speed-up vs naive          : {figures['speedup_vs_naive']:8.1f} x")
+    print(f"  speed-up vs naive          : {figures['speedup_vs_naive']:8.1f} x", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line; the exit-code contract of ``stage1_core.common.cli`` (0 when measured)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON object of the figures")
+    parser.add_argument("--n", type=positive_int, default=10_000, help="predictions (default 10,000)")
+    parser.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1,000)")
+    args = parser.parse_args(argv)
+    configure_logging(logging.WARNING)
+
+    def measure(out: TextIO) -> int:
+        figures = run(args.n, args.resamples)
+        if args.json:
+            print(json.dumps(figures), file=out)
+        else:
+            print_figures(figures, out)
+        return EXIT_OK
+
+    return run_printing_command("benchmarks.metrics", measure, args.json)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable
 
@@ -29,7 +30,9 @@ from pydantic import BaseModel
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from benchmarks.command import run_benchmark
 from benchmarks.inference import process_rss_mb, reset_peak_rss
+from stage1_core.common.cli import configure_logging, positive_int
 from stage1_core.modeling.backbone import load_backbone
 from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier, make_views
 from stage1_core.modeling.training import set_trainable_blocks
@@ -203,25 +206,33 @@ def print_table(result: MultiViewBenchmark) -> None:
     print(f"target met: {result.meets_target}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Command line; the exit-code contract of ``stage1_core.common.cli`` (0 when measured)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object of the figures")
-    parser.add_argument("--batch", type=int, default=8, help="images per call")
+    parser.add_argument("--batch", type=positive_int, default=8, help="images per call")
     parser.add_argument(
-        "--threads", type=int, default=torch.get_num_threads(), help="intra-op threads, the same for every variant"
+        "--threads",
+        type=positive_int,
+        default=torch.get_num_threads(),
+        help="intra-op threads, the same for every variant",
     )
     parser.add_argument(
-        "--rounds", type=int, default=5, help="timed repetitions per inference figure (the best counts)"
+        "--rounds", type=positive_int, default=5, help="timed repetitions per inference figure (the best counts)"
     )
-    parser.add_argument("--train-steps", type=int, default=3, help="timed training steps per variant (the best counts)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = run(args.batch, args.threads, args.rounds, args.train_steps)
-    if args.json:
-        print(result.model_dump_json())
-    else:
-        print_table(result)
+    parser.add_argument(
+        "--train-steps", type=positive_int, default=3, help="timed training steps per variant (the best counts)"
+    )
+    args = parser.parse_args(argv)
+    configure_logging(logging.WARNING)
+
+    return run_benchmark(
+        "benchmarks.multiview",
+        lambda: run(args.batch, args.threads, args.rounds, args.train_steps),
+        print_table,
+        args.json,
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

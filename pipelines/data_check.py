@@ -15,7 +15,8 @@ from typing import get_args
 
 import pandas as pd
 
-from stage1_core.common.cli import EXIT_FINDING, EXIT_OK, configure_logging, run_command
+from stage1_core.common.cli import EXIT_FINDING, EXIT_OK, configure_logging, run_command, writable_folder
+from stage1_core.common.config import config_from_options
 from stage1_core.data.check import DataCheckResult, quarantine_path, run_data_check
 from stage1_core.data.sources.config import IngestConfig, Source
 from stage1_core.data.splits import SplitConfig
@@ -40,6 +41,8 @@ def print_result(result: DataCheckResult) -> None:
         print(pivot.to_string())
     for reason, count in result.reason_counts.items():
         print(f"quarantined for {reason}: {count}")
+    for row_id, reason in result.reason_examples.items():
+        print(f"  e.g. {row_id}: {reason}")
     for reason in result.critical_reasons:
         print(f"CRITICAL: {reason}")
 
@@ -62,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
 
     def run() -> int:
-        ingest_config = IngestConfig(path=args.path, source=args.source, image_store=args.image_store)
-        result = run_data_check(ingest_config, ValidationConfig(), SplitConfig(seed=args.seed), args.out)
+        if args.out is not None:
+            writable_folder(args.out.parent, "--out")
+        ingest_config = config_from_options(
+            IngestConfig, path=args.path, source=args.source, image_store=args.image_store
+        )
+        split_config = config_from_options(SplitConfig, seed=args.seed)
+        result = run_data_check(ingest_config, ValidationConfig(), split_config, args.out)
         print_result(result)
         if args.out is not None:
             print(

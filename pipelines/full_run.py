@@ -12,7 +12,7 @@ from pathlib import Path
 
 from zenml import Model, pipeline
 
-from pipelines.launch import CONFIGS, exclusive_run, prepare_run, print_summary
+from pipelines.launch import CONFIGS, EXECUTION_MODE, exclusive_run, prepare_run, print_summary
 from pipelines.train_and_gate import LIBRARY_AWARE_CACHE, MODEL_DESCRIPTION, MODEL_NAME, train_and_gate
 from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
 from stage1_core.run.config import RunConfig
@@ -20,7 +20,11 @@ from stage1_core.run.settings import load_run_config
 from steps.ingest_data import ingest_data
 
 
-@pipeline(model=Model(name=MODEL_NAME, description=MODEL_DESCRIPTION), cache_policy=LIBRARY_AWARE_CACHE)
+@pipeline(
+    model=Model(name=MODEL_NAME, description=MODEL_DESCRIPTION),
+    cache_policy=LIBRARY_AWARE_CACHE,
+    execution_mode=EXECUTION_MODE,
+)
 def full_run(config: RunConfig, data_fingerprint: str, backbone_fingerprint: str) -> None:
     """Ingest the configured data, then train, evaluate, export and gate (:func:`train_and_gate`)."""
     train_and_gate(ingest_data(config.data, data_fingerprint), config, backbone_fingerprint)

@@ -2,10 +2,12 @@
 
 ``python -m pipelines.predict IMAGE_OR_DIR... [--model champion|PATH] [--mode adaptive|full] [--json]``
 
-Every input is reported: a score per image, or which input failed and why (empty, not an image,
-corrupt, too small, too large). The rest are still scored; the exit code is 1 when any input
-failed and 2 when the model cannot be loaded. Folders contribute their files with an image
-extension (recursively); their other files are listed as skipped.
+Every input is reported, as scored, failed or skipped with the reason, and the counts add up: a score per
+image; a failure for an input that cannot be scored (missing, a broken link, unreadable, empty, not an image,
+corrupt, too small, too large, or a folder holding no image file); a skip for a file a folder holds that is not
+scored (no image extension, hidden, not a regular file, a link to a folder). The rest are still scored; the exit
+code is 1 when any input failed and 2 when the model cannot be loaded. With ``--json`` stdout carries the JSON
+report alone.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from stage1_core.common.cli import EXIT_FINDING, EXIT_OK, configure_logging, run_command
-from stage1_core.registry.champion import CHAMPION, load_predictor, load_registered_model
+from stage1_core.common.cli import EXIT_FINDING, EXIT_OK, configure_logging, run_printing_command, writable_folder
+from stage1_core.common.config import config_from_options
+from stage1_core.registry.champion import CHAMPION, load_predictor, load_registered_model, looks_like_a_path
 from stage1_core.serving.predictor import BadImageError, Prediction, PredictorConfig, decode_image
 
 IMAGE_EXTENSIONS = frozenset(Image.registered_extensions())
@@ -35,33 +39,85 @@ class Failure(BaseModel):
     error: str
 
 
+class Skipped(BaseModel):
+    source: str
+    reason: str
+
+
 class PredictReport(BaseModel):
-    """What ``--json`` prints."""
+    """What ``--json`` prints; ``len(predictions) + len(failures) + len(skipped)`` is every input reported."""
 
     model: str
     mode: str
     precision: str  # fp32 or int8: the graphs served (the bundle's int8 guard decides)
     predictions: list[Prediction]
     failures: list[Failure]
-    skipped: list[str]
+    skipped: list[Skipped]
     views_per_image: float | None
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """(files to score, files skipped in folders for their extension). Named files are always scored."""
+class Inputs(BaseModel):
+    """The named inputs resolved: files to score, inputs already failed, files skipped (each with its reason)."""
+
     files: list[Path] = []
-    skipped: list[str] = []
-    for item in inputs:
-        path = Path(item)
-        if not path.is_dir():
-            files.append(path)
-            continue
-        for child in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            if child.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append(child)
+    failures: list[Failure] = []
+    skipped: list[Skipped] = []
+
+
+def _broken_link(path: Path) -> str | None:
+    """Why ``path`` is a dangling symbolic link (None when it is not one)."""
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link to {os.readlink(path)}"
+    return None
+
+
+def _scan_folder(folder: Path, inputs: Inputs) -> None:
+    """Add what ``folder`` holds (recursively, links to folders not followed) to ``inputs``: every entry reported."""
+    before = len(inputs.files) + len(inputs.failures)
+
+    def unreadable(error: OSError) -> None:
+        inputs.failures.append(Failure(source=str(error.filename), error=f"folder unreadable ({error.strerror})"))
+
+    for root, folders, names in os.walk(folder, onerror=unreadable):
+        base = Path(root)
+        for name in sorted(folders):
+            if (base / name).is_symlink():
+                inputs.skipped.append(Skipped(source=str(base / name), reason="link to a folder (not followed)"))
+            elif name.startswith("."):
+                inputs.skipped.append(Skipped(source=str(base / name), reason="hidden folder (not read)"))
+        folders[:] = sorted(name for name in folders if not name.startswith(".") and not (base / name).is_symlink())
+        for name in sorted(names):
+            path = base / name
+            if (reason := _broken_link(path)) is not None:
+                inputs.failures.append(Failure(source=str(path), error=reason))
+            elif name.startswith("."):
+                inputs.skipped.append(Skipped(source=str(path), reason="hidden file"))
+            elif not path.is_file():
+                inputs.skipped.append(Skipped(source=str(path), reason="not a regular file"))
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+                inputs.skipped.append(Skipped(source=str(path), reason="not an image file extension"))
             else:
-                skipped.append(str(child))
-    return files, skipped
+                inputs.files.append(path)
+    if len(inputs.files) + len(inputs.failures) == before:
+        inputs.failures.append(Failure(source=str(folder), error="a folder holding no image file to score"))
+
+
+def expand_inputs(named: list[str]) -> Inputs:
+    """Resolve the named files and folders; named files are always scored (whatever their extension)."""
+    inputs = Inputs()
+    for item in named:
+        path = Path(item)
+        if (reason := _broken_link(path)) is not None:
+            inputs.failures.append(Failure(source=item, error=reason))
+        elif not path.exists():
+            inputs.failures.append(Failure(source=item, error="no such file or folder"))
+        elif path.is_dir():
+            _scan_folder(path, inputs)
+        elif not path.is_file():
+            inputs.failures.append(Failure(source=item, error="not a regular file (a pipe, socket or device)"))
+        else:
+            inputs.files.append(path)
+    return inputs
 
 
 def _tracking_uri(explicit: str | None) -> str | None:
@@ -85,7 +141,7 @@ def _decoded(
     for path in tqdm(files, desc="predict", unit="img", disable=len(files) < CHUNK):
         try:
             chunk.append((str(path), _read(path, config)))
-        except (BadImageError, OSError) as error:
+        except BadImageError as error:
             failures.append(Failure(source=str(path), error=str(error).removeprefix(f"{path}: ")))
         if len(chunk) == CHUNK:
             yield chunk
@@ -95,9 +151,11 @@ def _decoded(
 
 
 def _read(path: Path, config: PredictorConfig) -> np.ndarray:
-    if not path.exists():
-        raise BadImageError(f"{path}: no such file or folder")
-    return decode_image(path.read_bytes(), source=str(path), config=config)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise BadImageError(f"{path}: unreadable ({error.strerror or error})") from None
+    return decode_image(data, source=str(path), config=config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,51 +202,54 @@ def main(argv: list[str] | None = None) -> int:
     if not args.inputs and args.save_bundle is None:
         parser.error("give images or folders to score, or --save-bundle DIR")
     configure_logging(logging.WARNING)
-    is_path = Path(args.model).expanduser().exists()
-    tracking_uri = None if is_path else _tracking_uri(args.tracking_uri)
+    return run_printing_command("predict", lambda stdout: _predict(args, stdout), args.json)
 
-    def run() -> int:
-        if args.save_bundle is not None:
-            exported, origin = load_registered_model(args.model, tracking_uri=tracking_uri)
-            print(f"{origin} written to {exported.save(args.save_bundle)}")
-            return EXIT_OK
-        config = PredictorConfig(max_pixels=args.max_pixels, min_side=args.min_side, mode=args.mode)
-        predictor = load_predictor(args.model, tracking_uri=tracking_uri, config=config)
-        files, skipped = expand_inputs(args.inputs)
-        failures: list[Failure] = []
-        predictions: list[Prediction] = []
-        for chunk in _decoded(files, config, failures):
-            predictions += predictor.predict_arrays([image for _, image in chunk], [source for source, _ in chunk])
-        views = sum(p.views for p in predictions) / len(predictions) if predictions else None
-        report = PredictReport(
-            model=predictor.origin,
-            mode=predictor.mode,
-            precision=predictor.precision,
-            predictions=predictions,
-            failures=failures,
-            skipped=skipped,
-            views_per_image=views,
-        )
-        if args.json:
-            print(report.model_dump_json(indent=2))
-        else:
-            for prediction in predictions:
-                print(
-                    f"{prediction.source}\t{prediction.p_roadwork:.4f}\tviews={prediction.views}"
-                    + (f"\twarning: {prediction.warning}" if prediction.warning else "")
-                )
-            for failure in failures:
-                print(f"FAILED {failure.source}: {failure.error}", file=sys.stderr)
-            for name in skipped:
-                print(f"skipped {name}: not an image file extension", file=sys.stderr)
-            summary = (
-                f"{len(predictions)} scored, {len(failures)} failed, {len(skipped)} skipped; "
-                f"model {predictor.origin} ({predictor.mode}, {predictor.precision})"
+
+def _predict(args: argparse.Namespace, stdout: TextIO) -> int:
+    """The command's body: score (or save the bundle), print the report, return 0 or 1."""
+    tracking_uri = None if looks_like_a_path(args.model) else _tracking_uri(args.tracking_uri)
+    if args.save_bundle is not None:
+        writable_folder(args.save_bundle.parent, "--save-bundle")
+        exported, origin = load_registered_model(args.model, tracking_uri=tracking_uri)
+        print(f"{origin} written to {exported.save(args.save_bundle)}", file=stdout)
+        return EXIT_OK
+    config = config_from_options(PredictorConfig, max_pixels=args.max_pixels, min_side=args.min_side, mode=args.mode)
+    predictor = load_predictor(args.model, tracking_uri=tracking_uri, config=config)
+    inputs = expand_inputs(args.inputs)
+    failures = list(inputs.failures)
+    predictions: list[Prediction] = []
+    for chunk in _decoded(inputs.files, config, failures):
+        predictions += predictor.predict_arrays([image for _, image in chunk], [source for source, _ in chunk])
+    views = sum(p.views for p in predictions) / len(predictions) if predictions else None
+    report = PredictReport(
+        model=predictor.origin,
+        mode=predictor.mode,
+        precision=predictor.precision,
+        predictions=predictions,
+        failures=failures,
+        skipped=inputs.skipped,
+        views_per_image=views,
+    )
+    if args.json:
+        print(report.model_dump_json(indent=2), file=stdout)
+    else:
+        for prediction in predictions:
+            print(
+                f"{prediction.source}\t{prediction.p_roadwork:.4f}\tviews={prediction.views}"
+                + (f"\twarning: {prediction.warning}" if prediction.warning else ""),
+                file=stdout,
             )
-            print(summary + (f", {views:.2f} views/image" if views is not None else ""), file=sys.stderr)
-        return EXIT_FINDING if failures or not files else EXIT_OK
-
-    return run_command("predict", run)
+        for failure in failures:
+            print(f"FAILED {failure.source}: {failure.error}", file=sys.stderr)
+        for skipped in inputs.skipped:
+            print(f"skipped {skipped.source}: {skipped.reason}", file=sys.stderr)
+        total = len(predictions) + len(failures) + len(inputs.skipped)
+        summary = (
+            f"{total} inputs: {len(predictions)} scored, {len(failures)} failed, {len(inputs.skipped)} skipped; "
+            f"model {predictor.origin} ({predictor.mode}, {predictor.precision})"
+        )
+        print(summary + (f", {views:.2f} views/image" if views is not None else ""), file=sys.stderr)
+    return EXIT_FINDING if failures or not predictions else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from zenml.execution.pipeline.dynamic.run_context import DynamicPipelineRunConte
 from zenml.models import PipelineRunResponse
 
 from pipelines.drift_reference import find_reference
-from pipelines.launch import CONFIGS, exclusive_run, prepare_run, print_summary
+from pipelines.launch import CONFIGS, EXECUTION_MODE, exclusive_run, prepare_run, print_summary
+from pipelines.settle import discard_model_version
 from pipelines.train_and_gate import LIBRARY_AWARE_CACHE, MODEL_DESCRIPTION, MODEL_NAME, train_and_gate
 from stacks.local import mlflow_tracking_uri
 from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
@@ -45,27 +46,16 @@ from steps.train_model import train_model
 logger = logging.getLogger(__name__)
 
 
-def discard_model_version() -> None:
+def discard_this_model_version() -> None:
     """Delete the model version ZenML made for this run when the run ends without training.
 
-    A pipeline-level ``Model`` gets its version when the run is created, before the body decides whether
-    to train; ZenML 0.98 has no lazy variant (the model is not passed on to step configurations, and a
-    child pipeline would lose the run configuration's GPU templates). Only a version linked to this run
-    alone and without a stage is deleted (a run config naming an existing version keeps it); the run and
-    its drift report stay.
+    ZenML 0.98 has no lazy model version (the model is not passed on to step configurations, and a child pipeline
+    would lose the run configuration's GPU templates); the run and its drift report stay.
     """
     run_context = DynamicPipelineRunContext.get()
     if run_context is None:
-        raise RuntimeError("discard_model_version works only in the body of a running dynamic pipeline")
-    client = Client()
-    run_id = run_context.run.id
-    version = client.get_pipeline_run(run_id).model_version
-    if version is None or version.stage is not None:
-        return
-    links = client.list_model_version_pipeline_run_links(model_version_id=version.id)
-    if [link.pipeline_run.id for link in links.items] == [run_id]:
-        client.delete_model_version(version.id)
-        logger.info("no retraining: deleted the empty version %s of model %s", version.number, version.model.name)
+        raise RuntimeError("discard_this_model_version works only in the body of a running dynamic pipeline")
+    discard_model_version(Client().get_pipeline_run(run_context.run.id))
 
 
 @pipeline(
@@ -73,6 +63,7 @@ def discard_model_version() -> None:
     depends_on=[adapt_backbone, train_model],
     model=Model(name=MODEL_NAME, description=MODEL_DESCRIPTION),
     cache_policy=LIBRARY_AWARE_CACHE,
+    execution_mode=EXECUTION_MODE,
 )
 def retrain_pipeline(
     config: RunConfig,
@@ -87,7 +78,7 @@ def retrain_pipeline(
     batch_manifest = ingest_data(batch, dataset_fingerprint(batch.path), id="ingest_batch")
     report = check_drift(batch_manifest, reference.reference, reference.projection, reference.classifier, config.drift)
     if not (force or report.load().retrain_recommended):
-        discard_model_version()
+        discard_this_model_version()
         return
     raw_manifest = add_batch(ingest_data(config.data, data_fingerprint), batch_manifest, batch_name)
     train_and_gate(raw_manifest, config, backbone_fingerprint)

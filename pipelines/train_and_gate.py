@@ -32,6 +32,7 @@ from steps.score_ablation import score_ablation
 from steps.split_data import split_data
 from steps.train_model import train_model
 from steps.validate_data import validate_data
+from steps.variants import ablation_variant
 
 MODEL_NAME = "roadwork-classifier"
 MODEL_DESCRIPTION = "P(roadwork) from a street-level photo"
@@ -98,11 +99,15 @@ def train_and_gate(raw_manifest: Any, config: RunConfig, backbone_fingerprint: s
 
 
 def train_ablation(split_manifest: Any, backbone: Any, config: RunConfig, table: AblationTable, name: str) -> Any:
-    """Train, calibrate and score one ablation exactly like the main model; return the table with its rows added."""
-    ablated_classifier, _ = train_model.with_options(settings=NESTED_TRACKING)(
+    """Train, calibrate and score one ablation exactly like the main model; return the table with its rows added.
+
+    Its classifier, training summary and calibration policy are named after it (``classifier_<ablation>``...).
+    """
+    variant = ablation_variant(slug(name))
+    ablated_classifier, _ = train_model.with_options(settings=NESTED_TRACKING, substitutions=variant)(
         split_manifest, backbone, config.classifier, config.train, id=f"train_model_{slug(name)}"
     )
-    ablated_policy = calibrate_model(
+    ablated_policy = calibrate_model.with_options(substitutions=variant)(
         split_manifest, ablated_classifier, config.calibration, id=f"calibrate_model_{slug(name)}"
     )
     return score_ablation(

@@ -1,8 +1,10 @@
-"""Command line of the cluster stacks (run against the deployed ZenML server: ``zenml login URL`` first).
+"""Command line of the cluster stacks: register and schedule against the deployed ZenML server, render offline.
 
 python -m stacks.kubernetes register --config stacks/kubernetes.yaml   # get-or-create the components and the stack
 python -m stacks.kubernetes schedule --config stacks/kubernetes.yaml   # the retrain pipeline on its cron (a CronJob)
-python -m stacks.kubernetes render --config stacks/kubernetes.yaml --out manifests/  # what the orchestrator submits
+python -m stacks.kubernetes render --config stacks/kubernetes.yaml --out manifests/  # what would be built and submitted
+
+``register`` and ``schedule`` need ``zenml login URL`` first; ``render`` needs no server, cluster or Docker daemon.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from zenml.client import Client
 
 from stacks.manifests import render_manifests
 from stacks.remote import load_stack_config, prepared_scheduled_pipeline, register_stack, require_server
-from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
+from stage1_core.common.cli import EXIT_OK, configure_logging, run_command, writable_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         client = Client()
         config = load_stack_config(args.config)
-        require_server(config, client)
+        if args.command != "render":
+            require_server(config, client)
         if args.command == "register":
             print(
                 f"stack registered: {register_stack(config, client)}; activate it with `zenml stack set {config.name}`"
@@ -54,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({config.orchestrator}); list with `zenml pipeline schedule list`"
             )
         else:
+            writable_folder(args.out, "--out")
             for path in render_manifests(config, client, args.out):
                 print(path)
         return EXIT_OK

@@ -7,9 +7,16 @@ find them and change nothing. Run it directly with ``python -m stacks.local``.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 
+from mlflow.entities import LifecycleStage, ViewType
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from zenml.client import Client
 from zenml.enums import StackComponentType
+from zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker import LOCAL_MLFLOW_ARTIFACTS_DIRECTORY
+
+from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +56,31 @@ def ensure_local_stack(client: Client | None = None) -> str:
         client.create_stack(name=STACK_NAME, components=components)
     if client.active_stack_model.name != STACK_NAME:
         client.activate_stack(STACK_NAME)
+    prepare_mlflow_store(client)
     return STACK_NAME
+
+
+def prepare_mlflow_store(client: Client | None = None) -> None:
+    """Create the local MLflow store with its artifacts in the artifact store, and drop its empty Default experiment.
+
+    MLflow makes a ``Default`` experiment in every new sqlite store, whose artifact location is ``<cwd>/mlruns``
+    unless the store is created with another root: a stray experiment in the UI, and a folder in the working
+    directory for anything logged there by mistake. ZenML logs each pipeline to an experiment of its own
+    (artifacts under the artifact store's ``mlflow_artifacts``), so the Default experiment is deleted while it
+    holds no run (a deleted experiment also refuses runs logged without one).
+    """
+    client = client or Client()
+    tracker = client.active_stack.experiment_tracker
+    if tracker is None or tracker.flavor != "mlflow" or tracker.config.tracking_uri:
+        return
+    artifact_root = os.path.join(client.active_stack.artifact_store.path, LOCAL_MLFLOW_ARTIFACTS_DIRECTORY)
+    store = SqlAlchemyStore(tracker.get_tracking_uri(), artifact_root)
+    default = store.get_experiment(SqlAlchemyStore.DEFAULT_EXPERIMENT_ID)
+    if default.lifecycle_stage == LifecycleStage.ACTIVE and not store.search_runs(
+        [default.experiment_id], None, ViewType.ALL, max_results=1
+    ):
+        store.delete_experiment(default.experiment_id)
+        logger.info("deleted MLflow's empty Default experiment (pipeline runs log to experiments of their own)")
 
 
 def mlflow_tracking_uri(client: Client | None = None) -> str:
@@ -58,6 +89,16 @@ def mlflow_tracking_uri(client: Client | None = None) -> str:
     return tracker.get_tracking_uri() if tracker else ""
 
 
+def main() -> int:
+    """Command line: register (if missing) and activate the local stack."""
+    configure_logging()
+
+    def register() -> int:
+        print(f"active stack: {ensure_local_stack()}")
+        return EXIT_OK
+
+    return run_command("stacks.local", register)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    print(f"active stack: {ensure_local_stack()}")
+    sys.exit(main())

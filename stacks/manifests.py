@@ -1,4 +1,4 @@
-"""The Kubernetes manifests the orchestrator submits for the scheduled run, built offline.
+"""The Kubernetes manifests the orchestrator submits for the scheduled run, and the image they run, built offline.
 
 They are checked against the API schemas. The CronJob of the orchestrator pod is assembled as
 ``KubernetesOrchestrator._submit_orchestrator_job`` does (its own ``_prepare_job_manifest``, then
@@ -7,15 +7,19 @@ Job per step as the in-cluster entrypoint does (``apply_default_resource_request
 ``build_job_manifest``). A dynamic pipeline's orchestrator pod runs the body and its inline steps itself and creates
 a Job only for an isolated step, as ``submit_isolated_step_with_allocation`` does; those are its ``depends_on``
 templates that ZenML's ``get_step_runtime`` sends to their own pod. Settings come from a pipeline compiled by
-ZenML's ``Compiler`` on the registered stack, so the GPU request is the one a run would get after ZenML's own
-settings merge. Nothing here contacts a cluster; the image, snapshot id, step run id and environment (the ZenML
-server URL and token) are only known at submission and are placeholders here.
+ZenML's ``Compiler`` on the stack the YAML describes, built in memory (:func:`stack_from_config`: nothing is
+registered, no secret is read, no ZenML server is needed), so the GPU request is the one a run would get after
+ZenML's own settings merge. The image is the one ZenML's image builder code names for the pipeline
+(:mod:`stacks.images` records its build instead of running it). Nothing here contacts a cluster; the image digest,
+snapshot id, step run id and environment (the ZenML server URL and token) are only known at submission and are
+placeholders here.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 from uuid import UUID, uuid4
 
 import kubernetes_validate
@@ -24,7 +28,7 @@ from kubernetes.client import ApiClient
 from zenml.client import Client
 from zenml.config.compiler import Compiler
 from zenml.entrypoints.step_entrypoint_configuration import StepEntrypointConfiguration
-from zenml.enums import StepRuntime
+from zenml.enums import StackComponentType, StepRuntime
 from zenml.execution.pipeline.dynamic.compilation import get_step_runtime
 from zenml.integrations.kubernetes import kube_utils
 from zenml.integrations.kubernetes.constants import ORCHESTRATOR_ANNOTATION_KEY, STEP_NAME_ANNOTATION_KEY
@@ -43,10 +47,12 @@ from zenml.integrations.kubernetes.orchestrators.kubernetes_orchestrator_entrypo
 from zenml.models import PipelineSnapshotBase
 from zenml.orchestrators.utils import get_step_entrypoint_command
 from zenml.pipelines.dynamic.entrypoint_configuration import DynamicPipelineEntrypointConfiguration
-from zenml.stack import Stack
+from zenml.stack import Flavor, Stack, StackComponent
 from zenml.step_operators.step_operator_entrypoint_configuration import StepOperatorEntrypointConfiguration
+from zenml.utils.secret_utils import is_secret_reference
 
-from stacks.remote import RemoteStackConfig, StackConfigError, prepared_scheduled_pipeline
+from stacks.images import RecordedBuild, render_image_builds
+from stacks.remote import RemoteStackConfig, StackConfigError, component_configurations, prepared_scheduled_pipeline
 
 
 class ManifestError(ValueError):
@@ -72,9 +78,34 @@ def validate_manifest(manifest: dict[str, Any], kubernetes_version: str) -> None
         raise ManifestError(f"{name}: {error.message}") from None
 
 
-def orchestrator_image(config: RemoteStackConfig, pipeline_name: str) -> str:
-    """The image name ZenML gives the pipeline's build (``<registry>/zenml:<pipeline>-orchestrator``)."""
-    return f"{config.container_registry.uri}/zenml:{pipeline_name}-orchestrator"
+def stack_from_config(config: RemoteStackConfig, client: Client) -> Stack:
+    """The stack the YAML describes, as ZenML objects in memory: the components of :func:`register_stack`.
+
+    Flavors come from the connected store (the local one will do): rendering needs neither the deployed server
+    nor the secrets. Settings that reference a ZenML secret (``{{secret.key}}``: MLflow's credentials) become
+    placeholders, since ZenML would resolve them here; they change neither the manifests nor the image.
+    """
+    now = datetime.now(UTC)
+    components: dict[StackComponentType, list[StackComponent]] = {}
+    for component_type, (flavor_name, configuration) in component_configurations(config).items():
+        flavor = Flavor.from_model(client.get_flavor_by_name_and_type(flavor_name, component_type))
+        without_secrets = {
+            key: f"<secret {value.strip('{} ')}>" if is_secret_reference(value) else value
+            for key, value in configuration.items()
+        }
+        components[component_type] = [
+            flavor.implementation_class(
+                name=config.component_name(component_type),
+                id=uuid4(),
+                config=flavor.config_class(**without_secrets),
+                flavor=flavor_name,
+                type=component_type,
+                user=None,
+                created=now,
+                updated=now,
+            )
+        ]
+    return Stack.from_components_v2(id=uuid4(), name=config.name, components=components)
 
 
 def cron_job_manifest(
@@ -204,25 +235,44 @@ def step_pods(orchestrator: KubernetesOrchestrator, snapshot: PipelineSnapshotBa
     ]
 
 
-def compiled_schedule(
-    config: RemoteStackConfig, client: Client
-) -> tuple[KubernetesOrchestrator, PipelineSnapshotBase, str]:
-    """The registered stack's orchestrator, the scheduled pipeline compiled by ZenML on that stack, and its cron."""
+class CompiledSchedule(NamedTuple):
+    """The scheduled pipeline compiled by ZenML on the stack of the YAML, and its cron."""
+
+    stack: Stack
+    orchestrator: KubernetesOrchestrator
+    snapshot: PipelineSnapshotBase
+    cron_expression: str
+
+
+def compiled_schedule(config: RemoteStackConfig, client: Client) -> CompiledSchedule:
+    """The stack of the YAML (:func:`stack_from_config`) and the scheduled pipeline compiled by ZenML on it."""
     if config.orchestrator != "kubernetes":
         raise StackConfigError(
             "manifests are rendered for the kubernetes orchestrator; Kubeflow compiles its own KFP YAML at submission"
         )
-    stack = Stack.from_model(client.get_stack(config.name, allow_name_prefix_match=False))
+    stack = stack_from_config(config, client)
     pipeline, run_configuration, _ = prepared_scheduled_pipeline(config)
     assert run_configuration.schedule is not None and run_configuration.schedule.cron_expression is not None
     snapshot = Compiler().compile(pipeline=pipeline, stack=stack, run_configuration=run_configuration)
-    return cast(KubernetesOrchestrator, stack.orchestrator), snapshot, run_configuration.schedule.cron_expression
+    orchestrator = cast(KubernetesOrchestrator, stack.orchestrator)
+    return CompiledSchedule(stack, orchestrator, snapshot, run_configuration.schedule.cron_expression)
 
 
-def scheduled_manifests(config: RemoteStackConfig, client: Client) -> list[dict[str, Any]]:
-    """The scheduled pipeline's CronJob and the Jobs of :func:`step_pods`, each validated."""
-    orchestrator, snapshot, cron_expression = compiled_schedule(config, client)
-    image = orchestrator_image(config, snapshot.pipeline_configuration.name)
+class RenderedSchedule(NamedTuple):
+    """What ``schedule`` would build and submit: the image builds and the validated manifests."""
+
+    builds: list[RecordedBuild]
+    manifests: list[dict[str, Any]]
+
+
+def scheduled_manifests(config: RemoteStackConfig, client: Client) -> RenderedSchedule:
+    """The image builds, then the scheduled pipeline's CronJob and the Jobs of :func:`step_pods`, each validated.
+
+    Every pod runs the pipeline image, the last build.
+    """
+    stack, orchestrator, snapshot, cron_expression = compiled_schedule(config, client)
+    builds = render_image_builds(stack, snapshot)
+    image = builds[-1].image
     snapshot_id = uuid4()
     manifests = [cron_job_manifest(orchestrator, snapshot, cron_expression, image, snapshot_id)]
     step_job = isolated_step_job_manifest if snapshot.is_dynamic else step_job_manifest
@@ -232,15 +282,32 @@ def scheduled_manifests(config: RemoteStackConfig, client: Client) -> list[dict[
     ]
     for manifest in manifests:
         validate_manifest(manifest, config.cluster.kubernetes_version)
-    return manifests
+    return RenderedSchedule(builds, manifests)
 
 
 def render_manifests(config: RemoteStackConfig, client: Client, out: Path) -> list[Path]:
-    """Write the validated manifests as YAML for review (``kubectl apply --dry-run=server -f``); returns the files."""
+    """Write the validated manifests as YAML and the image builds' Dockerfiles and generated files, for review.
+
+    Manifests go to ``out`` (``kubectl apply --dry-run=server -f out``), each image build to ``out/images/NN-name/``
+    (its Dockerfile, build arguments, requirement files and the list of project files in its context).
+    Returns the files written.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    rendered = scheduled_manifests(config, client)
     paths = []
-    for index, manifest in enumerate(scheduled_manifests(config, client)):
+    for index, manifest in enumerate(rendered.manifests):
         path = out / f"{index:02d}-{manifest['kind'].lower()}-{manifest['metadata']['name']}.yaml"
         path.write_text(yaml.safe_dump(manifest, sort_keys=False))
         paths.append(path)
+    for index, build in enumerate(rendered.builds):
+        folder = out / "images" / f"{index:02d}-{build.image.rsplit(':', 1)[-1]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        files = build.generated_files | {
+            "Dockerfile": build.dockerfile,
+            "build.yaml": yaml.safe_dump({"image": build.image, "build_args": build.build_args}, sort_keys=False),
+            "context_files.txt": "\n".join(build.project_files) + "\n",
+        }
+        for name, content in files.items():
+            (folder / name).write_text(content)
+            paths.append(folder / name)
     return paths

@@ -25,10 +25,9 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from croniter import croniter
 from kubernetes.utils import parse_quantity
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from zenml.client import Client
 from zenml.config.pipeline_run_configuration import PipelineRunConfiguration
 from zenml.config.resource_settings import ResourceSettings
@@ -37,8 +36,11 @@ from zenml.config.step_configurations import StepConfigurationUpdate
 from zenml.enums import StackComponentType, StepRuntime, StoreType
 from zenml.pipelines.pipeline_definition import Pipeline
 
+from stacks.images import ImageConfig, docker_settings
 from stage1_core.common.cli import UsageError
+from stage1_core.common.config import ConfigFileError, StrictConfig, describe_config_error, read_yaml_mapping
 from stage1_core.data.sources.config import IngestConfig
+from stage1_core.modeling.backbone import PRETRAINED_DEMOS, is_url
 from stage1_core.run.config import RunConfig
 from stage1_core.run.settings import ConfigError, load_run_config
 
@@ -48,6 +50,10 @@ KFP_ACCELERATOR_LABEL = (
     "accelerator"  # the node selector key ZenML's Kubeflow orchestrator turns into a KFP accelerator request
 )
 CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+# Kubernetes versions whose API schemas the rendered manifests validate against (kubernetes-validate ships them).
+# Before 1.29 the Job schema requires `onPodConditions` in every podFailurePolicy rule, which ZenML 0.98's step Jobs
+# leave out of their exit-code rule.
+SUPPORTED_KUBERNETES_VERSIONS = tuple(f"1.{minor}" for minor in range(29, 38))
 
 
 class StackConfigError(UsageError, ValueError):
@@ -57,7 +63,7 @@ class StackConfigError(UsageError, ValueError):
     """
 
 
-class ClusterConfig(BaseModel):
+class ClusterConfig(StrictConfig):
     """Where the pipeline pods run."""
 
     context: str = Field(description="kubeconfig context of the cluster (`kubectl config get-contexts`)")
@@ -66,10 +72,25 @@ class ClusterConfig(BaseModel):
         "zenml-runner",
         description="service account of the orchestrator and step pods (see stacks/README.md for its RBAC)",
     )
-    kubernetes_version: str = Field("1.30", description="server version the manifests are validated against")
+    kubernetes_version: str = Field(
+        "1.30",
+        description=f"server version the manifests are validated against: {', '.join(SUPPORTED_KUBERNETES_VERSIONS)}",
+    )
+
+    @field_validator("kubernetes_version")
+    @classmethod
+    def _supported_version(cls, version: str) -> str:
+        minor = ".".join(version.removeprefix("v").split(".")[:2])
+        if minor not in SUPPORTED_KUBERNETES_VERSIONS:
+            raise ValueError(
+                f"cluster.kubernetes_version {version!r} is not supported: the manifests are checked against "
+                f"{SUPPORTED_KUBERNETES_VERSIONS[0]} to {SUPPORTED_KUBERNETES_VERSIONS[-1]} "
+                "(before 1.29 ZenML's step Jobs fail the Job schema: podFailurePolicy rules need onPodConditions)"
+            )
+        return minor
 
 
-class ArtifactStoreConfig(BaseModel):
+class ArtifactStoreConfig(StrictConfig):
     """An S3-compatible bucket (AWS S3, MinIO, Ceph...)."""
 
     path: str = Field(description="s3://bucket/prefix")
@@ -84,7 +105,7 @@ class ArtifactStoreConfig(BaseModel):
         return path
 
 
-class ContainerRegistryConfig(BaseModel):
+class ContainerRegistryConfig(StrictConfig):
     """Where built images are pushed and pulled from."""
 
     uri: str = Field(description="e.g. registry.example.com/roadwork")
@@ -99,35 +120,35 @@ class ContainerRegistryConfig(BaseModel):
     )
 
 
-class ImageBuilderConfig(BaseModel):
+class ImageBuilderConfig(StrictConfig):
     """Kaniko builds inside the cluster (no Docker daemon needed here); `local` builds with this machine's Docker."""
 
     flavor: Literal["kaniko", "local"] = "kaniko"
     namespace: str = "zenml-kaniko"
 
 
-class MlflowConfig(BaseModel):
+class MlflowConfig(StrictConfig):
     """The MLflow tracking server, also the model registry."""
 
     tracking_uri: str = Field(description="https://mlflow.example.com")
     credentials_secret: str | None = Field(None, description="ZenML secret with username and password (basic auth)")
 
 
-class PodResources(BaseModel):
+class PodResources(StrictConfig):
     """Requests and limits of a pod (Kubernetes quantity strings)."""
 
     cpu: str = "2"
     memory: str = "8Gi"
 
 
-class GpuConfig(BaseModel):
+class GpuConfig(StrictConfig):
     """GPU steps: the GPU request, and where such pods may land."""
 
     steps: list[str] = Field(
         default_factory=lambda: ["adapt_backbone", "train_model"],
         description=(
-            "step names that need a GPU; in a dynamic pipeline (retrain_pipeline) "
-            "they must be among its `depends_on` steps"
+            "step names that need a GPU, each with every invocation (the ablations' train_model ones too); "
+            "in a dynamic pipeline (retrain_pipeline) they must be among its `depends_on` steps"
         ),
     )
     count: int = Field(1, ge=1)
@@ -140,7 +161,7 @@ class GpuConfig(BaseModel):
     )
 
 
-class ScheduleConfig(BaseModel):
+class ScheduleConfig(StrictConfig):
     """The retraining cron.
 
     The Kubernetes orchestrator turns it into a batch/v1 CronJob, Kubeflow into a recurring run.
@@ -194,7 +215,7 @@ class ScheduleConfig(BaseModel):
         return self.cron
 
 
-class KubeflowConfig(BaseModel):
+class KubeflowConfig(StrictConfig):
     """Where Kubeflow Pipelines runs (the Kubeflow variant)."""
 
     host: str | None = Field(
@@ -206,7 +227,7 @@ class KubeflowConfig(BaseModel):
     )
 
 
-class RemoteStackConfig(BaseModel):
+class RemoteStackConfig(StrictConfig):
     """One cluster stack, as written in stacks/kubernetes.yaml or stacks/kubeflow.yaml."""
 
     name: str = "roadwork-k8s"
@@ -217,6 +238,7 @@ class RemoteStackConfig(BaseModel):
     container_registry: ContainerRegistryConfig
     image_builder: ImageBuilderConfig = ImageBuilderConfig()
     mlflow: MlflowConfig
+    image: ImageConfig = ImageConfig()
     step_resources: PodResources = PodResources()
     orchestrator_pod_resources: PodResources = PodResources(cpu="500m", memory="1Gi")
     gpu: GpuConfig = GpuConfig()
@@ -239,10 +261,11 @@ def load_stack_config(path: Path) -> RemoteStackConfig:
     if not path.is_file():
         raise StackConfigError(f"stack config {path} does not exist (start from stacks/kubernetes.yaml)")
     try:
-        return RemoteStackConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+        return RemoteStackConfig.model_validate(read_yaml_mapping(path))
+    except ConfigFileError as error:
+        raise StackConfigError(str(error)) from None
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors())
-        raise StackConfigError(f"{path}: {problems}") from None
+        raise StackConfigError(f"{path}: {describe_config_error(error, RemoteStackConfig)}") from None
 
 
 def _pod_settings(config: RemoteStackConfig, resources: PodResources, *, gpu: bool = False) -> dict[str, Any]:
@@ -420,7 +443,8 @@ def register_stack(config: RemoteStackConfig, client: Client | None = None) -> s
 def schedule_run_configuration(config: RemoteStackConfig, pipeline: Pipeline) -> PipelineRunConfiguration:
     """ZenML run configuration of the scheduled run of the prepared ``pipeline``: the cron, no cache, GPU steps.
 
-    No cache: each firing reads the data as it then is. GPU steps (checked by :func:`gpu_steps_of`) run
+    No cache: each firing reads the data as it then is. Every pod runs the project's image
+    (:func:`stacks.images.docker_settings`). GPU steps (checked by :func:`gpu_steps_of`) run
     isolated, in a pod of their own (the default for a dynamic pipeline's step is inline, in the orchestrator
     pod; a static pipeline gives every step a pod anyway). A dynamic pipeline's orchestrator pod runs all
     its other steps, so on Kubernetes it gets ``step_resources`` instead of ``orchestrator_pod_resources``.
@@ -436,7 +460,7 @@ def schedule_run_configuration(config: RemoteStackConfig, pipeline: Pipeline) ->
         )
     gpu_steps = gpu_steps_of(config, pipeline)
     schedule = Schedule(name=config.schedule.name, cron_expression=config.schedule.cron_for(config.orchestrator))
-    pipeline_settings: dict[str, Any] = {}
+    pipeline_settings: dict[str, Any] = {"docker": docker_settings(config.image)}
     if config.orchestrator == "kubernetes":
         step_settings: dict[str, Any] = {"orchestrator": kubernetes_orchestrator_settings(config, gpu=True)}
         if pipeline.is_dynamic:
@@ -456,13 +480,16 @@ def schedule_run_configuration(config: RemoteStackConfig, pipeline: Pipeline) ->
 
 
 def gpu_steps_of(config: RemoteStackConfig, pipeline: Pipeline) -> list[str]:
-    """The configured GPU steps, checked against the prepared pipeline: a misspelt step would silently get no GPU.
+    """The invocations of the configured GPU steps in the prepared pipeline; a misspelt step is an error.
 
     ZenML applies a run configuration's step settings to the pipeline's invocations and only warns about the
-    others. Those of a dynamic pipeline are its ``depends_on`` steps: any other step is created at run time,
-    from its own code, and could get no settings.
+    others. A static pipeline's invocations of one step carry ids of their own (``train_model`` and the ablations'
+    ``train_model_<ablation>``): each gets the GPU. Those of a dynamic pipeline are its ``depends_on`` steps,
+    matched at run time to every call of the same step (ablations included); any other step is created at run
+    time, from its own code, and could get no settings.
     """
-    unknown = sorted(set(config.gpu.steps) - set(pipeline.invocations))
+    step_names = {invocation_id: invocation.step.name for invocation_id, invocation in pipeline.invocations.items()}
+    unknown = sorted(set(config.gpu.steps) - set(step_names.values()))
     if unknown:
         which = (
             "steps whose settings a run configuration can set "
@@ -471,9 +498,10 @@ def gpu_steps_of(config: RemoteStackConfig, pipeline: Pipeline) -> list[str]:
             else "steps"
         )
         raise StackConfigError(
-            f"gpu.steps {unknown} are not {which} of {pipeline.name}: {', '.join(pipeline.invocations) or 'none'}"
+            f"gpu.steps {unknown} are not {which} of {pipeline.name}: "
+            f"{', '.join(sorted(set(step_names.values()))) or 'none'}"
         )
-    return list(config.gpu.steps)
+    return [invocation_id for invocation_id, name in step_names.items() if name in config.gpu.steps]
 
 
 def import_pipeline(path: str) -> Pipeline:
@@ -494,7 +522,8 @@ def scheduled_run_kwargs(pipeline: Pipeline, run_config: RunConfig, schedule: Sc
     The batch goes to a pipeline that drift-checks a batch (``retrain_pipeline``).
     ``*_fingerprint`` parameters key the cache on local data or weights; a scheduled run reads its data when
     it fires, with the cache off, so there is nothing to fingerprint now: they are set to ``"scheduled"``.
-    The pods cannot read this machine's disk, so the data, the batch and the image stores must be URIs (s3://...).
+    The pods cannot read this machine's disk, so the data, the batch and the image stores must be URIs (s3://...),
+    and the backbone a URI too (or demo weights shipped in the image): the pods never download from a hub.
     """
     parameters = inspect.signature(pipeline.entrypoint).parameters
     kwargs: dict[str, Any] = {"config": run_config} | {
@@ -527,6 +556,12 @@ def scheduled_run_kwargs(pipeline: Pipeline, run_config: RunConfig, schedule: Sc
     if local:
         raise StackConfigError(
             f"{', '.join(local)}: the cluster's pods cannot read local paths; upload the data and set s3:// URIs"
+        )
+    if not (is_url(run_config.backbone) or run_config.backbone in PRETRAINED_DEMOS):
+        raise StackConfigError(
+            f"backbone {run_config.backbone!r} (the run config): the pods read weights from the artifact store or "
+            "the image, never from a hub or this machine's disk; upload the save_pretrained folder to the bucket "
+            f"and set backbone: s3://..., or use a demo weight shipped in the image ({', '.join(PRETRAINED_DEMOS)})"
         )
     return kwargs
 

@@ -9,12 +9,13 @@ from stage1_core.data.splits import Consumer, take_split
 from stage1_core.evaluation.calibration import CalibrationConfig, CalibrationPolicy, fit_calibration_policy
 from stage1_core.modeling.inference import predict_logits
 from stage1_core.modeling.model import RoadworkClassifier
+from steps.variants import MAIN_MODEL, MODEL_VARIANT
 
 
-@step
+@step(substitutions=MAIN_MODEL)
 def calibrate_model(
     manifest: pd.DataFrame, classifier: RoadworkClassifier, config: CalibrationConfig
-) -> Annotated[CalibrationPolicy, "calibration_policy"]:
+) -> Annotated[CalibrationPolicy, f"calibration_policy{MODEL_VARIANT}"]:
     """Fit the calibration policy on val_calib logits (after multi-view aggregation).
 
     Its parameters, NLL before/after, conformal thresholds and reliability diagrams are stored by

@@ -15,6 +15,7 @@ from stage1_core.data.validation import ValidationReport
 from stage1_core.evaluation.report import EvaluationReport
 from stage1_core.export.exporter import ExportedModel
 from stage1_core.registry.champion import log_exported_model
+from stage1_core.registry.model_record import model_version_metadata, version_description
 from stage1_core.registry.promotion import PromotionConfig, PromotionDecision, register_and_promote, val_test_evidence
 from stage1_core.registry.tracking import log_files, log_lineage, log_run_parameters
 from stage1_core.run.config import RunConfig
@@ -64,14 +65,14 @@ def promote_model(
 ) -> Annotated[PromotionDecision, "promotion_decision"]:
     """Log params, lineage and the ONNX model to the run's MLflow run; register it.
 
-    The registry alias and the ZenML stage move together.
+    The registry alias and the ZenML stage move together. The ZenML model version gets the val_test metrics with
+    their intervals, the data hash, the run config and the decision as metadata.
     """
     context = get_step_context()
     parameters = dict(context.pipeline_run.config.parameters or {})
-    log_run_parameters(
-        RunConfig.model_validate(parameters.pop("config", {})), parameters, exclude={"demo", "demo_sources"}
-    )
-    lineage = log_lineage(manifest)
+    run_config = RunConfig.model_validate(parameters.pop("config", {}))
+    log_run_parameters(run_config, parameters, exclude={"demo", "demo_sources"})
+    lineage = log_lineage(manifest, source=context.inputs["manifest"][0].uri)
     model_info = log_exported_model(exported_model)
     evidence = val_test_evidence(
         take_split(manifest, "val_test", Consumer.EVALUATION),
@@ -94,6 +95,11 @@ def promote_model(
         evidence=evidence,
         stage=ZenMLStageTransition(Client(), context.model.name, context.model.id),
         tags=tags,
+        description=version_description(
+            evaluation_report,
+            lineage,
+            f"ZenML: pipeline run {context.pipeline_run.name}, model {context.model.name} v{context.model.number}",
+        ),
     )
     log_files(decision.visualizations(), "promotion")
     log_metadata(
@@ -103,5 +109,14 @@ def promote_model(
             "rows_per_source": lineage.rows_per_source,
             "split_sizes": lineage.split_sizes,
         }
+    )
+    log_metadata(
+        model_version_metadata(
+            evaluation_report,
+            lineage,
+            run_config.model_dump(mode="json"),
+            decision.metadata() | {"reasons": decision.reasons},
+        ),
+        infer_model=True,
     )
     return decision

@@ -13,16 +13,20 @@ from stage1_core.modeling.model import ClassifierConfig, RoadworkClassifier
 from stage1_core.modeling.training import TrainConfig, TrainSummary, train_classifier
 from stage1_core.registry.tracking import log_config, log_history
 from stage1_core.run.reliability import content_hash, manifest_data_hash, reproducibility_record
+from steps.variants import MAIN_MODEL, MODEL_VARIANT
 
 
-@step(experiment_tracker=True)
+@step(experiment_tracker=True, substitutions=MAIN_MODEL)
 def train_model(
     manifest: pd.DataFrame, backbone: PreTrainedModel, classifier_config: ClassifierConfig, config: TrainConfig
 ) -> tuple[
-    Annotated[RoadworkClassifier, "classifier"],
-    Annotated[TrainSummary, "train_summary"],
+    Annotated[RoadworkClassifier, f"classifier{MODEL_VARIANT}"],
+    Annotated[TrainSummary, f"train_summary{MODEL_VARIANT}"],
 ]:
     """Fine-tune the head (and last blocks) on train; keep the val_select-best checkpoint.
+
+    Outputs are named per trained model (``classifier`` for the main one, ``classifier_<ablation>`` for an
+    ablation, see :mod:`steps.variants`), so a model version's ``classifier`` is the model it ships.
 
     Checkpoints go to ``config.checkpoint_root/<hash of the inputs and configs>``: a run killed during training
     and started again (upstream steps cached) finds its folder and resumes from the last finished epoch.

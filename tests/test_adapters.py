@@ -1,4 +1,5 @@
-"""DoRA (peft) and DoRAN (this project's module): what trains, the DoRAN formula, exact merging, save/load and ONNX."""
+"""LoRA and DoRA (peft) and DoRAN (this project's module): what trains, the DoRAN formula, exact merging, save/load
+and ONNX."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _perturb(model: RoadworkClassifier) -> None:
             parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
 
 
-@pytest.mark.parametrize("method", ["dora", "doran"])
+@pytest.mark.parametrize("method", ["lora", "dora", "doran"])
 def test_only_adapters_head_and_final_norm_train_and_counts_match_the_definition(method: str) -> None:
     model = _classifier(method, trainable_blocks=0)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
@@ -51,10 +52,12 @@ def test_only_adapters_head_and_final_norm_train_and_counts_match_the_definition
     head = list(model.head.parameters())
     final_norm = [p for name, p in model.backbone.named_parameters() if name.split(".")[-2] == "layernorm"]
     assert final_norm and trainable == {id(p) for p in adapters + head + final_norm}
-    per_projection = (
-        (2 * RANK * WIDTH + WIDTH) if method == "dora" else (2 * RANK * HIDDEN + 2 * HIDDEN * WIDTH + WIDTH + 1)
-    )
-    shared_per_block = 0 if method == "dora" else 2 * (HIDDEN * HIDDEN + HIDDEN)
+    per_projection = {
+        "lora": 2 * RANK * WIDTH,  # A and B
+        "dora": 2 * RANK * WIDTH + WIDTH,  # and the magnitude vector
+        "doran": 2 * RANK * HIDDEN + 2 * HIDDEN * WIDTH + WIDTH + 1,
+    }[method]
+    shared_per_block = 2 * (HIDDEN * HIDDEN + HIDDEN) if method == "doran" else 0
     assert sum(p.numel() for p in adapters) == BLOCKS * (2 * per_projection + shared_per_block)
 
 
@@ -90,7 +93,7 @@ def test_doran_weight_follows_the_definition_and_shares_the_first_layers_of_q_an
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dora", "doran"])
+@pytest.mark.parametrize("method", ["lora", "dora", "doran"])
 def test_merge_is_exact_and_the_merged_model_saves_loads_and_exports(method: str, tmp_path) -> None:
     model = _classifier(method, trainable_blocks=1).eval()
     _perturb(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
@@ -169,6 +170,54 @@ def test_dirichlet_reduces_to_beta_calibration() -> None:
         np.column_stack([log_expit(z), -log_expit(-z)]), labels
     )
     assert (beta.a, beta.b, beta.c) == pytest.approx((*reference.coef_[0], reference.intercept_[0]), rel=1e-3, abs=1e-3)
+
+
+def dirichletcal_objective(raw: np.ndarray, log_probs: np.ndarray, labels: np.ndarray, lam: float, mu: float) -> float:
+    """The authors' reference objective (dirichletcal ``MultinomialRegression._objective``, method "Full",
+    ``ref_row=True``, ``reg_norm=True``), written out for k = 2: a full 2 x 3 [W | b] from which the last row
+    is subtracted, mean NLL, and the ODIR penalty on the off-diagonal weights and the intercepts."""
+    k = 2
+    weights = raw.reshape(k, k + 1)
+    weights = weights - weights[-1]  # ref_row: the last class is the reference
+    scores = np.column_stack([log_probs, np.ones(len(labels))]) @ weights.T
+    nll = np.mean(np.logaddexp(scores[:, 0], scores[:, 1]) - scores[np.arange(len(labels)), labels])
+    off_diagonal = weights[:, :k] * (1.0 - np.eye(k))
+    return nll + lam / (k * (k - 1)) * np.sum(off_diagonal**2) + mu / k * np.sum(weights[:, k] ** 2)
+
+
+@pytest.mark.parametrize(("lam", "mu"), [(1e-3, 1e-3), (1.0, 1e-2), (0.1, 10.0)])
+def test_dirichlet_fit_is_the_reference_codes_odir_optimum(lam: float, mu: float) -> None:
+    z, labels = beta_miscalibrated(400, seed=12)
+    log_probs = np.column_stack([log_expit(-z), log_expit(z)])
+    identity = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # the reference code's identity initialisation
+    reference = minimize(dirichletcal_objective, identity, args=(log_probs, labels, lam, mu), method="BFGS", tol=1e-12)
+    weights = reference.x.reshape(2, 3) - reference.x.reshape(2, 3)[-1]
+    expected = (weights[1, 1] - weights[0, 1], weights[0, 0] - weights[1, 0], weights[1, 2] - weights[0, 2])
+    config = DirichletConfig(odir_lambdas=(lam,), odir_mus=(mu,))
+    fitted = DirichletCalibrator.fit(z, labels, config).logit_map
+    assert (fitted.a, fitted.b, fitted.c) == pytest.approx(expected, abs=1e-4)
+
+
+def test_every_odir_penalty_of_the_grid_changes_the_fitted_map() -> None:
+    """Kull et al.'s ODIR: lambda shrinks the off-diagonal weight (a, the weight of ln p in the reference-row form)
+    and mu the intercept c. Each grid value gives another map, so the cross-validated search is not wasted."""
+    z, labels = beta_miscalibrated(300, seed=8)
+    grid = DirichletConfig()
+    maps = {
+        (lam, mu): DirichletCalibrator.fit(z, labels, DirichletConfig(odir_lambdas=(lam,), odir_mus=(mu,))).logit_map
+        for lam in grid.odir_lambdas
+        for mu in (grid.odir_mus[0], grid.odir_mus[-1])
+    }
+    for mu in (grid.odir_mus[0], grid.odir_mus[-1]):
+        a = [maps[lam, mu].a for lam in grid.odir_lambdas]
+        assert all(np.diff(a) < -1e-3), f"a must shrink with every lambda step, got {a} at mu={mu}"
+    c = {mu: maps[grid.odir_lambdas[0], mu].c for mu in (grid.odir_mus[0], grid.odir_mus[-1])}
+    assert abs(c[grid.odir_mus[-1]]) < 0.05 < abs(c[grid.odir_mus[0]])  # mu pins the intercept
+    calibrator = DirichletCalibrator.fit(z, labels, grid)
+    searched = {(point.odir_lambda, point.odir_mu) for point in calibrator.searched}
+    assert searched == {(lam, mu) for lam in grid.odir_lambdas for mu in grid.odir_mus}
+    assert calibrator.cv_nll == min(point.cv_nll for point in calibrator.searched)
+    assert calibrator.parameters["odir_grid_points"] == 25
 
 
 def test_temperature_is_the_symmetric_beta_map() -> None:

@@ -1,8 +1,10 @@
 """The local ZenML server (``zenml login --local``) shows a run and its report visualizations.
 
 The server runs as a daemon with a private ZENML_CONFIG_PATH on a free port; a small pipeline (the real
-ingest and validate steps on the session's demo data) runs against it in a subprocess, and everything is
-then read back through the server's REST API (the local daemon uses no authentication). The server is
+ingest and validate steps on the session's demo data, and a drift report of its roadwork images against
+the others) runs against it in a subprocess, and everything is then read back through the server's REST API
+(the local daemon uses no authentication). The dashboard shows HTML visualizations in a frame where no script
+runs, so the drift report's first visualization must say everything in plain HTML. The server is
 stopped at the end, also when the test fails. A server that cannot start fails the test: no skip.
 
 ``python -m tests.test_dashboard DATA IMAGE_STORE`` is the subprocess: it runs the pipeline and prints the run id.
@@ -19,15 +21,18 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import pandas as pd
 import pytest
-from zenml import pipeline
+from zenml import pipeline, step
 
 from stage1_core.data.sources.config import IngestConfig
 from stage1_core.data.validation import ValidationConfig
+from stage1_core.monitoring.drift import DriftConfig, DriftReport, drift_report, image_features
 from steps.ingest_data import ingest_data
 from steps.validate_data import validate_data
+from tests.html_text import image_sources, visible_text
 
 REPO = Path(__file__).resolve().parents[1]
 ZENML_CLI = Path(sys.executable).parent / "zenml"
@@ -35,11 +40,20 @@ SERVER_START_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 600
 
 
+@step
+def compare_labels(manifest: pd.DataFrame) -> Annotated[DriftReport, "drift_report"]:
+    """The library's drift report of the roadwork images' features against the others' (a shift by construction)."""
+    features = image_features(manifest)
+    roadwork = (manifest["label"] == 1).to_numpy()
+    return drift_report(features[~roadwork], features[roadwork], DriftConfig(retrain_min_rows=1))
+
+
 @pipeline
 def dashboard_pipeline(data: IngestConfig, validation: ValidationConfig) -> None:
-    """Two real steps: the manifest (DataFrame) and the validation report (HTML visualization)."""
+    """Real steps: the manifest (DataFrame), the validation report and a drift report (HTML visualizations)."""
     manifest = ingest_data(data, "dashboard-test")
     validate_data(manifest, validation)
+    compare_labels(manifest)
 
 
 def _free_port() -> int:
@@ -120,7 +134,7 @@ def test_run_and_visualizations_are_served(
     run = _get(f"{api}/runs/{run_id}")
     assert run["name"].startswith("dashboard_pipeline") and run["body"]["status"] == "completed"
     steps = {step["name"]: step for step in _get(f"{api}/steps?pipeline_run_id={run_id}&hydrate=true")["items"]}
-    assert set(steps) == {"ingest_data", "validate_data"} and all(
+    assert set(steps) == {"ingest_data", "validate_data", "compare_labels"} and all(
         step["body"]["status"] == "completed" for step in steps.values()
     )
 
@@ -145,6 +159,21 @@ def test_run_and_visualizations_are_served(
     )
     assert manifest_version["metadata"]["visualizations"], "the manifest DataFrame has no visualization"
     assert _get(f"{api}/artifact_versions/{manifest_version['id']}/visualize?index=0")["value"]
+
+    drift_id = steps["compare_labels"]["resources"]["outputs"]["drift_report"][0]["id"]
+    drift_version = _get(f"{api}/artifact_versions/{drift_id}?hydrate=true")
+    assert [visualization["body"]["type"] for visualization in drift_version["metadata"]["visualizations"]] == [
+        "html",
+        "html",
+    ]
+    summary = _get(f"{api}/artifact_versions/{drift_id}/visualize?index=0")["value"]
+    shown = visible_text(summary)
+    drift = drift_version["metadata"]["run_metadata"]
+    assert "<script" not in summary and "Data drift" in shown and "brightness" in shown and "orange_fraction" in shown
+    assert f"Drifted: {drift['drifted_columns'] or 'none'}" in shown
+    assert [source[:22] for source in image_sources(summary)] == ["data:image/png;base64,"]
+    evidently = _get(f"{api}/artifact_versions/{drift_id}/visualize?index=1")["value"]
+    assert "<script" in evidently and len(visible_text(evidently)) < 200, "Evidently's report needs scripts"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from stage1_core.monitoring.drift import DriftConfig, DriftReport, drift_report, image_features
+from tests.html_text import image_sources, visible_text
 
 SIZES = np.array([(1920, 1080), (1280, 720), (4032, 3024)])
 
@@ -163,3 +165,30 @@ def test_image_features_measure_the_images(tmp_path: Path, caplog: pytest.LogCap
     assert features.loc["broken", "brightness":"aspect"].isna().all()
     assert features.at["broken", "daytime"] == "night" and features.at["broken", "weather"] == "rain"
     assert "1 of 6 images could not be read" in caplog.text and "broken.jpg" in caplog.text
+
+
+def test_summary_is_readable_without_javascript(night_report: DriftReport) -> None:
+    """The dashboard runs no scripts: the first visualization states the verdict and shows the distributions."""
+    pages = night_report.visualizations()
+    assert list(pages) == ["drift_summary.html", "drift.html"] and pages["drift.html"] == night_report.html
+    summary = pages["drift_summary.html"]
+    text = visible_text(summary)
+    assert "<script" not in summary
+    assert f"{len(night_report.drifted_columns)} of {len(night_report.columns)} columns drifted" in text
+    assert all(column.column in text for column in night_report.columns)
+    assert "retraining recommended" in text
+    [image] = image_sources(summary)
+    assert image.startswith("data:image/png;base64,")
+    assert base64.b64decode(image.split(",", 1)[1]).startswith(b"\x89PNG")
+    assert len(visible_text(night_report.html)) < 200, "Evidently's own report shows (almost) nothing without scripts"
+
+
+def test_distributions_count_every_row_on_shared_bins(reference: pd.DataFrame, night_report: DriftReport) -> None:
+    by_column = {distribution.column: distribution for distribution in night_report.distributions}
+    assert set(by_column) == {column.column for column in night_report.columns}
+    brightness = by_column["brightness"]
+    assert sum(brightness.reference) == len(reference) and sum(brightness.current) == night_report.n_current
+    assert len(brightness.edges) == len(brightness.reference) + 1 and not brightness.categories
+    daytime = by_column["daytime"]
+    assert not daytime.edges and set(daytime.categories) == {"day", "dusk", "night"}
+    assert daytime.current[daytime.categories.index("night")] == night_report.n_current

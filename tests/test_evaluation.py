@@ -40,7 +40,9 @@ def test_report_holds_slices_views_and_conformal_results() -> None:
     assert (
         "<td>night</td>" in files["slices.html"]
         and "<td>L3</td>" in files["slices.html"]
-        and "SCRC" in files["conformal.html"]
+        and "served variant SCRC-I" in files["conformal.html"]
+        and "PAC guarantee: with probability at least 90%" in files["conformal.html"]
+        and "tuned on 90 images" in files["conformal.html"]  # RAPS on ceil(0.3 * 300) val_calib images
     )
     metadata = report.metadata()
     assert metadata["calibration_method"] == "dirichlet" and "val_test_conformal_lac_coverage" in metadata

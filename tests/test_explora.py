@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,14 +14,18 @@ from torch import nn
 from stage1_core.modeling.backbone import load_backbone, lora_target_modules
 from stage1_core.modeling.explora import (
     ExploraConfig,
+    block_patch_masks,
+    cosine_schedule,
     dino_loss,
     explora_trainable_report,
     ibot_loss,
     koleo_loss,
+    layerwise_lr_multipliers,
     merge_explora_backbone,
     prepare_explora_backbone,
     random_patch_masks,
     run_explora,
+    sinkhorn_knopp,
 )
 
 ARCHITECTURES = {"dinov2-demo": "encoder.layer", "dinov3-demo": "model.layer"}
@@ -32,15 +37,14 @@ def tiny_config(**overrides: object) -> ExploraConfig:
         lora_alpha=8,
         max_steps=3,
         batch_size=2,
-        warmup_steps=0,
+        warmup_fraction=0.0,
         lr=1e-3,
-        global_crop_size=28,
+        global_crop_size=56,  # a 4 x 4 patch grid: room for mask blocks of 4 patches
         local_crop_size=14,
         n_local_crops=2,
         head_hidden_dim=32,
         head_bottleneck_dim=16,
         head_out_dim=64,
-        freeze_last_layer_steps=1,
         mask_probability=1.0,
     )
     settings.update(overrides)
@@ -215,6 +219,8 @@ def test_bad_inputs_are_named() -> None:
         run_explora(backbone, images, tiny_config(batch_size=8))
     with pytest.raises(ValidationError, match="teacher_temp"):
         ExploraConfig(teacher_temp=0.2, student_temp=0.1)
+    with pytest.raises(ValidationError, match="warmup_steps"):  # renamed to warmup_fraction: stale keys fail
+        ExploraConfig(warmup_steps=3)
 
 
 def test_losses_match_their_definitions() -> None:
@@ -246,3 +252,74 @@ def test_patch_masks_cover_the_requested_share() -> None:
     counts = masks.sum(dim=1)
     assert int((counts > 0).sum()) == 4
     assert all(5 <= int(c) <= 25 for c in counts[counts > 0])
+
+
+def _neighbours(masks: torch.Tensor, grid: int) -> torch.Tensor:
+    """Per masked patch, whether a 4-neighbour is masked too."""
+    square = masks.view(-1, grid, grid)
+    padded = F.pad(square.float(), (1, 1, 1, 1))
+    around = padded[:, :-2, 1:-1] + padded[:, 2:, 1:-1] + padded[:, 1:-1, :-2] + padded[:, 1:-1, 2:]
+    return (around > 0)[square]
+
+
+def test_block_masks_are_dinov2s_rectangles_on_half_the_crops() -> None:
+    """DINOv2's masking: half the crops masked, their shares spread over [0.1, 0.5], each mask made of
+    rectangles of at least 4 patches, so a masked patch almost always has a masked neighbour (drawn one by
+    one at these shares, a third of them do not)."""
+    torch.manual_seed(0)
+    grid = 16
+    masks = block_patch_masks(64, (grid, grid), 0.5, (0.1, 0.5))
+    counts = masks.sum(dim=1)
+    assert masks.shape == (64, grid * grid) and int((counts > 0).sum()) == 32
+    shares = counts[counts > 0].float() / grid**2
+    assert shares.max() <= 0.5 and shares.min() >= 0.05 and shares.mean() == pytest.approx(0.3, abs=0.05)
+    assert _neighbours(masks, grid).float().mean() > 0.97
+    scattered = random_patch_masks(64, grid * grid, 0.5, (0.1, 0.5))
+    assert _neighbours(scattered, grid).float().mean() < 0.85
+
+
+def test_schedules_follow_dinov2s_cosine_scheduler() -> None:
+    """Teacher temperature 0.04 -> 0.07 over the first 30%, weight decay 0.04 -> 0.4 and teacher momentum
+    0.992 -> 1 by cosine, learning rate warmed up then cosine to min_lr (DINOv2 train.py / CosineScheduler)."""
+    temperature = cosine_schedule(0.07, 0.07, 100, 30, warmup_start=0.04)
+    np.testing.assert_allclose(temperature[:30], np.linspace(0.04, 0.07, 30))
+    np.testing.assert_allclose(temperature[30:], 0.07)
+    decay = cosine_schedule(0.04, 0.4, 100)
+    assert (
+        decay[0] == pytest.approx(0.04) and decay[50] == pytest.approx(0.22) and decay[-1] == pytest.approx(0.4, 1e-3)
+    )
+    lr = cosine_schedule(1e-3, 1e-6, 100, 10)
+    assert lr[0] == 0.0 and lr[9] == pytest.approx(1e-3) and lr[10] == pytest.approx(1e-3) and lr[-1] < 2e-6
+
+
+def test_layerwise_lr_decay_is_dinov2s() -> None:
+    backbone = load_backbone("dinov2-demo")  # 4 blocks: embeddings 0.9^5, block i 0.9^(4 - i), final norm 1
+    multipliers = layerwise_lr_multipliers(backbone, 0.9)
+    assert multipliers["embeddings.cls_token"] == pytest.approx(0.9**5)
+    assert multipliers["embeddings.patch_embeddings.projection.weight"] == pytest.approx(0.9**5)
+    for block in range(4):
+        assert multipliers[f"encoder.layer.{block}.attention.q_proj.weight"] == pytest.approx(0.9 ** (4 - block))
+    assert multipliers["layernorm.weight"] == 1.0
+    assert set(layerwise_lr_multipliers(backbone, 1.0).values()) == {1.0}
+
+
+def test_sinkhorn_knopp_balances_the_prototypes_over_the_batch() -> None:
+    logits = 2 * torch.rand(12, 6, generator=torch.Generator().manual_seed(4)) - 1  # cosines, as the heads give
+    targets = sinkhorn_knopp(logits, 0.07, iterations=50)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(12))
+    torch.testing.assert_close(targets.sum(dim=0), torch.full((6,), 2.0), atol=1e-3, rtol=0)  # 12 samples / 6
+
+
+def test_run_applies_the_recipe_schedules_shared_head_and_options() -> None:
+    backbone = load_backbone("dinov2-demo")
+    config = tiny_config(max_steps=10, teacher_temp_warmup_fraction=0.3)
+    _, summary = run_explora(backbone, tiny_images(), config)
+    temps = [record.teacher_temp for record in summary.loss_curve]
+    np.testing.assert_allclose(temps, [0.04, 0.055, 0.07] + [0.07] * 7)  # 3 of 10 steps warm up
+    decays = [record.weight_decay for record in summary.loss_curve]
+    assert decays[0] == pytest.approx(0.04) and all(np.diff(decays) > 0) and decays[-1] > 0.39
+    one_head = 32 * 192 + 32 + 32 * 32 + 32 + 32 * 16 + 16 + 64 * 16 + 64  # MLP + weight-normed prototypes
+    assert summary.head_params == one_head, "DINO and iBOT share one head (ssl_default_config: separate_head false)"
+    _, separate = run_explora(backbone, tiny_images(), tiny_config(ibot_separate_head=True, centering="sinkhorn_knopp"))
+    assert separate.head_params == 2 * one_head
+    assert all(math.isfinite(record.total) for record in separate.loss_curve)

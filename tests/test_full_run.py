@@ -7,11 +7,15 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
+from mlflow.entities import ViewType
 
-from pipelines.full_run import main
+from pipelines.full_run import MODEL_NAME, main
+from stage1_core.registry.tracking import data_lineage
+from stage1_core.run.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED_OUTPUTS = {
@@ -26,14 +30,20 @@ EXPECTED_OUTPUTS = {
     "build_drift_reference": {"drift_reference", "embedding_projection", "drift_report"},
     "promote_model": {"promotion_decision"},
     "score_ablation": {"ablation_table"},
-    "load_backbone_without_explora": {"adapted_backbone"},
-    "train_model_no_explora_linear_head": {"classifier", "train_summary"},
-    "calibrate_model_no_explora_linear_head": {"calibration_policy"},
+    "load_backbone_without_explora": {"pretrained_backbone"},
+    "train_model_no_explora_linear_head": {
+        "classifier_no_explora_linear_head",
+        "train_summary_no_explora_linear_head",
+    },
+    "calibrate_model_no_explora_linear_head": {"calibration_policy_no_explora_linear_head"},
     "score_ablation_no_explora_linear_head": {"ablation_table"},
-    "train_model_explora_doran_adapter": {"classifier", "train_summary"},
-    "calibrate_model_explora_doran_adapter": {"calibration_policy"},
+    "train_model_explora_doran_adapter": {"classifier_explora_doran_adapter", "train_summary_explora_doran_adapter"},
+    "calibrate_model_explora_doran_adapter": {"calibration_policy_explora_doran_adapter"},
     "score_ablation_explora_doran_adapter": {"ablation_table"},
 }
+ABLATIONS = ("no_explora_linear_head", "explora_doran_adapter")
+# bars any trained model clears: the first run becomes champion and its ZenML model version goes to production
+LENIENT_BARS = {"min_mcc": -1.0, "max_ece": 1.0, "min_auroc": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +56,7 @@ def tiny_config(session_dir: Path) -> Path:
     document["parameters"]["train"]["checkpoint_root"] = str(session_dir / "checkpoints")
     document["parameters"]["evaluation"]["slices"]["truth_path"] = str(session_dir / "tiny" / "demo_truth.parquet")
     document["parameters"]["ablation"] = {"without_explora": True, "doran_head": True}
+    document["parameters"]["promotion"] = LENIENT_BARS
     path = session_dir / "tiny.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -92,9 +103,8 @@ def test_evaluation_report_shows_every_model_under_every_inference_mode(complete
     assert [row.views_per_image for row in table.rows[:2]] == [1.0, 10.0] and 1.0 <= table.rows[
         2
     ].views_per_image <= 10.0
-    trained = {
-        completed_run.steps[name].outputs["classifier"][0].id
-        for name in ("train_model", "train_model_no_explora_linear_head", "train_model_explora_doran_adapter")
+    trained = {completed_run.steps["train_model"].outputs["classifier"][0].id} | {
+        completed_run.steps[f"train_model_{name}"].outputs[f"classifier_{name}"][0].id for name in ABLATIONS
     }
     assert len(trained) == 3, "each ablation trains its own model"
     assert report.flat_metrics()["ablation_main_explora_linear_head_multi_view_mcc"] == pytest.approx(
@@ -103,17 +113,81 @@ def test_evaluation_report_shows_every_model_under_every_inference_mode(complete
 
 
 @pytest.mark.slow
-def test_model_version_is_registered_in_mlflow(completed_run) -> None:
+def test_production_model_version_holds_the_promoted_model_and_its_record(completed_run) -> None:
+    """Through ZenML's Client: each trained model has its own artifact names, and the version's metadata tells
+    its metrics with intervals, data hash, config and promotion decision."""
+    from zenml.client import Client
+    from zenml.enums import ModelStages
+
+    steps = completed_run.steps
+    production = Client().get_model_version(MODEL_NAME, ModelStages.PRODUCTION)
+    assert production.id == completed_run.model_version.id
+    assert production.get_model_artifact("classifier").id == steps["train_model"].outputs["classifier"][0].id
+    for name in ABLATIONS:
+        ablation = steps[f"train_model_{name}"].outputs[f"classifier_{name}"][0]
+        assert production.get_model_artifact(f"classifier_{name}").id == ablation.id
+    assert (
+        production.get_artifact("calibration_policy").id == steps["calibrate_model"].outputs["calibration_policy"][0].id
+    )
+    backbones = {name: production.get_model_artifact(name).id for name in ("adapted_backbone", "pretrained_backbone")}
+    assert backbones == {
+        "adapted_backbone": steps["adapt_backbone"].outputs["adapted_backbone"][0].id,
+        "pretrained_backbone": steps["load_backbone_without_explora"].outputs["pretrained_backbone"][0].id,
+    }
+
+    metadata = production.run_metadata
+    report = steps["evaluate_model"].outputs["evaluation_report"][0].load()
+    decision = steps["promote_model"].outputs["promotion_decision"][0].load()
+    mcc = report.calibrated.mcc
+    assert metadata["val_test"]["mcc"] == {"value": mcc.value, "ci_low": mcc.ci_low, "ci_high": mcc.ci_high}
+    assert metadata["val_test"]["n_images"] == report.calibrated.n
+    lineage = data_lineage(steps["split_data"].outputs["split_manifest"][0].load())
+    assert metadata["data"]["manifest_sha256"] == lineage.manifest_sha256
+    assert RunConfig.model_validate(metadata["config"]) == RunConfig.model_validate(
+        completed_run.config.parameters["config"]
+    )
+    assert metadata["promotion"]["alias"] == decision.alias == "champion"
+    assert metadata["promotion"]["reasons"] == decision.reasons
+
+
+@pytest.mark.slow
+def test_registered_version_has_description_signature_dataset_and_alias(completed_run) -> None:
+    """Through MLflow's client: what the MLflow UI shows on the model version and on its run."""
+    from zenml.client import Client
+
     from stacks.local import mlflow_tracking_uri
 
-    decision = completed_run.steps["promote_model"].outputs["promotion_decision"][0].load()
+    steps = completed_run.steps
+    decision = steps["promote_model"].outputs["promotion_decision"][0].load()
+    report = steps["evaluate_model"].outputs["evaluation_report"][0].load()
     mlflow.set_tracking_uri(mlflow_tracking_uri())
     try:
-        version = MlflowClient().get_model_version_by_alias(decision.registered_model_name, decision.alias)
+        client = MlflowClient()
+        version = client.get_model_version_by_alias(decision.registered_model_name, decision.alias)
+        signature = mlflow.models.get_model_info(version.source).signature
+        run = client.get_run(version.run_id)
+        experiments = client.search_experiments(view_type=ViewType.ALL)
     finally:
         mlflow.set_tracking_uri(None)
-    assert str(version.version) == decision.version
-    assert decision.alias in {"champion", "challenger"} and decision.reasons
+    assert str(version.version) == decision.version and decision.alias == "champion"
+    assert f"mcc {report.calibrated.mcc.value:.4f}" in version.description
+    assert "Promotion gate: champion" in version.description and version.tags["gate"] == "champion"
+    assert [(spec.name, spec.type, spec.shape) for spec in signature.inputs.inputs] == [
+        ("image", np.dtype("uint8"), (-1, 3, -1, -1))
+    ]
+    assert [(spec.name, spec.type, spec.shape) for spec in signature.outputs.inputs] == [
+        ("p_roadwork", np.dtype("float32"), (-1,))
+    ]
+    manifest = steps["split_data"].outputs["split_manifest"][0]
+    [dataset_input] = run.inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    assert (dataset.name, dataset.digest) == ("split_manifest", data_lineage(manifest.load()).manifest_sha256[:16])
+    assert manifest.uri in dataset.source
+    # no stray experiment: MLflow's empty Default one is deleted, the others keep artifacts in the artifact store
+    artifact_store = Client().active_stack.artifact_store.path
+    active = [experiment for experiment in experiments if experiment.lifecycle_stage == "active"]
+    assert "Default" not in {experiment.name for experiment in active} and active
+    assert all(artifact_store in experiment.artifact_location for experiment in active)
 
 
 @pytest.mark.slow

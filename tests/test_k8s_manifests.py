@@ -1,18 +1,27 @@
-"""The cluster stacks offline: registration, the scheduled run's CronJob and step Jobs, and their Kubernetes schemas.
+"""The cluster stacks offline: registration, the pipeline image, the scheduled run's CronJob and step Jobs, and their
+Kubernetes schemas.
 
 The manifests are built by ZenML's own orchestrator code and manifest builders from the scheduled pipeline compiled
-by ZenML's Compiler on the registered stack (the dynamic retrain_pipeline of stacks/kubernetes.yaml, and the static
-full_run), then validated against the Kubernetes OpenAPI schemas (kubernetes-validate, strict). No cluster is contacted.
+by ZenML's Compiler on the stack of the YAML (the dynamic retrain_pipeline of stacks/kubernetes.yaml, and the static
+full_run), then validated against the Kubernetes OpenAPI schemas (kubernetes-validate, strict). The image builds are
+ZenML's own image builder code with the cluster's image builder (Kaniko) replaced by a recorder of what it would be
+sent. No cluster, registry or Docker daemon is contacted.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
+from pydantic import ValidationError
 from zenml.client import Client
 from zenml.config.resource_settings import ResourceSettings
 from zenml.enums import StackComponentType, StepRuntime
@@ -24,6 +33,7 @@ from pipelines.retrain import retrain_pipeline
 from stacks.kubernetes import main
 from stacks.manifests import ManifestError, compiled_schedule, render_manifests, validate_manifest
 from stacks.remote import (
+    SUPPORTED_KUBERNETES_VERSIONS,
     RemoteStackConfig,
     ScheduleConfig,
     StackConfigError,
@@ -36,6 +46,7 @@ from stage1_core.data.sources.config import IngestConfig
 from stage1_core.run.settings import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
+ABLATIONS = ("no_explora_linear_head", "explora_doran_adapter")
 SECRETS = {
     "roadwork-s3": {"aws_access_key_id": "test", "aws_secret_access_key": "test"},
     "roadwork-registry": {"username": "test", "password": "test"},
@@ -55,11 +66,17 @@ def _with_pipeline(config: RemoteStackConfig, pipeline: str) -> RemoteStackConfi
 
 def _render(config: RemoteStackConfig, out: Path) -> dict[str, dict[str, Any]]:
     """The rendered (and validated) manifests read back from their YAML files: "cron" and one per step name."""
-    documents = [yaml.safe_load(path.read_text()) for path in render_manifests(config, Client(), out)]
+    paths = render_manifests(config, Client(), out)
+    documents = [yaml.safe_load(path.read_text()) for path in paths if path.parent == out]
     return {
         ("cron" if document["kind"] == "CronJob" else document["metadata"]["labels"]["step_name"]): document
         for document in documents
     }
+
+
+def _images(out: Path) -> list[dict[str, str]]:
+    """The rendered image builds read back from their folders, in build order: file name -> content."""
+    return [{path.name: path.read_text() for path in folder.iterdir()} for folder in sorted((out / "images").iterdir())]
 
 
 def _assert_gpu_pod(pod: dict[str, Any]) -> None:
@@ -84,6 +101,7 @@ def cluster_run_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     document["parameters"] |= {
         "data": {"path": "s3://roadwork-data/natix", "image_store": "s3://roadwork-data/images"},
         "demo": None,
+        "ablation": {"without_explora": True, "doran_head": True},
     }
     path = tmp_path_factory.mktemp("cluster") / "cluster.yaml"
     path.write_text(yaml.safe_dump(document))
@@ -110,9 +128,15 @@ def k8s_config(cluster_run_config: Path) -> RemoteStackConfig:
 
 
 @pytest.fixture(scope="module")
-def manifests(k8s_config: RemoteStackConfig, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def rendered(k8s_config: RemoteStackConfig, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the scheduled retrain_pipeline's manifests and image builds are rendered to."""
+    return tmp_path_factory.mktemp("manifests")
+
+
+@pytest.fixture(scope="module")
+def manifests(k8s_config: RemoteStackConfig, rendered: Path) -> dict[str, dict[str, Any]]:
     """The scheduled retrain_pipeline's manifests."""
-    return _render(k8s_config, tmp_path_factory.mktemp("manifests"))
+    return _render(k8s_config, rendered)
 
 
 def test_registration_is_idempotent_and_follows_the_yaml(k8s_config: RemoteStackConfig) -> None:
@@ -203,22 +227,27 @@ def test_gpu_steps_of_the_retrain_pipeline_get_gpu_pods(
 
 def test_train_and_gate_steps_pick_up_the_gpu_templates_at_run_time(k8s_config: RemoteStackConfig) -> None:
     """ZenML matches a step invoked in the body to a template by the step object: the ones train_and_gate calls."""
-    orchestrator, snapshot, _ = compiled_schedule(k8s_config, Client())
+    schedule = compiled_schedule(k8s_config, Client())
+    snapshot = schedule.snapshot
     template = get_config_template(snapshot, train_and_gate.train_model, retrain_pipeline)  # type: ignore[arg-type]
     assert template is not None and template.config.runtime == StepRuntime.ISOLATED
-    pod_settings = orchestrator.get_settings(template).pod_settings  # type: ignore[attr-defined]
+    pod_settings = schedule.orchestrator.get_settings(template).pod_settings  # type: ignore[attr-defined]
     assert pod_settings.resources["limits"]["nvidia.com/gpu"] == "1" and pod_settings.node_selectors == {
         "nvidia.com/gpu.present": "true"
     }
     assert get_config_template(snapshot, train_and_gate.evaluate_model, retrain_pipeline) is None  # type: ignore[arg-type]
 
 
-def test_static_pipeline_gets_a_pod_per_step(k8s_config: RemoteStackConfig, tmp_path: Path) -> None:
+def test_static_pipeline_gets_a_pod_per_step_and_every_training_a_gpu(
+    k8s_config: RemoteStackConfig, tmp_path: Path
+) -> None:
+    """The ablations' trainings are invocations of train_model with ids of their own: they get the GPU too."""
     manifests = _render(_with_pipeline(k8s_config, "pipelines.full_run.full_run"), tmp_path)
-    assert {"cron", "ingest_data", "train_model", "adapt_backbone", "evaluate_model", "promote_model"} <= set(manifests)
+    trainings = {"adapt_backbone", "train_model"} | {f"train_model_{name}" for name in ABLATIONS}
+    assert trainings | {"cron", "ingest_data", "evaluate_model", "promote_model"} <= set(manifests)
     _assert_cpu_pod(_pod_spec(manifests.pop("cron")), "500m", "1Gi")
     for name, manifest in manifests.items():
-        if name in k8s_config.gpu.steps:
+        if name in trainings:
             _assert_gpu_pod(_pod_spec(manifest))
         else:
             _assert_cpu_pod(_pod_spec(manifest), "2", "8Gi")
@@ -329,3 +358,79 @@ def test_local_data_paths_are_refused_for_the_cluster(k8s_config: RemoteStackCon
 def test_cli_refuses_a_local_store(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["register", "--config", str(REPO / "stacks/kubernetes.yaml")]) == 2
     assert "zenml login https://zenml.example.com" in capsys.readouterr().err
+
+
+def test_pipeline_image_is_the_project_on_the_cuda_base(
+    manifests: dict[str, dict[str, Any]], rendered: Path, k8s_config: RemoteStackConfig
+) -> None:
+    """What ZenML would send to Kaniko: the parent from stacks/Dockerfile.cuda, then the project's requirements and
+    the project itself; every pod runs that image."""
+    parent, pipeline_image = _images(rendered)
+    parent_build, build = yaml.safe_load(parent["build.yaml"]), yaml.safe_load(pipeline_image["build.yaml"])
+    assert parent["Dockerfile"] == (REPO / "stacks/Dockerfile.cuda").read_text()
+    assert "FROM ${CUDA_IMAGE}" in parent["Dockerfile"]
+    assert parent_build["build_args"] == {"CUDA_IMAGE": k8s_config.image.cuda_image, "PYTHON_VERSION": "3.11"}
+    assert f"cuda:{torch.version.cuda}." in k8s_config.image.cuda_image, "the base image's CUDA is the torch wheel's"
+
+    dockerfile = pipeline_image["Dockerfile"].splitlines()
+    assert dockerfile[0] == f"FROM {parent_build['image']}"
+    requirements = pipeline_image[".zenml_user_requirements"].splitlines()
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert requirements == pyproject["dependencies"] + pyproject["optional-dependencies"]["k8s"]
+    assert "torch==2.14.1" in requirements and "kubernetes" in pipeline_image[".zenml_stack_integration_requirements"]
+    install = dockerfile.index("COPY . .")
+    assert any(line.endswith("-r .zenml_user_requirements") for line in dockerfile[:install])
+    assert any(line.startswith("RUN pip install --no-cache-dir --no-deps . && ") for line in dockerfile[install:])
+    assert "ENV HF_HUB_OFFLINE='1'" in dockerfile
+
+    context = set(pipeline_image["context_files.txt"].splitlines())
+    assert {"pyproject.toml", "stage1_core/__init__.py", "stage1_core/demo/weights/dinov2-demo/model.safetensors"} <= (
+        context
+    )
+    assert ".git" not in context and not any(
+        path.startswith((".venv/", "data/", ".git/", "mlruns/")) for path in context
+    )
+
+    images = {_pod_spec(manifest)["containers"][0]["image"] for manifest in manifests.values()}
+    assert images == {build["image"]} and build["image"].startswith(k8s_config.container_registry.uri)
+
+
+def test_manifests_validate_on_every_supported_kubernetes_version(
+    manifests: dict[str, dict[str, Any]], k8s_config: RemoteStackConfig
+) -> None:
+    assert SUPPORTED_KUBERNETES_VERSIONS == tuple(f"1.{minor}" for minor in range(29, 38))
+    for version in SUPPORTED_KUBERNETES_VERSIONS:
+        for manifest in manifests.values():
+            validate_manifest(manifest, version)
+    with pytest.raises(ManifestError, match="onPodConditions"):
+        validate_manifest(manifests["train_model"], "1.28")
+    with pytest.raises(ValidationError, match="1.28.*not supported.*1.29 to 1.37"):
+        k8s_config.cluster.model_validate(k8s_config.cluster.model_dump() | {"kubernetes_version": "1.28"})
+
+
+def test_render_needs_no_server_cluster_or_secrets(tmp_path: Path) -> None:
+    """The CLI on the shipped YAML and run config, in a fresh ZenML config: a local store, no server, no secrets."""
+    result = subprocess.run(
+        [sys.executable, "-m", "stacks.kubernetes", "render", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env=os.environ | {"ZENML_CONFIG_PATH": str(tmp_path / "zenml")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = [Path(line) for line in result.stdout.split()]
+    assert sum(path.parent == tmp_path / "out" and path.suffix == ".yaml" for path in written) == 3
+    assert {"Dockerfile", ".zenml_user_requirements"} <= {path.name for path in written}
+
+
+def test_cluster_backbone_comes_from_the_bucket_or_the_image(k8s_config: RemoteStackConfig) -> None:
+    assert k8s_config.schedule is not None
+    shipped = load_run_config(REPO / "pipelines/configs/cluster.yaml").config
+    assert shipped.backbone.startswith("s3://")
+    scheduled_run_kwargs(retrain_pipeline, shipped, k8s_config.schedule)
+    for backbone in ("facebook/dinov2-small", "/weights/dinov2-small"):
+        with pytest.raises(StackConfigError, match=f"backbone '{backbone}'.*never from a hub"):
+            scheduled_run_kwargs(
+                retrain_pipeline, shipped.model_copy(update={"backbone": backbone}), k8s_config.schedule
+            )

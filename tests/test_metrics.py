@@ -89,9 +89,31 @@ def test_reliability_bins_give_the_report_ece() -> None:
     confidence, correct = top_label(labels, probs)
     filled = [i for i, count in enumerate(bins.count) if count]
     first = filled[0]
-    in_first = (confidence >= bins.edges[first]) & (confidence < bins.edges[first + 1])
+    in_first = (confidence > bins.edges[first]) & (confidence <= bins.edges[first + 1])
     assert bins.accuracy[first] == pytest.approx(correct[in_first].mean())
     assert bins.mean_confidence[first] == pytest.approx(confidence[in_first].mean())
+
+
+def test_calibration_bins_are_guo_et_al_right_closed_intervals() -> None:
+    """Bin m is (m/M - 1/M, m/M], as Guo et al.'s reference ECE (conf > lower and conf <= upper): a confidence on
+    an edge belongs to the bin below, and 1.0 to the last bin. Confidences here sit exactly on the edges."""
+    edges = np.linspace(0.0, 1.0, 16)
+    on_edges = edges[8:]  # 8/15 ... 1.0: every edge above 0.5, so each is its own top-label confidence
+    probs = np.repeat(on_edges, 3)
+    labels = np.tile([1, 1, 0], on_edges.size)  # accuracy 2/3 in every group of tied confidences
+    confidence, correct = top_label(labels, probs)
+    expected_count = [int(((confidence > low) & (confidence <= high)).sum()) for low, high in zip(edges, edges[1:])]
+    gaps = [
+        abs(correct[in_bin].mean() - confidence[in_bin].mean()) * in_bin.sum() / confidence.size
+        for low, high in zip(edges, edges[1:])
+        if (in_bin := (confidence > low) & (confidence <= high)).any()
+    ]
+    bins = reliability_bins(labels, probs)
+    assert bins.count == expected_count
+    assert bins.count[:8] == [0] * 7 + [3]  # 8/15 lands in (7/15, 8/15], not in (8/15, 9/15]
+    assert bins.count[-1] == 3  # 1.0 alone in (14/15, 1]: 14/15 closes the bin below
+    assert bins.ece == pytest.approx(sum(gaps), rel=1e-12)
+    assert compute_metrics(labels, probs, n_bootstrap=0).ece.value == pytest.approx(sum(gaps), rel=1e-12)
 
 
 def test_ace_uses_equal_mass_ranges_of_both_classes() -> None:

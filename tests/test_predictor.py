@@ -2,6 +2,8 @@ import base64
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ from stage1_core.registry.champion import load_predictor, log_exported_model
 from stage1_core.registry.promotion import PromotionConfig, register_and_promote
 from stage1_core.serving import predictor as predictor_module
 from stage1_core.serving.bundle import ExportedModel, ExportMetadata
+from stage1_core.serving.errors import PredictionError
 from stage1_core.serving.predictor import (
     BadImageError,
     ModelLoadError,
@@ -31,6 +34,7 @@ from stage1_core.serving.predictor import (
     decode_image,
     predict_base64_jpeg,
 )
+from tests.commands import run_module
 
 CALIBRATION = LogitMap.from_temperature(1.5)
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +109,7 @@ def test_decoding_applies_exif_orientation_and_turns_every_colour_mode_into_rgb(
     assert red.shape == (3, 20, 20) and red[0].mean() > 200 and red[1:].mean() < 60
 
 
-def test_bad_inputs_are_refused_with_the_reason_and_fitted_for_the_miner() -> None:
+def test_bad_inputs_are_refused_with_the_reason_and_large_ones_fitted_for_the_miner() -> None:
     config = PredictorConfig(max_pixels=20_000)
     jpeg = _encode(_photo(64, 48), "JPEG")
     cases = {
@@ -119,11 +123,8 @@ def test_bad_inputs_are_refused_with_the_reason_and_fitted_for_the_miner() -> No
         with pytest.raises(BadImageError, match=reason) as error:
             decode_image(data, source="input.x", config=config)
         assert str(error.value).startswith("input.x: ")
-    assert decode_image(cases["below the smallest side"], source="tiny", config=config, fit_to_bounds=True).shape == (
-        3,
-        16,
-        16,
-    )
+    with pytest.raises(BadImageError, match="1x1 px is below the smallest side of 16 px"):
+        decode_image(cases["below the smallest side"], source="tiny", config=config, fit_to_bounds=True)
     shrunk = decode_image(cases["over the bound"], source="big", config=config, fit_to_bounds=True)
     assert shrunk.shape[1] * shrunk.shape[2] <= 20_000 and abs(shrunk.shape[2] / shrunk.shape[1] - 4 / 3) < 0.05
 
@@ -172,15 +173,36 @@ def test_miner_function_returns_a_probability_for_any_decodable_image(bundle, mo
     try:
         inputs = [
             _encode(_photo(64, 48), "JPEG"),
-            _encode(Image.new("RGB", (1, 1), (255, 128, 0)), "PNG"),  # decodable but 1x1: upscaled, still answered
+            _encode(Image.new("RGBA", (40, 30), (255, 128, 0, 90)), "PNG"),
             _encode(Image.new("L", (30, 30), 10), "JPEG"),
         ]
         answers = [predict_base64_jpeg(base64.b64encode(data).decode()) for data in inputs]
         answers.append(predict_base64_jpeg("data:image/jpeg;base64," + base64.b64encode(inputs[0]).decode()))
         assert all(isinstance(a, float) and 0.0 <= a <= 1.0 for a in answers)
         assert answers[3] == answers[0]
-        with pytest.raises(BadImageError, match="not an image"):
-            predict_base64_jpeg(base64.b64encode(b"plain text").decode())
+    finally:
+        predictor_module.default_predictor.cache_clear()
+
+
+def test_miner_function_raises_one_documented_error_type_for_every_bad_input(bundle, monkeypatch) -> None:
+    """Whatever the miner is given, it answers a float in [0, 1] or raises PredictionError naming the reason."""
+    monkeypatch.setenv(predictor_module.MODEL_ENV, str(bundle[1]))
+    predictor_module.default_predictor.cache_clear()
+    try:
+        cases = {
+            "expected a base64 str, got NoneType": None,
+            "expected a base64 str, got int": 12,
+            "empty file": "",
+            "not an image Pillow can read": base64.b64encode(b"plain text").decode(),
+            "(?i)truncated": base64.b64encode(_encode(_photo(64, 48), "JPEG")[:400]).decode(),
+            "8x8 px is below the smallest side of 16 px": base64.b64encode(
+                _encode(Image.new("RGB", (8, 8), (255, 128, 0)), "PNG")
+            ).decode(),  # the CLI refuses it too (test_cli_scores_good_inputs_and_names_each_bad_one)
+        }
+        for reason, value in cases.items():
+            with pytest.raises(PredictionError, match=reason) as error:
+                predict_base64_jpeg(value)
+            assert isinstance(error.value, BadImageError), reason
     finally:
         predictor_module.default_predictor.cache_clear()
 
@@ -288,6 +310,16 @@ def test_champion_is_loaded_from_the_mlflow_registry_and_a_missing_one_is_explai
     with pytest.raises(ModelLoadError, match="MLFLOW_TRACKING_URI"):
         load_predictor()
 
+    # --json: stdout carries the JSON alone on the registry-alias path, also when ZenML (which logs to stdout)
+    # is imported to look for a tracking URI and creates its store on the way.
+    scored = run_module("pipelines.predict", str(image), "--tracking-uri", uri, "--json")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert "roadwork-classifier@champion" in json.loads(scored.stdout)["model"]
+    fresh_zenml = {"ZENML_CONFIG_PATH": str(tmp_path / "fresh_zenml"), "MLFLOW_TRACKING_URI": ""}
+    unresolved = run_module("pipelines.predict", str(image), "--json", env=fresh_zenml)
+    assert unresolved.returncode == 2 and "no MLflow tracking URI" in unresolved.stderr
+    assert "global active stack" in unresolved.stderr and unresolved.stdout == "", "ZenML logs to stderr"
+
 
 def test_cli_scores_good_inputs_and_names_each_bad_one(tmp_path, capsys) -> None:
     model = _constant_graph_bundle(
@@ -332,9 +364,106 @@ def test_cli_scores_good_inputs_and_names_each_bad_one(tmp_path, capsys) -> None
     assert set(errors) == set(reasons)
     for name, reason in reasons.items():
         assert reason in errors[name], (name, errors[name])
-    assert [Path(s).name for s in report["skipped"]] == ["README.txt"]
+    assert [(Path(s["source"]).name, s["reason"]) for s in report["skipped"]] == [
+        ("README.txt", "not an image file extension")
+    ]
 
     assert predict_cli.main(arguments) == 1
     out, err = capsys.readouterr()
     assert len(out.strip().splitlines()) == 2
     assert f"FAILED {inputs / 'dot.png'}: 1x1 px" in err and "2 scored, 6 failed, 1 skipped" in err
+
+
+def _broken_copy(directory: Path, target: Path, name: str, damage: str) -> Path:
+    shutil.copytree(directory, target)
+    path = target / name
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 3], "empty": b"", "garbage": b'{"opset": 18, "inp'}[damage])
+    return target
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "reason"),
+    [
+        ("model.onnx", "truncated", "model.onnx: not a loadable ONNX model"),
+        ("model.onnx", "empty", "model.onnx: empty file (0 bytes)"),
+        ("metadata.json", "garbage", "metadata.json: not a valid ExportMetadata"),
+    ],
+)
+def test_a_broken_bundle_is_one_line_from_the_cli_and_one_error_type_from_the_miner(
+    bundle, tmp_path, monkeypatch, capsys, name: str, damage: str, reason: str
+) -> None:
+    broken = _broken_copy(bundle[1], tmp_path / "bundle", name, damage)
+    image = tmp_path / "street.jpg"
+    image.write_bytes(_encode(_photo(64, 48), "JPEG"))
+    assert predict_cli.main([str(image), "--model", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {broken}/{reason}") and "--save-bundle" in err and "Traceback" not in err
+    monkeypatch.setenv(predictor_module.MODEL_ENV, str(broken))
+    predictor_module.default_predictor.cache_clear()
+    try:
+        with pytest.raises(PredictionError, match=re.escape(f"{broken}/{reason}")) as error:
+            predict_base64_jpeg(base64.b64encode(image.read_bytes()).decode())
+        assert isinstance(error.value, ModelLoadError)
+    finally:
+        predictor_module.default_predictor.cache_clear()
+
+
+@pytest.mark.parametrize(("name", "damage"), [("global_view.onnx", "truncated"), ("adaptive.json", "garbage")])
+def test_broken_adaptive_graphs_serve_in_full_mode_with_a_warning(
+    bundle, tmp_path, capsys, caplog, name: str, damage: str
+) -> None:
+    broken = _broken_copy(bundle[1], tmp_path / "bundle", name, damage)
+    image = tmp_path / "street.jpg"
+    image.write_bytes(_encode(_photo(64, 48), "JPEG"))
+    assert predict_cli.main([str(image), "--model", str(broken)]) == 0
+    out, err = capsys.readouterr()
+    assert f"{broken}/{name}" in caplog.text and "full mode" in caplog.text
+    assert "views=10" in out and "(fixed 10-view)" in err
+
+
+def test_every_input_is_reported_scored_failed_or_skipped_and_the_counts_add_up(tmp_path, capsys) -> None:
+    """The inputs that used to vanish: a broken link in a folder, a folder named like an image, hidden entries."""
+    model = _constant_graph_bundle(tmp_path / "model", 1 / 255, 0.0)
+    inputs = tmp_path / "inputs"
+    (inputs / "nested").mkdir(parents=True)
+    (inputs / "good.jpg").write_bytes(_encode(_photo(64, 48), "JPEG"))
+    (inputs / "nested" / "also.png").write_bytes(_encode(_photo(50, 60, seed=1), "PNG"))
+    (inputs / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (inputs / "linked.jpg").symlink_to(inputs / "good.jpg")
+    (inputs / "elsewhere").symlink_to(inputs / "nested", target_is_directory=True)
+    (inputs / ".thumbnail.jpg").write_bytes(b"hidden")
+    (inputs / ".cache").mkdir()
+    (inputs / ".cache" / "x.jpg").write_bytes(b"hidden too")
+    os.mkfifo(inputs / "pipe.jpg")
+    folder_named_like_an_image = tmp_path / "x.jpg"
+    folder_named_like_an_image.mkdir()
+    empty_of_images = tmp_path / "notes"
+    empty_of_images.mkdir()
+    (empty_of_images / "todo.txt").write_text("no images here")
+    named = [str(inputs), str(folder_named_like_an_image), str(empty_of_images), str(tmp_path / "missing.png")]
+
+    assert predict_cli.main([*named, "--model", str(model), "--json"]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    scored = sorted(Path(p["source"]).name for p in report["predictions"])
+    failed = {Path(f["source"]).name: f["error"] for f in report["failures"]}
+    skipped = {Path(s["source"]).name: s["reason"] for s in report["skipped"]}
+    assert scored == ["also.png", "good.jpg", "linked.jpg"]
+    assert failed == {
+        "gone.jpg": f"broken symbolic link to {tmp_path / 'deleted.jpg'}",
+        "x.jpg": "a folder holding no image file to score",
+        "notes": "a folder holding no image file to score",
+        "missing.png": "no such file or folder",
+    }
+    assert skipped == {
+        "elsewhere": "link to a folder (not followed)",
+        ".thumbnail.jpg": "hidden file",
+        ".cache": "hidden folder (not read)",
+        "pipe.jpg": "not a regular file",
+        "todo.txt": "not an image file extension",
+    }
+    assert predict_cli.main([*named, "--model", str(model)]) == 1
+    err = capsys.readouterr().err
+    assert "12 inputs: 3 scored, 4 failed, 5 skipped" in err
+    assert f"FAILED {folder_named_like_an_image}: a folder holding no image file to score" in err

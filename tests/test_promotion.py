@@ -82,6 +82,27 @@ def test_paired_comparison_not_worse_rule_and_unseen_images() -> None:
     assert bars and not promoted and reasons[-1] == worse.reason
 
 
+@pytest.mark.parametrize("metric", ["mcc", "auroc", "ece", "brier", "nll", "aurc", "augrc"])
+def test_not_worse_follows_the_metrics_direction(metric: str) -> None:
+    """A model that is worse on the metric fails the gate against a better champion, and passes in the other role.
+
+    The good model is the true P(y = 1 | x); the worse one is over-confident with a coin flip on 40% of the
+    images, so it is worse on scores (lower MCC, AUROC) and on errors (higher ECE, Brier, NLL, AURC, AUGRC) alike.
+    """
+    rng = np.random.default_rng(5)
+    z = rng.normal(0.0, 3.0, 400)
+    good = 1.0 / (1.0 + np.exp(-z))
+    labels = (rng.random(400) < good).astype(int)
+    bad = np.where(rng.random(400) < 0.4, rng.uniform(0.0, 1.0, 400), 1.0 / (1.0 + np.exp(-4.0 * z)))
+    config = CONFIG.model_copy(update={"comparison_metric": metric})
+    worse = compare_with_champion("1", _evidence(labels, bad), good, set(), config)
+    better = compare_with_champion("1", _evidence(labels, good), bad, set(), config)
+    assert not worse.not_worse and "worse than champion v1" in worse.reason, (metric, worse.reason)
+    assert better.not_worse and "not worse than champion v1" in better.reason, (metric, better.reason)
+    direction = "higher is better" if metric in ("mcc", "auroc") else "lower is better"
+    assert direction in worse.reason
+
+
 def test_paired_comparison_resamples_sequences_whole() -> None:
     """Four copies of each frame in one group give the interval of the frames alone; without groups it is narrower."""
     rng = np.random.default_rng(1)
@@ -169,7 +190,8 @@ def mlflow_client(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    os.environ["MLFLOW_EXPERIMENT_ID"] = client.create_experiment("promotion-test")
+    artifacts = (tmp_path_factory.mktemp("mlflow-artifacts")).as_uri()  # not MLflow's default, <cwd>/mlruns
+    os.environ["MLFLOW_EXPERIMENT_ID"] = client.create_experiment("promotion-test", artifact_location=artifacts)
     yield client
     del os.environ["MLFLOW_EXPERIMENT_ID"]
     mlflow.set_tracking_uri(None)

@@ -17,16 +17,22 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
+from zenml.client import Client
 
 from materializers.classifier import ClassifierMaterializer
 from materializers.directory import save_directory
 from pipelines.launch import LOCK_NAME, prepare_run, zenml_store_directory
+from pipelines.settle import mlflow_runs_of, runs_since
+from pipelines.train_and_gate import MODEL_NAME
+from stacks.local import ensure_local_stack, mlflow_tracking_uri
 from stage1_core.common.atomic_io import PARTIAL_MARKER, atomic_directory, atomic_file, remove_partials, write_atomic
 from stage1_core.data.ingest import detect_layout
 from stage1_core.data.sources.base import store_image
@@ -468,8 +474,6 @@ def resumed_run(run_configs: dict[str, Path], concurrent_runs: dict[str, object]
 
 
 def _run(name: str):
-    from zenml.client import Client
-
     return Client().get_pipeline_run(name)
 
 
@@ -488,12 +492,6 @@ def _max_weight_difference(first, second) -> float:
 def test_concurrent_runs_both_complete_and_stores_stay_consistent(
     concurrent_runs: dict[str, object], record_property
 ) -> None:
-    from mlflow import MlflowClient
-    from zenml.client import Client
-
-    from pipelines.train_and_gate import MODEL_NAME
-    from stacks.local import mlflow_tracking_uri
-
     assert (
         f"waiting for run started by pid {concurrent_runs['A_pid']}" in concurrent_runs["R_output"]
     )  # ZenML's log handler: stdout
@@ -583,4 +581,118 @@ def test_killed_training_resumes_from_its_checkpoint_with_cached_upstream(
         f"rerun: upstream cached, resumed after {summary.resumed_after_epochs}/{reference.epochs_run} epochs, "
         f"max |weight diff| {difference:.1e} vs uninterrupted",
         "none (only the unfinished epoch is redone)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- stopping a run
+
+
+@pytest.fixture(scope="module")
+def ablation_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run with an ablation: two trainings that do not depend on each other, four epochs each."""
+    root = tmp_path_factory.mktemp("stop_runs")
+    document = _tiny_document(root, "tiny")
+    document["parameters"]["train"] |= {"max_epochs": 4, "early_stopping_patience": 10}
+    document["parameters"]["ablation"] = {"without_explora": True, "doran_head": False}
+    document["reliability"] = {"lock_timeout_s": PIPELINE_TIMEOUT_S}
+    return _write_config(document, root / "ablation.yaml")
+
+
+def _started_during_training(config: Path) -> tuple[subprocess.Popen, float]:
+    """A full_run killed by the caller once a training wrote its first checkpoint: (process, start time)."""
+    checkpoints = Path(yaml.safe_load(config.read_text())["parameters"]["train"]["checkpoint_root"])
+    for leftover in checkpoints.glob("*/*.ckpt"):
+        leftover.unlink()
+    started = time.time()
+    process = _full_run(config)
+    deadline = time.monotonic() + PIPELINE_TIMEOUT_S
+    while not any(checkpoints.glob("*/last.ckpt")):
+        assert process.poll() is None and time.monotonic() < deadline, (
+            f"the run ended before training: {process.stderr.read()[-3000:]}"
+        )
+        time.sleep(0.05)
+    return process, started
+
+
+def _runs_since(started: float) -> list:
+    return runs_since(datetime.fromtimestamp(started, UTC))
+
+
+def _mlflow_statuses(run) -> list[str]:
+    ensure_local_stack()  # the commands activate it in their own process; this one may still hold the default stack
+    parents, children = mlflow_runs_of(MlflowClient(tracking_uri=mlflow_tracking_uri()), run)
+    return [mlflow_run.info.status for mlflow_run in parents + children]
+
+
+def _model_versions() -> set[str]:
+    return {str(version.id) for version in Client().list_model_versions(MODEL_NAME, size=1000).items}
+
+
+@pytest.mark.fault_injection
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_one_signal_during_training_stops_the_whole_run_and_registers_nothing(
+    ablation_config: Path, signum: int, record_property
+) -> None:
+    """Before: the signal failed the training step and the next (ablation) training started; a second signal was
+    needed, and the run's model version stayed behind."""
+    versions_before = _model_versions()
+    process, started = _started_during_training(ablation_config)
+    os.killpg(process.pid, signum)  # Ctrl-C reaches the terminal's whole process group; SIGTERM as Kubernetes
+    _, stderr = process.communicate(timeout=PIPELINE_TIMEOUT_S)
+    name = signal.Signals(signum).name
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    assert f"stopped: {name} received" in stderr and "Traceback" not in stderr.split("stopped:")[-1]
+    (run,) = _runs_since(started)
+    trainings = {step.name: step.status.value for step in run.steps.values() if step.name.startswith("train_model")}
+    assert len(trainings) == 1 and "completed" not in trainings.values(), (
+        f"a training ran after the signal: {trainings}"
+    )
+    assert not [step.name for step in run.steps.values() if not step.status.is_finished]
+    assert run.status.value in ("stopped", "failed") and f"{name} received" in (run.body.status_reason or "")
+    statuses = _mlflow_statuses(run)
+    assert statuses and "RUNNING" not in statuses and "KILLED" in statuses, statuses
+    assert _model_versions() == versions_before, "the stopped run left a model version"
+    assert not (zenml_store_directory() / (LOCK_NAME + ".owner.json")).exists()
+    with run_lock(zenml_store_directory() / LOCK_NAME, timeout_s=0):
+        pass
+    report_fault(
+        record_property,
+        f"{name} during training (an ablation to follow)",
+        f"exit {process.returncode} after one signal; no later step started; ZenML {run.status.value} "
+        f"({run.body.status_reason}), MLflow {sorted(set(statuses))}; lock released; no model version",
+    )
+
+
+@pytest.mark.fault_injection
+@pytest.mark.slow
+def test_a_killed_run_is_settled_by_the_next_run(ablation_config: Path, tmp_path: Path, record_property) -> None:
+    """SIGKILL leaves the run 'running' in ZenML, its MLflow run RUNNING and an empty model version: the next run
+    finds the dead lock owner and settles all three, before doing anything else."""
+    versions_before = _model_versions()
+    process, started = _started_during_training(ablation_config)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    (killed,) = _runs_since(started)
+    assert not killed.status.is_finished and "RUNNING" in _mlflow_statuses(killed)
+    assert len(_model_versions() - versions_before) == 1
+    owner = json.loads((zenml_store_directory() / (LOCK_NAME + ".owner.json")).read_text())
+    assert owner["pid"] == process.pid
+
+    next_run = _full_run(ablation_config, "--data", str(tmp_path / "nowhere"))  # settles, then stops at the data
+    stdout, stderr = next_run.communicate(timeout=PIPELINE_TIMEOUT_S)
+    assert next_run.returncode == 2 and "does not exist" in stderr
+    logged = stdout + stderr  # ZenML's log handler: stdout
+    assert f"the run started by pid {process.pid}" in logged and "was killed: settling what it left" in logged
+    settled = _run(killed.name)
+    assert settled.status.value == "failed" and f"pid {process.pid}" in settled.body.status_reason
+    assert all(step.status.is_finished for step in settled.steps.values())
+    statuses = _mlflow_statuses(settled)
+    assert "RUNNING" not in statuses and "FAILED" in statuses, statuses
+    assert _model_versions() == versions_before, "the killed run's empty model version is still there"
+    report_fault(
+        record_property,
+        "SIGKILL during training, then the next run",
+        "next run settled it first: ZenML running -> failed (reason names the pid), MLflow RUNNING -> FAILED, "
+        "empty model version deleted",
     )

@@ -89,7 +89,7 @@ def runs(config: Path, shifted_batch: Path, small_batch: Path, session_dir: Path
         drift_monitor.main(
             ["--batch", str(shifted_batch), "--out", str(session_dir / "monitor"), "--config", str(config)]
         )
-        == 0
+        == 1  # the exit-code contract: the job ran and found drift
     )
     versions = [_model_versions()]
     assert retrain.main(["--batch", str(small_batch), "--config", str(config), "--batch-name", "small"]) == 0
@@ -138,7 +138,10 @@ def test_retrain_fuses_the_batch_and_is_gated_against_the_champion(runs: Runs) -
     first, rerun = runs.first, runs.rerun
     assert rerun.status.value == "completed"
     drift = rerun.steps["check_drift"].outputs["batch_drift_report"][0]
-    assert drift.load().retrain_recommended and {Path(v.uri).name for v in drift.visualizations} == {"drift.html"}
+    assert drift.load().retrain_recommended and {Path(v.uri).name for v in drift.visualizations} == {
+        "drift_summary.html",
+        "drift.html",
+    }
     manifest = rerun.steps["split_data"].outputs["split_manifest"][0].load()
     assert (manifest["source"] == "night").sum() > 0 and manifest.loc[
         manifest["source"] == "night", "id"

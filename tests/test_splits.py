@@ -7,9 +7,12 @@ from stage1_core.data.splits import (
     ALLOWED_SPLITS,
     Consumer,
     LeakageError,
+    SplitClassError,
     SplitConfig,
     assign_splits,
     check_groups_within_one_split,
+    check_split_classes,
+    near_duplicate_clusters,
     near_duplicate_pairs,
     split_groups,
     take_split,
@@ -145,3 +148,24 @@ def test_a_sequence_spanning_two_splits_is_caught() -> None:
 def test_bad_fractions_are_rejected() -> None:
     with pytest.raises(ValueError, match="sum to 1"):
         SplitConfig(fractions={"train": 0.7, "val_select": 0.15, "val_calib": 0.15, "val_test": 0.1})
+
+
+def test_a_split_without_a_class_is_named_with_the_counts_per_split_and_label() -> None:
+    manifest = assign_splits(_manifest(n_groups=100, frames=1), SplitConfig())
+    check_split_classes(manifest)  # 20 negatives spread over the four splits: fine
+    rare = manifest[(manifest["label"] == 1) | (manifest["split"] != "val_calib")]
+    with pytest.raises(SplitClassError, match=r"^val_calib has no image labelled 0 \(images per split and label: "):
+        check_split_classes(rare)
+    with pytest.raises(SplitClassError, match=r"val_test 0:\d+ 1:\d+\)"):
+        check_split_classes(rare)
+    positives = manifest[manifest["label"] == 1]
+    with pytest.raises(SplitClassError, match="train has no image labelled 0; val_select has no image labelled 0"):
+        check_split_classes(positives)
+
+
+def test_near_duplicate_clusters_join_copies_but_not_the_frames_of_a_sequence() -> None:
+    far = _far_hashes(3)
+    phash = pd.Series([f"{far[0]:016x}", f"{_flip(far[0], 4):016x}", f"{far[1]:016x}", "", f"{far[2]:016x}"])
+    clusters = near_duplicate_clusters(phash, max_distance=6)
+    assert clusters[0] == clusters[1] and len({clusters[0], clusters[2], clusters[4]}) == 3 and clusters[3] == -1
+    assert len(set(near_duplicate_clusters(phash, max_distance=2)[:2])) == 2

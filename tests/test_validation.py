@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -22,7 +23,9 @@ LENIENT = ValidationConfig(max_failure_rate=1.0)
 
 
 def _image_bytes(path: Path, size: tuple[int, int], colour: tuple[int, int, int], fmt: str) -> bytes:
-    Image.new("RGB", size, colour).save(path, format=fmt)
+    """A noisy image tinted ``colour``: distinct images get distinct perceptual hashes (flat ones all hash alike)."""
+    noise = np.random.default_rng(list(colour)).integers(0, 96, (size[1], size[0], 3))
+    Image.fromarray((noise + np.array(colour) * 0.6).clip(0, 255).astype(np.uint8)).save(path, format=fmt)
     return path.read_bytes()
 
 
@@ -209,15 +212,64 @@ def test_missing_columns_are_named(manifest: pd.DataFrame) -> None:
     assert not next(outcome for outcome in result.report.expectations if outcome.name == "schema").success
 
 
-def test_class_balance_is_a_dataset_level_check(manifest: pd.DataFrame) -> None:
+def test_one_class_is_critical_and_names_the_counts(manifest: pd.DataFrame) -> None:
+    """A one-class dataset used to pass with a warning, train for minutes and fail in calibration."""
     positives = manifest[manifest["id"].isin(["good1", "good3", "good5"])]
 
-    result = validate_manifest(positives, LENIENT)
+    with pytest.raises(DataValidationError, match=r"the valid rows hold 3 labelled 1 and 0 labelled 0") as raised:
+        validate_manifest(positives, LENIENT)
 
-    balance = next(outcome for outcome in result.report.expectations if outcome.name == "class_balance")
+    report = raised.value.result.report
+    balance = next(outcome for outcome in report.expectations if outcome.name == "class_balance")
     assert not balance.success and not balance.row_level
     assert float(balance.observed_value) == 1.0
-    assert result.quarantine.empty and not result.report.critical_failure
+    assert raised.value.result.quarantine.empty and report.critical_failure
+    assert any("ValidationConfig.min_positive_rate" in reason for reason in report.critical_reasons)
+
+
+def test_class_balance_floor_is_configurable(manifest: pd.DataFrame) -> None:
+    skewed = manifest[manifest["id"].isin(["good0", "good1", "good3", "good5", "good7"])]  # 4 of 5 positive
+    with pytest.raises(DataValidationError, match="positive rate 80.0%"):
+        validate_manifest(skewed, LENIENT.model_copy(update={"max_positive_rate": 0.75}))
+    assert validate_manifest(skewed, LENIENT).report.critical_failure is False
+
+
+def test_near_duplicates_with_conflicting_labels_are_quarantined_with_their_group(
+    manifest: pd.DataFrame, tmp_path: Path
+) -> None:
+    good = manifest[manifest["id"].str.startswith("good")]
+    original = good[good["id"] == "good2"].iloc[0]  # labelled 0
+    with Image.open(original["uri"]) as image:
+        copy = tmp_path / "copy.jpg"
+        image.convert("RGB").resize((120, 100)).save(copy, quality=80)  # a re-encoded, resized copy
+    data = copy.read_bytes()
+    facts = describe_image(data)
+    relabelled = {
+        **original.to_dict(),
+        "id": "copy_of_good2",
+        "uri": str(copy),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "phash": facts.phash,
+        "width": facts.width,
+        "height": facts.height,
+        "group_id": "copy_of_good2",
+        "label": 1,
+        "scene_description": "cones",
+    }
+    conflicting = conform_manifest(pd.concat([good, pd.DataFrame([relabelled])], ignore_index=True))
+
+    result = validate_manifest(conflicting, LENIENT.model_copy(update={"max_label_conflict_rate": 0.5}))
+    reasons = result.quarantine.set_index("id")["reason"]
+    assert sorted(reasons.index) == ["copy_of_good2", "good2"], "both copies: which label is right is unknown"
+    assert "near-duplicate images with conflicting labels: 2 copies of copy_of_good2" in reasons["good2"]
+    assert "(ids copy_of_good2, good2; labels 0 and 1)" in reasons["copy_of_good2"]
+    assert result.report.reason_counts["label_conflict"] == 2 and not result.report.critical_failure
+    assert len(result.valid) + len(result.quarantine) == len(conflicting)
+
+    with pytest.raises(DataValidationError, match=r"22.22% of the rows are near-duplicates with conflicting labels"):
+        validate_manifest(conflicting, LENIENT)
+    unchecked = validate_manifest(conflicting, LENIENT.model_copy(update={"label_conflict_max_distance": None}))
+    assert unchecked.quarantine.empty
 
 
 def test_empty_manifest_is_critical(manifest: pd.DataFrame) -> None:

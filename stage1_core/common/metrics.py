@@ -20,8 +20,18 @@ Definitions follow ``shared/reference/methods.md``:
 * the calibration and selective-classification metrics (ECE, MCE, ACE, AURC, AUGRC) judge the
   top-label prediction ``argmax([1 - p, p])`` with confidence ``max(p, 1 - p)``, whatever the
   decision threshold; at threshold 0.5 the two predictions coincide;
+* ECE / MCE bins are Guo et al.'s (2017) equal-width, right-closed intervals ((m - 1)/M, m/M]: a confidence
+  on an edge belongs to the bin below it and a confidence of 1.0 to the last bin, as in their reference
+  code (``confidence > lower and confidence <= upper``); the first bin also takes 0 (never a top-label
+  confidence, which is at least 0.5). torchmetrics uses left-closed bins and a bin of its own for 1.0:
+  the two agree unless a confidence falls on an edge or is exactly 1.0;
 * Brier score and NLL are computed on the probability of the true class;
-* AURC and AUGRC are fractions in [0, 1] (the fd-shifts reference implementation prints them x 1000).
+* AURC and AUGRC are fractions in [0, 1]. AUGRC is Traub et al.'s (2024): the trapezoid of the generalized
+  risk over coverage from (0, 0), equal to their closed form; their reference implementation (fd-shifts)
+  prints it x 1000. AURC follows Geifman, Uziel & El-Yaniv (2019, "Bias-reduced uncertainty estimation"):
+  the mean over the n samples of the selective risk at each sample's confidence level (tied samples are
+  accepted together), the area under the step-shaped risk-coverage curve. It is not fd-shifts' AURC,
+  which interpolates the same curve its own way; no parity with fd-shifts is claimed for it.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
+
+from stage1_core.common.config import StrictConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +68,14 @@ MetricName = Literal[
     "augrc",
 ]
 METRIC_NAMES: tuple[str, ...] = get_args(MetricName)
+# Errors, losses and calibration gaps: a smaller value is better. Every other metric is a score (higher is better).
+LOWER_IS_BETTER: frozenset[str] = frozenset({"ece", "mce", "ace", "brier", "nll", "aurc", "augrc"})
 
 _CHUNK_ELEMENTS = 2**19  # counts per bootstrap chunk (4 MiB of float64): bounded memory, cache-sized arrays
 _LOG_EPS = np.finfo(np.float64).eps  # probability clipping of the NLL, as scikit-learn's log_loss
 
 
-class MetricsConfig(BaseModel):
+class MetricsConfig(StrictConfig):
     """How metrics and their intervals are computed: bootstrap resamples, interval level, calibration bins, seed."""
 
     n_bootstrap: int = 1000
@@ -133,7 +147,8 @@ class MetricsReport(BaseModel):
 
 
 class ReliabilityBins(BaseModel):
-    """Equal-width top-label confidence bins of a reliability diagram (Guo et al. 2017)."""
+    """Equal-width top-label confidence bins of a reliability diagram (Guo et al. 2017), right-closed:
+    bin m holds the confidences in (edges[m], edges[m + 1]]."""
 
     edges: list[float]
     count: list[int]
@@ -265,6 +280,17 @@ def bootstrap_group_weights(codes: np.ndarray, n_bootstrap: int, seed: int) -> n
     return _count(draws, n_groups)
 
 
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of the named metric is better (scores) or worse (errors, losses, calibration gaps).
+
+    Raises:
+        ValueError: an unknown metric name.
+    """
+    if name not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {name!r}; choose one of {list(METRIC_NAMES)}")
+    return name not in LOWER_IS_BETTER
+
+
 def compute_metrics(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -337,7 +363,8 @@ def paired_bootstrap_difference(
     Both models are scored on the same resamples, so the interval reflects the difference and
     not the two models' separate sampling noise: the comparison a promotion gate needs
     (a candidate ``a`` against the champion ``b``; the interval above 0 means ``a`` is better for
-    metrics where higher is better). ``groups`` as in :func:`compute_metrics`.
+    metrics where higher is better, worse for the others: see :func:`higher_is_better`). ``groups`` as in
+    :func:`compute_metrics`.
 
     Returns:
         (difference, ci_low, ci_high).
@@ -430,7 +457,7 @@ class _Sample:
         predicted = (cell_p > threshold).astype(np.float64)
         p_true = np.clip(np.where(cell_y == 1, cell_p, 1.0 - cell_p), _LOG_EPS, 1.0 - _LOG_EPS)
         edges = np.linspace(0.0, 1.0, n_bins + 1)
-        bins = np.minimum(np.searchsorted(edges, cell_confidence, side="right") - 1, n_bins - 1)
+        bins = np.clip(np.searchsorted(edges, cell_confidence, side="left") - 1, 0, n_bins - 1)  # ((m-1)/M, m/M]
         one_hot = np.zeros((cell_p.size, n_bins))
         one_hot[np.arange(cell_p.size), bins] = 1.0
         self.per_cell = np.column_stack(

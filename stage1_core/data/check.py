@@ -14,7 +14,13 @@ from pydantic import BaseModel
 from stage1_core.common.atomic_io import atomic_file
 from stage1_core.data.ingest import ingest
 from stage1_core.data.sources.config import IngestConfig
-from stage1_core.data.splits import SplitConfig, assign_splits, check_groups_within_one_split
+from stage1_core.data.splits import (
+    SplitClassError,
+    SplitConfig,
+    assign_splits,
+    check_groups_within_one_split,
+    check_split_classes,
+)
 from stage1_core.data.validation import DataValidationError, ValidationConfig, ValidationResult, validate_manifest
 
 
@@ -26,12 +32,22 @@ class DataCheckResult(BaseModel):
     quarantined: int
     critical_reasons: list[str]
     reason_counts: dict[str, int]
+    reason_examples: dict[str, str]  # row id -> reason, for the first row of each distinct first reason
     counts: dict[str, int]  # "split/label/source" -> images
 
 
 def quarantine_path(out: Path) -> Path:
     """Where the quarantined rows of ``out`` are written."""
     return out.with_name(f"{out.stem}.quarantine.parquet")
+
+
+def reason_examples(quarantine: pd.DataFrame, limit: int = 5) -> dict[str, str]:
+    """Up to ``limit`` quarantined rows, one per distinct first reason: row id -> its full reason."""
+    if quarantine.empty:
+        return {}
+    kinds = quarantine["reason"].str.split("; ", n=1).str[0]
+    first = quarantine.assign(kind=kinds).drop_duplicates("kind").head(limit)
+    return dict(zip(first["id"].astype(str), first["reason"].astype(str), strict=True))
 
 
 def count_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -59,6 +75,12 @@ def run_data_check(
         else result.valid.assign(split=pd.Series(dtype="string"))
     )
     check_groups_within_one_split(split_manifest)
+    critical_reasons = list(report.critical_reasons)
+    if len(split_manifest):
+        try:
+            check_split_classes(split_manifest)
+        except SplitClassError as error:
+            critical_reasons.append(str(error))
     counts = count_table(split_manifest)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +93,8 @@ def run_data_check(
         ingested=report.n_ingested,
         valid=report.n_valid,
         quarantined=report.n_quarantined,
-        critical_reasons=report.critical_reasons,
+        critical_reasons=critical_reasons,
         reason_counts=report.reason_counts,
+        reason_examples=reason_examples(result.quarantine),
         counts={f"{row.split}/{row.label}/{row.source}": int(row.images) for row in counts.itertuples()},
     )

@@ -20,8 +20,10 @@ import json
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
+from stage1_core.common.config import StrictConfig
 
-class FusionConfig(BaseModel):
+
+class FusionConfig(StrictConfig):
     """Sampling policy over a fused manifest; the defaults balance classes and double hard negatives."""
 
     source_mix: dict[str, float] | None = Field(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import fsspec
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
-from pydantic import BaseModel
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from stage1_core.common.config import StrictConfig
+from stage1_core.common.images import decode_rgb
 
-class AugmentationConfig(BaseModel):
+
+class AugmentationConfig(StrictConfig):
     """Training-time augmentation; colour jitter is off by default (colour is a roadwork cue)."""
 
     scale_min: float = 0.8
@@ -22,11 +24,13 @@ class AugmentationConfig(BaseModel):
 
 
 def load_rgb(uri: str) -> Image.Image:
-    """Open an image from an fsspec path as RGB with its EXIF orientation applied."""
+    """Read an image from an fsspec path as the predictor will: :func:`~stage1_core.common.images.decode_rgb`.
+
+    Raises:
+        ImageDecodeError: the file is no decodable image (validation quarantines such rows before training).
+    """
     with fsspec.open(uri, "rb") as handle:
-        image = Image.open(handle)
-        image.load()
-    return ImageOps.exif_transpose(image).convert("RGB")
+        return decode_rgb(handle.read(), source=uri)
 
 
 def clamp_unit(image: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,12 @@ from enum import StrEnum
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from stage1_core.common.cli import Finding
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.manifest import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,10 @@ _PAIR_BLOCK = 256  # hashes compared against all others at a time: memory ~ 8 by
 
 class LeakageError(RuntimeError):
     """A consumer asked for a split it may not read."""
+
+
+class SplitClassError(Finding, ValueError):
+    """A split lacks one of the classes: the data cannot train, calibrate or evaluate a classifier."""
 
 
 class Consumer(StrEnum):
@@ -53,7 +59,7 @@ ALLOWED_SPLITS: dict[Consumer, frozenset[str]] = {
 }
 
 
-class SplitConfig(BaseModel):
+class SplitConfig(StrictConfig):
     """Split fractions (train / val_select / val_calib / val_test), the seed, and how groups are formed."""
 
     fractions: dict[str, float] = {"train": 0.6, "val_select": 0.15, "val_calib": 0.15, "val_test": 0.1}
@@ -95,6 +101,31 @@ def near_duplicate_pairs(phashes: np.ndarray, max_distance: int) -> tuple[np.nda
     return (np.concatenate(firsts), np.concatenate(seconds)) if firsts else (empty, empty)
 
 
+def _distinct_hashes(phash: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows that have a hash, each such row's index into the distinct hashes, the distinct hashes as uint64)."""
+    text = phash.fillna("").astype(str)
+    hashed = (text != "").to_numpy()
+    codes, unique = pd.factorize(text[hashed], sort=True)
+    return hashed, codes, np.array([int(value, 16) for value in unique], dtype=np.uint64)
+
+
+def near_duplicate_clusters(phash: pd.Series, max_distance: int) -> np.ndarray:
+    """Per row, its cluster of perceptual hashes linked within ``max_distance`` bits (-1: the row has no hash).
+
+    Copies of one photo (re-encodes, resizes, re-uploads) fall in one cluster; sequences are not merged in, so
+    the frames of one video (which may rightly change label midway) stay apart unless they look alike.
+    """
+    hashed, codes, values = _distinct_hashes(phash)
+    clusters = np.full(len(phash), -1, dtype=np.int64)
+    if not hashed.any():
+        return clusters
+    first, second = near_duplicate_pairs(values, max_distance)
+    size = len(values)
+    graph = coo_matrix((np.ones(len(first), dtype=np.int8), (first, second)), shape=(size, size))
+    clusters[hashed] = connected_components(graph, directed=False)[1][codes]
+    return clusters
+
+
 def split_groups(manifest: pd.DataFrame, max_distance: int | None) -> pd.Series:
     """Per row, the group it must share a split with: sequences (``group_id``) joined with pHash near-duplicates.
 
@@ -104,12 +135,9 @@ def split_groups(manifest: pd.DataFrame, max_distance: int | None) -> pd.Series:
     order. Rows without a hash (undecodable) keep their own group.
     """
     group_codes, group_names = pd.factorize(manifest["group_id"].astype(str), sort=True)
-    phash = manifest["phash"].fillna("").astype(str)
-    hashed = (phash != "").to_numpy()
+    hashed, hash_codes, values = _distinct_hashes(manifest["phash"])
     if max_distance is None or not hashed.any():
         return pd.Series(np.asarray(group_names)[group_codes], index=manifest.index, name=SPLIT_GROUP_COLUMN)
-    hash_codes, unique_hashes = pd.factorize(phash[hashed], sort=True)
-    values = np.array([int(value, 16) for value in unique_hashes], dtype=np.uint64)
     first, second = near_duplicate_pairs(values, max_distance)
     n_groups = len(group_names)
     sources = np.concatenate([group_codes[hashed], first + n_groups])
@@ -220,6 +248,37 @@ def take_split(manifest: pd.DataFrame, split: str, consumer: Consumer) -> pd.Dat
     if rows.empty:
         raise ValueError(f"split {split!r} is empty: the dataset is too small for the configured fractions")
     return rows
+
+
+def class_counts_text(manifest: pd.DataFrame) -> str:
+    """Images per split and label in one line, e.g. ``train 0:10 1:14, val_select 0:2 1:4, ...``."""
+    table = manifest.groupby(["split", "label"]).size().unstack(fill_value=0).reindex(index=list(SPLITS), fill_value=0)
+    table = table.reindex(columns=sorted({0, 1} | set(table.columns)), fill_value=0)
+    return ", ".join(
+        f"{split} " + " ".join(f"{label}:{int(count)}" for label, count in row.items())
+        for split, row in table.iterrows()
+    )
+
+
+def check_split_classes(manifest: pd.DataFrame) -> None:
+    """Every split holds both classes: training, early stopping, calibration and evaluation each need negatives
+    and positives (a one-class val_calib would fail calibration after minutes of training).
+
+    Raises:
+        SplitClassError: naming the splits that lack a class and the counts per split and label.
+    """
+    present = manifest[manifest["label"].isin([0, 1])].groupby("split")["label"].agg(lambda labels: set(labels))
+    lacking = [
+        f"{split} has no image labelled {missing}"
+        for split in SPLITS
+        for missing in sorted({0, 1} - present.get(split, set()))
+    ]
+    if lacking:
+        raise SplitClassError(
+            f"{'; '.join(lacking)} (images per split and label: {class_counts_text(manifest)}). Training, "
+            "calibration and evaluation each need both classes: add images of the missing class, or change "
+            "split.fractions"
+        )
 
 
 def split_counts(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:

@@ -25,8 +25,12 @@ from great_expectations.core.expectation_validation_result import ExpectationVal
 from great_expectations.expectations.row_conditions import Column
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from stage1_core.common.cli import Finding
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.manifest import MANIFEST_COLUMNS
 from stage1_core.common.reports import Report
+from stage1_core.data.sources.base import UNREADABLE_FILE
+from stage1_core.data.splits import near_duplicate_clusters
 
 logger = logging.getLogger(__name__)
 # GE logs one INFO line per public-API closure whenever a context starts: hundreds of lines of noise per run.
@@ -40,18 +44,37 @@ ID_UNIQUE_CHECK = "id_unique"
 SHA256_UNIQUE_CHECK = "sha256_unique"
 DECODABLE_CHECK = "decodable"
 INGEST_ERROR_CHECK = "ingest_error"
+LABEL_CONFLICT_CHECK = "label_conflict"
+LABEL_CONFLICT_COLUMN = "label_conflict_group"  # derived for the label-conflict check only; never part of the output
 DATASET_CHECKS = frozenset({SCHEMA_CHECK, NOT_EMPTY_CHECK, CLASS_BALANCE_CHECK})
 
 
-class ValidationConfig(BaseModel):
+class ValidationConfig(StrictConfig):
     """Bounds of the manifest suite; defaults fit NATIX (about 80-90% positives, multi-megapixel JPEGs)."""
 
     min_side: int = Field(64, ge=1, description="smallest accepted width and height, in pixels")
     max_megapixels: float = Field(50.0, gt=0, description="largest accepted width * height / 1e6")
     natix_consistency: bool = Field(True, description="NATIX rule: label 1 iff scene_description is non-empty")
-    min_positive_rate: float = Field(0.05, ge=0, le=1)
-    max_positive_rate: float = Field(0.95, ge=0, le=1)
+    min_positive_rate: float = Field(
+        0.05, ge=0, le=1, description="the floor of the class balance: fewer positives among valid rows is critical"
+    )
+    max_positive_rate: float = Field(
+        0.95, ge=0, le=1, description="more positives among valid rows is critical (too few negatives)"
+    )
     max_failure_rate: float = Field(0.2, ge=0, le=1, description="quarantined / ingested above this is critical")
+    label_conflict_max_distance: int | None = Field(
+        6,
+        ge=0,
+        le=64,
+        description="pHash Hamming distance at or below which two images are copies of one photo (as the split's "
+        "near-duplicate groups); copies labelled both 0 and 1 are quarantined. None: off",
+    )
+    max_label_conflict_rate: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="rows in near-duplicate groups with conflicting labels / ingested above this is critical",
+    )
     html_sample_rows: int = Field(50, ge=0, description="quarantined rows shown in the HTML report")
 
     @model_validator(mode="after")
@@ -113,7 +136,7 @@ class ValidationResult(BaseModel):
     report: ValidationReport
 
 
-class DataValidationError(ValueError):
+class DataValidationError(Finding, ValueError):
     """The manifest failed critically; ``result`` still holds the valid rows and the quarantine."""
 
     def __init__(self, message: str, result: ValidationResult | None) -> None:
@@ -159,6 +182,11 @@ def _build_suite(config: ValidationConfig) -> gx.ExpectationSuite:
             gxe.ExpectColumnValuesToNotMatchRegex(column="extras", regex=r'"ingest_error"\s*:'),
             INGEST_ERROR_CHECK,
             "source adapter reported a problem",
+        ),
+        _check(
+            gxe.ExpectColumnValuesToBeInSet(column=LABEL_CONFLICT_COLUMN, value_set=[""]),
+            LABEL_CONFLICT_CHECK,
+            "near-duplicate images with conflicting labels",
         ),
         _check(
             gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$"),
@@ -220,14 +248,38 @@ def _build_suite(config: ValidationConfig) -> gx.ExpectationSuite:
     return suite
 
 
-def _run_suite(frame: pd.DataFrame, config: ValidationConfig) -> list[ExpectationValidationResult]:
-    """Validate ``frame`` (plus a derived megapixels column) and return the results in suite order."""
+def label_conflict_groups(frame: pd.DataFrame, max_distance: int | None) -> pd.Series:
+    """Per row, its near-duplicate group when that group holds both labels (else ""), e.g.
+    ``"3 copies of natix:train:17 (ids natix:train:17, natix:train:90, folder:x.jpg; labels 0 and 1)"``.
+
+    Copies of one photo labelled 1 and 0 would both train (and, being one split group, land in one split)
+    with no warning: one of the labels is wrong, and which one only a person can tell.
+    """
+    conflicts = pd.Series("", index=frame.index, dtype="string")
+    if max_distance is None or not {"phash", "label", "id"} <= set(frame.columns):
+        return conflicts
+    labelled = frame[frame["label"].isin([0, 1])]
+    clusters = pd.Series(near_duplicate_clusters(labelled["phash"], max_distance), index=labelled.index)
+    for _, rows in labelled[clusters >= 0].groupby(clusters[clusters >= 0]):
+        if rows["label"].nunique() < 2:
+            continue
+        ids = sorted(rows["id"].astype(str))
+        listed = ", ".join(ids[:5]) + (f", ... ({len(ids) - 5} more)" if len(ids) > 5 else "")
+        conflicts[rows.index] = f"{len(ids)} copies of {ids[0]} (ids {listed}; labels 0 and 1)"
+    return conflicts
+
+
+def _run_suite(
+    frame: pd.DataFrame, config: ValidationConfig, conflicts: pd.Series
+) -> list[ExpectationValidationResult]:
+    """Validate ``frame`` (plus the derived megapixels and label-conflict columns); the results in suite order."""
     context = gx.get_context(mode="ephemeral")
     suite = _build_suite(config)
     view = frame.copy()
     if {"width", "height"} <= set(view.columns):
         width, height = (pd.to_numeric(view[column], errors="coerce") for column in ("width", "height"))
         view[MEGAPIXELS_COLUMN] = width * height / 1e6
+    view[LABEL_CONFLICT_COLUMN] = conflicts
     batch = (
         context.data_sources.add_pandas("manifest")
         .add_dataframe_asset("manifest")
@@ -283,7 +335,9 @@ def _keep_first(frame: pd.DataFrame, rows: list[int], column: str, describe: Cal
     return reasons
 
 
-def _row_reasons(frame: pd.DataFrame, results: list[ExpectationValidationResult]) -> dict[int, list[tuple[str, str]]]:
+def _row_reasons(
+    frame: pd.DataFrame, results: list[ExpectationValidationResult], conflicts: pd.Series
+) -> dict[int, list[tuple[str, str]]]:
     """Map each flagged row position to its (check name, reason) pairs, in suite order."""
     reasons: dict[int, list[tuple[str, str]]] = {}
     for result in results:
@@ -308,6 +362,10 @@ def _row_reasons(frame: pd.DataFrame, results: list[ExpectationValidationResult]
             )
         elif name == DECODABLE_CHECK:
             row_reason = {row: f"{description}: {frame.at[row, 'decode_error']}" for row in rows}
+        elif name == LABEL_CONFLICT_CHECK:
+            row_reason = {
+                row: f"{description}: {conflicts[row]}; label them alike at the source and ingest again" for row in rows
+            }
         elif name == INGEST_ERROR_CHECK:
             row_reason = {row: f"{description}: {json.loads(frame.at[row, 'extras'])['ingest_error']}" for row in rows}
         else:
@@ -388,10 +446,44 @@ tr:nth-child(even) td {{ background: #fafafa; }}
 """
 
 
+def _class_balance_problem(valid: pd.DataFrame, config: ValidationConfig) -> str | None:
+    """Why the valid rows cannot train a classifier (a class missing or below the floor), or None."""
+    if valid.empty or "label" not in valid.columns:
+        return None
+    positives, negatives = int((valid["label"] == 1).sum()), int((valid["label"] == 0).sum())
+    rate = positives / (positives + negatives) if positives + negatives else 0.0
+    if negatives and positives and config.min_positive_rate <= rate <= config.max_positive_rate:
+        return None
+    return (
+        f"class balance: the valid rows hold {positives} labelled 1 and {negatives} labelled 0 (positive rate "
+        f"{rate:.1%}, bounds [{config.min_positive_rate:.0%}, {config.max_positive_rate:.0%}], "
+        "ValidationConfig.min_positive_rate / max_positive_rate): add images of the rarer class, or change the bounds"
+    )
+
+
+def unreadable_files(frame: pd.DataFrame) -> list[str]:
+    """The source files (shards, annotation files) that could not be read, as ingest marked their rows."""
+    if "extras" not in frame.columns:
+        return []
+    marked = frame["extras"].astype(str).str.extract(rf'"{UNREADABLE_FILE}"\s*:\s*"([^"]*)"')[0].dropna()
+    return sorted(set(marked))
+
+
 def _critical_reasons(
-    outcomes: list[ExpectationOutcome], missing: list[str], failure_rate: float, config: ValidationConfig
+    outcomes: list[ExpectationOutcome],
+    missing: list[str],
+    failure_rate: float,
+    frame: pd.DataFrame,
+    valid: pd.DataFrame,
+    conflict_rate: float,
+    config: ValidationConfig,
 ) -> list[str]:
     reasons = []
+    if files := unreadable_files(frame):
+        reasons.append(
+            f"{len(files)} source file(s) could not be read, so how many images they held is unknown (e.g. "
+            f"{files[0]}): re-download or re-export them, or remove them to go on without them"
+        )
     if missing:
         reasons.append(
             f"manifest is missing columns {missing}; every source adapter must fill all of {list(MANIFEST_COLUMNS)}"
@@ -405,6 +497,14 @@ def _critical_reasons(
         )
     if failure_rate > config.max_failure_rate:
         reasons.append(f"failure rate {failure_rate:.2%} above the bound {config.max_failure_rate:.0%}")
+    if conflict_rate > config.max_label_conflict_rate:
+        reasons.append(
+            f"{conflict_rate:.2%} of the rows are near-duplicates with conflicting labels, above the bound "
+            f"{config.max_label_conflict_rate:.0%} (ValidationConfig.max_label_conflict_rate): fix the labels at "
+            "the source"
+        )
+    if not missing and (balance := _class_balance_problem(valid, config)) is not None:
+        reasons.append(balance)
     return reasons
 
 
@@ -419,7 +519,8 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig) -> Valid
             attribute holds the full result so callers can still keep the quarantine.
     """
     frame = manifest.reset_index(drop=True)
-    results = _run_suite(frame, config)
+    conflicts = label_conflict_groups(frame, config.label_conflict_max_distance)
+    results = _run_suite(frame, config, conflicts)
     outcomes = [_outcome(result) for result in results]
     schema = next(result for result in results if result.expectation_config.meta["check"] == SCHEMA_CHECK)
     missing = sorted((schema.result.get("details") or {}).get("mismatched", {}).get("missing", []))
@@ -427,7 +528,7 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig) -> Valid
     if missing:
         row_reasons = {row: [(SCHEMA_CHECK, f"manifest is missing columns {missing}")] for row in range(len(frame))}
     else:
-        row_reasons = _row_reasons(frame, results)
+        row_reasons = _row_reasons(frame, results, conflicts)
     flagged = sorted(row_reasons)
     quarantine = frame.loc[flagged].assign(
         reason=["; ".join(reason for _, reason in row_reasons[row]) for row in flagged]
@@ -437,7 +538,8 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig) -> Valid
 
     n_ingested = len(frame)
     failure_rate = len(quarantine) / n_ingested if n_ingested else 0.0
-    critical_reasons = _critical_reasons(outcomes, missing, failure_rate, config)
+    conflict_rate = float((conflicts != "").mean()) if n_ingested else 0.0
+    critical_reasons = _critical_reasons(outcomes, missing, failure_rate, frame, valid, conflict_rate, config)
     report = ValidationReport(
         n_ingested=n_ingested,
         n_valid=len(valid),

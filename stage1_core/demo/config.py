@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from stage1_core.common.config import StrictConfig
 
 ROADWORK_KINDS: tuple[str, ...] = ("cone", "barrier", "sign", "worker", "arrow_board")
 HARD_NEGATIVE_KINDS: tuple[str, ...] = ("orange_car", "autumn_tree", "orange_clothes", "shop_sign")
@@ -29,10 +31,10 @@ SIZE_RANGES_224: dict[str, tuple[float, float]] = {
 }
 
 
-class DemoDataConfig(BaseModel):
+class DemoDataConfig(StrictConfig):
     """How much demo data to draw, at which size, and from which distribution."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     seed: int = 0
     n_images: int = Field(default=800, ge=1)

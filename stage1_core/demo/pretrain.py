@@ -35,7 +35,6 @@ result is ``stage1_core/demo/weights/dinov2-demo``, which the demo name ``dinov2
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import math
@@ -54,7 +53,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import matthews_corrcoef
@@ -66,6 +64,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
+from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
+from stage1_core.common.config import OptionsError, StrictConfig, config_from_options
+from stage1_core.common.images import decode_rgb
 from stage1_core.data.images import canvas_transform
 from stage1_core.demo.config import (
     DAYTIMES,
@@ -91,7 +92,7 @@ SCENE_TASKS: dict[str, tuple[str, ...]] = {
 }
 
 
-class PretrainConfig(BaseModel):
+class PretrainConfig(StrictConfig):
     """Recipe of the demo backbone's pre-training."""
 
     seed: int = Field(0, ge=0, description="random init, flips and scene order")
@@ -238,7 +239,7 @@ def check_fresh_pool(config: PretrainConfig, earlier_stages: Sequence[PretrainSt
     for number, stage in enumerate(earlier_stages, start=1):
         if first <= stage.chunk_seeds[1] and stage.chunk_seeds[0] <= last:
             next_free_seed = max(s.chunk_seeds[1] for s in earlier_stages) + 1
-            raise ValueError(
+            raise OptionsError(
                 f"the pool's generator seeds {first}..{last} overlap those of stage {number} "
                 f"({stage.chunk_seeds[0]}..{stage.chunk_seeds[1]}) "
                 f"of {config.base_backbone!r}: pass --stream-seed-start {next_free_seed}"
@@ -325,7 +326,7 @@ def view_targets(
 def _sample(
     frame: DrawnFrame, config: PretrainConfig, transform: torch.nn.Module, patch_grid: int, flip: bool
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    canvas = transform(Image.open(io.BytesIO(frame.jpeg)).convert("RGB"))
+    canvas = transform(decode_rgb(frame.jpeg))
     if flip:
         canvas = canvas.flip(-1)
     views, mask, patches = view_targets(frame, config, patch_grid, flip)
@@ -611,9 +612,7 @@ def _probe_features(
     features, logits = [], []
     model.eval()
     for start in tqdm(range(0, len(frames), batch_size), desc="probe features", unit="batch", leave=False):
-        images = torch.stack(
-            [transform(Image.open(io.BytesIO(f.jpeg)).convert("RGB")) for f in frames[start : start + batch_size]]
-        )
+        images = torch.stack([transform(decode_rgb(f.jpeg)) for f in frames[start : start + batch_size]])
         view_features, _ = model.features(images)
         features.append(view_features[:, 0].numpy())
         logits.append(aggregate_view_logits(model.roadwork(view_features)[..., 0], model.multiview).numpy())
@@ -811,7 +810,7 @@ def save_pretrained_demo(backbone: PreTrainedModel, summary: ScenePretrainSummar
     return out_dir
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m stage1_core.demo.pretrain OUT_DIR [--seed S] [--steps N] [--minutes M] ...``."""
     defaults = PretrainConfig()
     parser = argparse.ArgumentParser(description="Pre-train the dinov2-demo backbone on a stream of generated scenes.")
@@ -857,8 +856,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=defaults.num_workers)
     parser.add_argument("--log-every", type=int, default=defaults.log_every)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = PretrainConfig(
+    configure_logging()
+    return run_command("demo.pretrain", lambda: _pretrain(args, argv))
+
+
+def _pretrain(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    config = config_from_options(
+        PretrainConfig,
         seed=args.seed,
         steps=args.steps,
         max_minutes=args.minutes,
@@ -873,7 +877,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tiles_per_scene=args.tiles_per_scene,
         image_width=args.image_size[0],
         image_height=args.image_size[1],
-        multiview=MultiViewConfig(view_size=args.view_size),
+        multiview={"view_size": args.view_size},
         probe_images=args.probe_images,
         num_workers=args.num_workers,
         log_every=args.log_every,
@@ -885,7 +889,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.info("held-out probe: %s", json.dumps(summary.probe))
     save_pretrained_demo(model.backbone, summary, args.out_dir)
     logger.info("backbone, summary, curves and model card written to %s", args.out_dir)
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any, get_args
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stage1_core.common.cli import EXIT_OK, configure_logging, run_command
+from stage1_core.common.config import config_from_options
 from stage1_core.data.sources.config import (
     MAPILLARY_CONCRETE_BLOCK,
     MAPILLARY_CURB,
@@ -382,7 +385,7 @@ def _write(rows: list[dict[str, Any]], path: Path, schema: pa.Schema) -> None:
     pq.write_table(pa.Table.from_arrays(columns, schema=schema), path)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """The command line: draw the demo dataset into OUT_DIR, in one layout or fused.
 
     ``python -m stage1_core.demo.writers OUT_DIR [--n-images N] [--seed S] [--shift night_fog_city] [--layout L]``
@@ -402,13 +405,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="fused: one subfolder per layout (a multi-source dataset)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = DemoDataConfig(seed=args.seed, n_images=args.n_images, shift=args.shift)
-    if args.layout == "fused":
-        generate_fused_demo(args.out_dir, config)
-    else:
-        generate_demo_dataset(args.out_dir, config.model_copy(update={"layout": args.layout}))
+    configure_logging()
+
+    def draw() -> int:
+        layout = {} if args.layout == "fused" else {"layout": args.layout}
+        config = config_from_options(DemoDataConfig, seed=args.seed, n_images=args.n_images, shift=args.shift, **layout)
+        if args.layout == "fused":
+            generate_fused_demo(args.out_dir, config)
+        else:
+            generate_demo_dataset(args.out_dir, config)
+        return EXIT_OK
+
+    return run_command("demo.writers", draw)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

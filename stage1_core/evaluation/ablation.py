@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.logit_map import VALIDATOR_THRESHOLD
 from stage1_core.common.metrics import MetricsConfig, MetricValue, compute_metrics
 from stage1_core.common.reports import Report, metric_cell
@@ -34,7 +35,7 @@ InferenceMode = Literal["global view", "multi-view", "adaptive"]
 ABLATION_METRICS = ("mcc", "accuracy", "auroc", "ece")
 
 
-class AblationConfig(BaseModel):
+class AblationConfig(StrictConfig):
     """Which training ablations the run adds next to the main model (each costs one more training)."""
 
     without_explora: bool = Field(

@@ -10,7 +10,11 @@ emits one logit ``z`` per image (P(roadwork) = sigmoid(z)).
   q = softmax(W ln p + b) on p = [1 - sigmoid(z), sigmoid(z)], fitted by penalised NLL with
   lambda / (k(k-1)) * sum_{i != j} w_ij^2 + mu / k * sum_j b_j^2, lambda and mu chosen by
   stratified cross-validation on the calibration split. With two classes it reduces to beta
-  calibration (Kull et al. 2017): logit(q) = a ln p - b ln(1 - p) + c.
+  calibration (Kull et al. 2017): logit(q) = a ln p - b ln(1 - p) + c. As in the authors' reference
+  code (dirichletcal, ``MultinomialRegression`` with ``ref_row=True`` and ``reg_norm=True``), the
+  last row of [W | b] is fixed at zero: softmax only sees row differences, and without the reference
+  row a full 2x2 W can move its weight onto the diagonal, where the penalty makes lambda a no-op. With
+  the reference row the penalty is lambda / 2 * a^2 + mu / 2 * c^2, so both shrink the map.
 * A decision threshold can be chosen on the same split for a decision metric (off by default:
   the threshold stays 0.5). The subnet validator always rounds at 0.5, so a policy with another
   threshold must submit ``validator_probabilities`` (the logit shifted by ``logit(threshold)``)
@@ -34,7 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit, logit, softmax
 from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.logit_map import VALIDATOR_THRESHOLD, LogitMap, finite_logits
 from stage1_core.common.metrics import (
     as_binary_labels,
@@ -127,21 +133,37 @@ class TemperatureScaler(BaseModel):
         return expit(self.calibrated_logits(logits))
 
 
-class DirichletConfig(BaseModel):
-    """ODIR penalty grid searched by stratified k-fold cross-validation (as Kull et al. 2019 choose lambda and mu)."""
+class DirichletConfig(StrictConfig):
+    """ODIR penalty grid searched by stratified k-fold cross-validation (as Kull et al. 2019 choose lambda and mu).
 
-    odir_lambdas: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
-    odir_mus: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
+    Every (lambda, mu) pair of the grid is searched. The paper's deep-network experiments search lambda over
+    {1, 2.5, 5} x 10^-5..10^6 and mu over 10^-5..10^6; the default keeps the decades where the fitted map
+    still moves on a calibration split of a few hundred images (below 1e-3 the penalty changes the map by
+    less than 1e-3 in a, b and c; above 10 it pins a and c near 0).
+    """
+
+    odir_lambdas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    odir_mus: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
     cv_folds: int = Field(5, ge=2)
     seed: int = 0
+
+
+class ODIRCandidate(BaseModel):
+    """One (lambda, mu) of the searched grid and its mean held-out NLL."""
+
+    model_config = ConfigDict(frozen=True)
+
+    odir_lambda: float
+    odir_mu: float
+    cv_nll: float
 
 
 class DirichletCalibrator(BaseModel):
     """Dirichlet calibration with the ODIR penalty (Kull et al. 2019) of p = [1 - sigmoid(z), sigmoid(z)].
 
-    ``weights`` (k x k) and ``bias`` (k) give q = softmax(weights @ ln p + bias); the penalty
-    strengths ``odir_lambda`` (off-diagonal weights) and ``odir_mu`` (bias) were chosen by
-    cross-validated NLL on the calibration split.
+    ``weights`` (k x k) and ``bias`` (k) give q = softmax(weights @ ln p + bias), with the last row (roadwork)
+    fixed at zero as the reference code does; the penalty strengths ``odir_lambda`` (off-diagonal weights)
+    and ``odir_mu`` (bias) were chosen by cross-validated NLL on the calibration split, over ``searched``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -152,6 +174,7 @@ class DirichletCalibrator(BaseModel):
     odir_lambda: float = Field(ge=0.0)
     odir_mu: float = Field(ge=0.0)
     cv_nll: float | None  # mean held-out NLL of the chosen (lambda, mu); None when the split was too small for CV
+    searched: list[ODIRCandidate] = []  # the grid searched, with each point's held-out NLL (empty without CV)
     nll_before: float  # mean NLL of sigmoid(z) on the calibration split
     nll_after: float  # mean NLL of the calibrated probabilities on the calibration split (penalty excluded)
     n_samples: int
@@ -165,24 +188,36 @@ class DirichletCalibrator(BaseModel):
         """
         config = config or DirichletConfig()
         z, y = _calibration_sample(logits, labels, "Dirichlet calibration")
+        # One BLAS thread: the products are tiny, and threads that spin on a shared machine made each fit
+        # 50-100x slower (measured: 40-77 ms of CPU per fit against 0.8 ms).
+        with threadpool_limits(limits=1, user_api="blas"):
+            return cls._fit(z, y, config)
+
+    @classmethod
+    def _fit(cls, z: np.ndarray, y: np.ndarray, config: DirichletConfig) -> DirichletCalibrator:
         features = _log_class_probabilities(z)
         grid = [(lam, mu) for lam in config.odir_lambdas for mu in config.odir_mus]
         folds = min(config.cv_folds, int(np.bincount(y).min()))
-        cv_nll = None
+        cv_nll, searched = None, []
         if folds >= 2:
             splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
             splits = list(splitter.split(features, y))
             held_out = [
-                np.mean(
-                    [
-                        _nll(_fit_dirichlet(features[train], y[train], lam, mu), features[test], y[test])
-                        for train, test in splits
-                    ]
+                float(
+                    np.mean(
+                        [
+                            _nll(_fit_dirichlet(features[train], y[train], lam, mu), features[test], y[test])
+                            for train, test in splits
+                        ]
+                    )
                 )
                 for lam, mu in grid
             ]
             best = int(np.argmin(held_out))
-            cv_nll = float(held_out[best])
+            cv_nll = held_out[best]
+            searched = [
+                ODIRCandidate(odir_lambda=lam, odir_mu=mu, cv_nll=nll) for (lam, mu), nll in zip(grid, held_out)
+            ]
         else:
             best = len(grid) - 1  # the strongest penalty of the grid: the safest choice without held-out data
             logger.warning(
@@ -201,6 +236,7 @@ class DirichletCalibrator(BaseModel):
             odir_lambda=lam,
             odir_mu=mu,
             cv_nll=cv_nll,
+            searched=searched,
             nll_before=float(np.mean(np.logaddexp(0.0, z) - y * z)),
             nll_after=_nll(params, features, y),
             n_samples=int(y.size),
@@ -225,6 +261,7 @@ class DirichletCalibrator(BaseModel):
             "beta_c": beta.c,
             "odir_lambda": self.odir_lambda,
             "odir_mu": self.odir_mu,
+            "odir_grid_points": float(len(self.searched)),
         }
 
     def class_probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -261,7 +298,8 @@ def _log_class_probabilities(z: np.ndarray) -> np.ndarray:
 
 
 def _unpack(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return params[:4].reshape(2, 2), params[4:]
+    """(W, b) from the free parameters (w00, w01, b0): the roadwork row of [W | b] is the zero reference row."""
+    return np.array([[params[0], params[1]], [0.0, 0.0]]), np.array([params[2], 0.0])
 
 
 def _nll(params: np.ndarray, features: np.ndarray, y: np.ndarray) -> float:
@@ -274,11 +312,12 @@ def _nll(params: np.ndarray, features: np.ndarray, y: np.ndarray) -> float:
 def _fit_dirichlet(features: np.ndarray, y: np.ndarray, lam: float, mu: float) -> np.ndarray:
     """Minimise mean NLL + lam / (k(k-1)) sum_{i!=j} w_ij^2 + mu / k sum_j b_j^2 (k = 2) by L-BFGS, exact gradient.
 
-    Starts from the identity map (W = I, b = 0: q = p). The objective is convex, and the penalty
-    makes the minimum unique (softmax alone is invariant to adding one row vector to every row of W).
+    The free parameters are row 0 of [W | b] (w00, w01, b0); row 1 is the zero reference row of dirichletcal
+    (``ref_row=True``), so the only off-diagonal weight is w01 = -a and the only bias b0 = -c: the penalty
+    is lam / 2 * w01^2 + mu / 2 * b0^2. Starts from the identity map (q = p: w00 = 1, w01 = -1, b0 = 0), as the
+    reference code. The NLL is that of a logistic regression on (ln(1 - p), ln p, 1), so the objective is convex.
     """
     k = 2
-    off_diagonal = 1.0 - np.eye(k)
     onehot = np.eye(k)[y]
 
     def objective(params: np.ndarray) -> tuple[float, np.ndarray]:
@@ -286,15 +325,18 @@ def _fit_dirichlet(features: np.ndarray, y: np.ndarray, lam: float, mu: float) -
         scores = features @ weights.T + bias
         log_norm = np.logaddexp(scores[:, 0], scores[:, 1])
         nll = np.mean(log_norm - scores[np.arange(y.size), y])
-        residual = (np.exp(scores - log_norm[:, None]) - onehot) / y.size
-        penalty = lam / (k * (k - 1)) * np.sum((weights * off_diagonal) ** 2) + mu / k * np.sum(bias**2)
-        grad_w = residual.T @ features + 2.0 * lam / (k * (k - 1)) * weights * off_diagonal
-        grad_b = residual.sum(axis=0) + 2.0 * mu / k * bias
-        return float(nll + penalty), np.r_[grad_w.ravel(), grad_b]
+        residual = (np.exp(scores[:, 0] - log_norm) - onehot[:, 0]) / y.size  # d NLL / d s_0 per sample
+        penalty = lam / (k * (k - 1)) * params[1] ** 2 + mu / k * params[2] ** 2
+        gradient = np.array(
+            [
+                residual @ features[:, 0],
+                residual @ features[:, 1] + 2.0 * lam / (k * (k - 1)) * params[1],
+                residual.sum() + 2.0 * mu / k * params[2],
+            ]
+        )
+        return float(nll + penalty), gradient
 
-    result = minimize(
-        objective, x0=np.r_[np.eye(k).ravel(), np.zeros(k)], jac=True, method="L-BFGS-B", options={"maxiter": 500}
-    )
+    result = minimize(objective, x0=np.array([1.0, -1.0, 0.0]), jac=True, method="L-BFGS-B", options={"maxiter": 500})
     if not result.success:  # typically a separable split: the unpenalised diagonal grows without bound
         logger.warning(
             "Dirichlet fit (lambda=%g, mu=%g) did not converge (%s); keeping its last iterate", lam, mu, result.message
@@ -313,7 +355,7 @@ class ThresholdChoice(BaseModel):
     value_at_default: float  # objective at 0.5
 
 
-class CalibrationConfig(BaseModel):
+class CalibrationConfig(StrictConfig):
     """How ``fit_calibration_policy`` calibrates: temperature bounds, and the threshold objective (None keeps 0.5).
 
     NATIX data are 80-90% roadwork while validator challenges are 50/50: MCC and accuracy optima

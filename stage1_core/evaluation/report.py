@@ -18,7 +18,7 @@ from stage1_core.common.metrics import METRIC_NAMES, MetricsConfig, MetricsRepor
 from stage1_core.common.reports import Report, format_number, metric_cell
 from stage1_core.evaluation.ablation import AblationTable
 from stage1_core.evaluation.calibration import CalibrationPolicy
-from stage1_core.evaluation.conformal import ConformalEvaluation
+from stage1_core.evaluation.conformal import ConformalEvaluation, ConformalPredictor
 from stage1_core.evaluation.plots import confusion_matrix_png, reliability_diagram_png, risk_coverage_png
 from stage1_core.evaluation.slices import SLICE_METRICS, RobustnessConfig, SliceConfig, SliceMetrics, slice_table
 
@@ -123,26 +123,39 @@ class EvaluationReport(Report):
         )
 
     def _conformal_table(self) -> str:
-        if self.conformal is None:
+        conformal = self.policy.conformal
+        if self.conformal is None or conformal is None:
             reason = self.policy.conformal_undefined_reason or "not configured"
             return (
                 "<html><body style='font-family:sans-serif'><h2>Conformal prediction</h2>"
                 f"<p>Not available: {html.escape(reason)}</p></body></html>"
             )
+        fitted = {predictor.name: predictor for predictor in conformal.predictors}
         rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td>{result.coverage:.4f}</td><td>{result.mean_size:.3f}</td>"
-            f"<td>{result.empty_rate:.3f}</td><td>{result.singleton_rate:.3f}</td><td>{result.full_rate:.3f}</td></tr>"
+            f"<tr><td>{html.escape(name)}{_raps_note(fitted[name])}</td><td>{result.coverage:.4f}</td>"
+            f"<td>{result.mean_size:.3f}</td><td>{result.empty_rate:.3f}</td><td>{result.singleton_rate:.3f}</td>"
+            f"<td>{result.full_rate:.3f}</td></tr>"
             for name, result in self.conformal.sets.items()
         )
+        rows += "".join(
+            f"<tr><td>{html.escape(name)}</td><td colspan=5>not fitted: {html.escape(reason)}</td></tr>"
+            for name, reason in conformal.predictors_undefined.items()
+        )
         scrc = self.conformal.scrc
-        scrc_policy = self.policy.conformal.scrc if self.policy.conformal is not None else None
+        scrc_policy = conformal.scrc
         if scrc is None or scrc_policy is None:
-            reason = self.policy.conformal.scrc_undefined_reason if self.policy.conformal is not None else None
+            reason = conformal.scrc_undefined_reason
             scrc_html = f"<p>SCRC not available: {html.escape(reason or 'not configured')}</p>"
         else:
             scrc_html = (
-                f"<h3>SCRC (target selection rate {scrc_policy.target_selection_rate:.0%}, "
-                f"risk alpha {scrc_policy.alpha})</h3>"
+                f"<h3>SCRC, served variant {scrc_policy.variant} (Xu, Guo &amp; Wei 2025; target selection rate "
+                f"{scrc_policy.target_selection_rate:.0%}, risk alpha {scrc_policy.alpha}, delta {scrc_policy.delta})"
+                "</h3>"
+                f"<p>PAC guarantee: with probability at least {1 - scrc_policy.delta:.0%} over the calibration draw "
+                f"the selection rate is at least {scrc_policy.target_selection_rate:.0%}, and with probability at "
+                f"least {1 - scrc_policy.delta:.0%} the miscoverage among selected images is at most "
+                f"{scrc_policy.alpha} (fitted on {scrc_policy.n_calibration} val_calib images, "
+                f"{scrc_policy.n_selected} selected, at most {scrc_policy.max_misses} misses allowed).</p>"
                 f"<p>Selected: {scrc.selection_rate:.1%}; "
                 f"miscoverage among selected: {format_number(scrc.selective_risk)}; "
                 f"mean set size among selected: {format_number(scrc.selective_mean_size)}; "
@@ -244,3 +257,11 @@ def evaluate_predictions(
         conformal=policy.conformal.evaluate(labels, calibrated) if policy.conformal is not None else None,
         ablation=ablation,
     )
+
+
+def _raps_note(predictor: ConformalPredictor) -> str:
+    """RAPS's regularisation, and whether it was tuned on a held-out part of val_calib."""
+    if predictor.score != "raps":
+        return ""
+    how = f"tuned on {predictor.n_tuning} images" if predictor.n_tuning else "set by hand"
+    return f" (lambda {predictor.raps_lambda:g}, k_reg {predictor.raps_k_reg}, {how})"

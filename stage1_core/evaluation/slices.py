@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.metrics import MetricName, MetricsReport, compute_metrics
 from stage1_core.data.images import canvas_transform, clamp_unit, load_rgb
 from stage1_core.modeling.inference import predict_dataset_logits
@@ -68,7 +69,7 @@ _VIEW_DISTORTIONS: dict[str, tuple[int, tuple[str, ...]]] = {
 _YCBCR_TO_RGB = torch.tensor([[1.0, 0.0, 1.403], [1.0, -0.344, -0.714], [1.0, 1.773, 0.0]])
 
 
-class SliceConfig(BaseModel):
+class SliceConfig(StrictConfig):
     """Which metadata columns to slice by, where per-image object sizes are, and the bootstrap per slice."""
 
     columns: tuple[str, ...] = ("daytime", "weather", "scene_environment", "source")
@@ -76,7 +77,7 @@ class SliceConfig(BaseModel):
     n_bootstrap: int = Field(200, ge=0)
 
 
-class RobustnessConfig(BaseModel):
+class RobustnessConfig(StrictConfig):
     """Validator views to score val_test under (empty: none), their seed and the scoring batch size."""
 
     views: tuple[ValidatorView, ...] = VALIDATOR_VIEWS

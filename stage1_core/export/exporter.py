@@ -28,10 +28,11 @@ import pandas as pd
 import torch
 from onnxscript import ir
 from onnxscript.rewriter.ort_fusions import bias_gelu, erfgelu, sdpa, sdpa_via_mha, shape_optimization
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.logit_map import LogitMap
 from stage1_core.data.images import load_rgb
 from stage1_core.data.splits import bootstrap_groups
@@ -63,7 +64,7 @@ from stage1_core.serving.bundle import (
 logger = logging.getLogger(__name__)
 
 
-class TensorRTConfig(BaseModel):
+class TensorRTConfig(StrictConfig):
     """FP16 TensorRT engine of the fixed graph, built with the tensorrt Python API where tensorrt and CUDA are present.
 
     FP16 keeps about three significant digits per activation; through a ViT the logit moves by up to
@@ -84,7 +85,7 @@ class TensorRTConfig(BaseModel):
     workspace_gib: float = 4.0
 
 
-class ExportConfig(BaseModel):
+class ExportConfig(StrictConfig):
     """ONNX export settings, the parity bar against PyTorch, adaptive multi-view and TensorRT."""
 
     opset: int = 18

@@ -36,8 +36,9 @@ from typing import Literal
 import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.logit_map import VALIDATOR_THRESHOLD
 from stage1_core.common.metrics import as_binary_labels, decision_mcc
 from stage1_core.serving.bundle import PrecisionCheck, ServingPath
@@ -46,10 +47,8 @@ BACKBONE_SCOPE = "classifier.backbone"  # the module path of the backbone in eve
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"  # where torch's dynamo exporter records each node's module path
 
 
-class Int8Config(BaseModel):
+class Int8Config(StrictConfig):
     """Static int8 graphs next to the fp32 ones, and the guard that decides which the bundle serves."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     calibration_images: int = Field(

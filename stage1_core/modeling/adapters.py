@@ -1,4 +1,11 @@
-"""Parameter-efficient fine-tuning of the backbone: DoRA (via peft) and DoRAN (this project's module).
+"""Parameter-efficient fine-tuning of the backbone: LoRA and DoRA (via peft) and DoRAN (this project's module).
+
+LoRA (Hu et al. 2021, arXiv 2106.09685) adds a trainable low-rank update ``W0 + (alpha / r) B A`` to a
+frozen weight. It is the supervised stage ExPLoRA (arXiv 2406.10973) pairs with its pre-training: after
+the merge, the backbone is fine-tuned parameter-efficiently with LoRA on Q and V (its ``finetune/``
+code offers LoRA or full fine-tuning). Here: ``train.adapter.method: lora`` with ``train.trainable_blocks:
+0`` puts LoRA on Q and V of every block and trains it with the head and the final norm; the default
+(``none`` with ``trainable_blocks: 2``) fine-tunes the last blocks fully instead.
 
 DoRA (Liu et al., ICML 2024, arXiv 2402.09353) re-parameterises a frozen weight as
 ``W' = m * (W0 + B A) / ||W0 + B A||_c``: a learned magnitude per output unit times a direction
@@ -24,22 +31,24 @@ from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from pydantic import BaseModel, Field
+from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.modeling.backbone import lora_target_modules, transformer_blocks
 
 logger = logging.getLogger(__name__)
 
 
-class AdapterConfig(BaseModel):
-    """Which adapter fine-tunes the backbone's Q and V projections (``none``: head and trainable blocks only)."""
+class AdapterConfig(StrictConfig):
+    """Which adapter fine-tunes the backbone's Q and V projections (``none``: head and trainable blocks only;
+    ``lora`` with ``trainable_blocks: 0``: ExPLoRA's parameter-efficient supervised stage)."""
 
-    method: Literal["none", "dora", "doran"] = "none"
+    method: Literal["none", "lora", "dora", "doran"] = "none"
     rank: int = Field(8, ge=1, description="rank of the low-rank update B A")
     alpha: float = Field(8.0, gt=0.0, description="the update is scaled by alpha / rank, as in LoRA")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout on the adapter input (DoRA only)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout on the adapter input (LoRA, DoRA)")
     doran_hidden: int = Field(
         8,
         ge=1,
@@ -131,7 +140,7 @@ def add_adapters(backbone: nn.Module, config: AdapterConfig, fully_trained_block
 
     Adapters add trainable parameters and change no other parameter's ``requires_grad`` (peft's freezing
     is undone for the parameters that were trainable before). Returns the backbone to train with (a
-    ``PeftModel`` for DoRA, the same module modified in place for DoRAN, unchanged for ``none``).
+    ``PeftModel`` for LoRA and DoRA, the same module modified in place for DoRAN, unchanged for ``none``).
 
     Raises:
         ValueError: every block is trained fully, so no block is left for an adapter.
@@ -147,13 +156,13 @@ def add_adapters(backbone: nn.Module, config: AdapterConfig, fully_trained_block
         )
     targets = lora_target_modules(backbone, fully_trained_blocks)
     trainable = [parameter for parameter in backbone.parameters() if parameter.requires_grad]
-    if config.method == "dora":
+    if config.method in ("lora", "dora"):
         lora = LoraConfig(
             r=config.rank,
             lora_alpha=config.alpha,
             lora_dropout=config.dropout,
             target_modules=targets,
-            use_dora=True,
+            use_dora=config.method == "dora",
             bias="none",
         )
         adapted: nn.Module = get_peft_model(backbone, lora)
@@ -196,12 +205,12 @@ def _role(target: str) -> str:
 
 
 def has_adapters(backbone: nn.Module) -> bool:
-    """True while DoRA (peft) or DoRAN modules are attached: such a backbone must be merged before saving."""
+    """True while LoRA / DoRA (peft) or DoRAN modules are attached: such a backbone must be merged before saving."""
     return isinstance(backbone, PeftModel) or any(isinstance(module, DoranLinear) for module in backbone.modules())
 
 
 def merge_adapters(backbone: nn.Module) -> nn.Module:
-    """Fold the adapters into plain linear weights (DoRA: peft ``merge_and_unload``); a plain backbone again."""
+    """Fold the adapters into plain linear weights (LoRA, DoRA: peft ``merge_and_unload``); a plain backbone again."""
     if isinstance(backbone, PeftModel):
         return backbone.merge_and_unload()
     for name, module in list(backbone.named_modules()):

@@ -1,8 +1,10 @@
 """Load a DINOv2 / DINOv3 vision transformer from Hugging Face transformers.
 
 One loader serves every case, so the demo run and a user's real weights go through the same
-code: a local directory written by ``save_pretrained`` (real weights copied onto the machine), a hub id
-(only on a machine that can reach the hub or has it cached), or a demo name. ``dinov2-demo`` names the
+code: a local directory written by ``save_pretrained`` (real weights copied onto the machine), such a
+directory at an fsspec URL (``s3://bucket/weights/dinov2-small``: copied once into a local cache, the way
+cluster pods get weights without a hub), a hub id (only on a machine that can reach the hub or has it
+cached), or a demo name. ``dinov2-demo`` names the
 project's own pre-trained demo weights, committed under ``stage1_core/demo/weights/dinov2-demo`` (made by
 ``stage1_core.demo.pretrain``, described by its ``MODEL_CARD.md``) and read through the local-directory
 path like real weights; the other demo names are small randomly initialised configs of the real
@@ -11,13 +13,19 @@ architectures (nothing downloaded).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from pathlib import Path
 
+import fsspec
 import torch
 from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModel, Dinov2Config, DINOv3ViTConfig, PreTrainedModel
+
+from stage1_core.common.atomic_io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +73,11 @@ HUB_EXAMPLES = (
 )
 
 
+CACHE_ENV = "ROADWORK_BACKBONE_CACHE"  # where weights fetched from a URL are kept (default below)
+DEFAULT_CACHE = Path("~/.cache/roadwork/backbones")
+VERSION_KEYS = ("ETag", "etag", "LastModified", "mtime", "created")  # what fsspec file systems report per file
+
+
 class BackboneLoadError(ValueError):
     """The requested backbone cannot be loaded; the message says what is supported."""
 
@@ -73,22 +86,82 @@ def _usage() -> str:
     return (
         f"supported: a demo name {sorted(PRETRAINED_DEMOS | DEMO_CONFIGS)}, "
         "a local directory written by save_pretrained "
-        f"(config.json + weights) of model type {list(SUPPORTED_MODEL_TYPES)}, or a hub id such as "
+        f"(config.json + weights) of model type {list(SUPPORTED_MODEL_TYPES)} or such a directory at a URL "
+        "(s3://bucket/weights/dinov2-small, any fsspec file system), or a hub id such as "
         f"{', '.join(HUB_EXAMPLES)} on a machine that can reach the hub or has it in its cache "
-        "(copy the weights to a local directory and pass its path for offline machines)"
+        "(copy the weights to a local directory or a bucket and pass its path for offline machines)"
     )
 
 
+def is_url(name_or_path: str) -> bool:
+    """Whether a backbone is given as a URL (``s3://...``, ``file://...``): fetched through fsspec."""
+    return "://" in name_or_path
+
+
+def backbone_cache() -> Path:
+    """The local folder of fetched weights: ``$ROADWORK_BACKBONE_CACHE``, else ``~/.cache/roadwork/backbones``."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+
+
+def fetch_backbone(url: str, cache: Path | None = None) -> Path:
+    """Copy the ``save_pretrained`` directory at ``url`` into the local cache once; return the local copy.
+
+    The copy is named by a hash of the URL and of each remote file's name, size and version (ETag or modification
+    time), so unchanged weights are never fetched twice and new weights at the same URL are fetched again. It is
+    published atomically: a fetch killed halfway leaves no folder that looks complete.
+
+    Raises:
+        BackboneLoadError: no file system for the URL's scheme, nothing there, or it cannot be read.
+    """
+    try:
+        filesystem, root = fsspec.core.url_to_fs(url)
+        files = {path: info for path, info in filesystem.find(root, detail=True).items() if info["type"] == "file"}
+    except (ImportError, ValueError) as error:  # fsspec: a known scheme whose package is missing / an unknown one
+        raise BackboneLoadError(
+            f"backbone {url}: no file system for its scheme ({error}); for s3:// install s3fs "
+            "(pip install 'roadwork-stage1[k8s]')"
+        ) from None
+    except OSError as error:
+        raise BackboneLoadError(f"backbone {url}: cannot list it ({error}); {_usage()}") from None
+    prefix = root.rstrip("/") + "/"
+    relative = {path: path[len(prefix) :] if path.startswith(prefix) else Path(path).name for path in files}
+    if "config.json" not in relative.values():
+        raise BackboneLoadError(f"backbone {url} has no config.json (found {sorted(relative.values())}); {_usage()}")
+    listing = sorted(
+        (relative[path], info.get("size"), [str(info[key]) for key in VERSION_KEYS if key in info])
+        for path, info in files.items()
+    )
+    key = hashlib.sha256(json.dumps([url, listing]).encode()).hexdigest()[:16]
+    target = (cache or backbone_cache()) / key
+    if (target / "config.json").is_file():
+        return target
+    logger.info("backbone %s: fetching %d files into %s", url, len(files), target)
+    try:
+        with atomic_directory(target) as staging:
+            for path, name in relative.items():
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                filesystem.get_file(path, str(staging / name))
+    except OSError as error:
+        raise BackboneLoadError(f"backbone {url}: cannot fetch it ({error})") from None
+    return target
+
+
 def resolve_backbone(name_or_path: str) -> str:
-    """A pre-trained demo name -> its committed weights directory; anything else unchanged."""
-    return str(PRETRAINED_DEMOS[name_or_path]) if name_or_path in PRETRAINED_DEMOS else name_or_path
+    """A local directory for a pre-trained demo name (its committed weights) or a URL (fetched into the cache).
+
+    Anything else (a local path, a hub id, a random demo config's name) is returned unchanged.
+    """
+    if name_or_path in PRETRAINED_DEMOS:
+        return str(PRETRAINED_DEMOS[name_or_path])
+    return str(fetch_backbone(name_or_path)) if is_url(name_or_path) else name_or_path
 
 
 def load_backbone(name_or_path: str, *, seed: int = 0, attn_implementation: str = "sdpa") -> PreTrainedModel:
     """Return the backbone as a transformers model (``Dinov2Model``, ``DINOv3ViTModel`` ...).
 
     Args:
-        name_or_path: a demo name, a local directory, or a hub id.
+        name_or_path: a demo name, a local directory, a directory at a URL (fetched once into
+            :func:`backbone_cache`), or a hub id.
         seed: seed of the random initialisation of the random demo configs (deterministic demo runs).
         attn_implementation: ``"sdpa"`` (PyTorch's fused scaled-dot-product attention: flash / memory-efficient
             kernels on CUDA, and what the ONNX export traces) or ``"eager"`` (the reference implementation).

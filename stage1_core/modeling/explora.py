@@ -12,6 +12,24 @@ student / teacher self-distillation with a DINO head on the cls token (Caron et 
 2104.14294; multi-crop, EMA teacher, teacher centering and sharpening), the iBOT masked-patch loss
 (Zhou et al. 2022, arXiv 2111.07832) and the KoLeo regulariser (Sablayrolles et al. 2019, arXiv
 1806.03198). Public checkpoints ship without the DINO / iBOT heads, so they start fresh here.
+
+The version followed is the ``ssl_default_config.yaml`` that ExPLoRA's repository ships
+(samar-khanna/ExPLoRA, ``linprobe/configs/``, commit c7f7810; its values are those of DINOv2's own
+``dinov2/configs/ssl_default_config.yaml``), with DINOv2's training loop (``dinov2/train/train.py``:
+the schedules), masking generator (``dinov2/data/masking.py``, ``collate.py``) and parameter groups
+(``dinov2/utils/param_groups.py``). Each :class:`ExploraConfig` field names its source. In that config:
+one DINO head shared by the iBOT loss (``ibot.separate_head: false``), block masking of 10-50% of the
+patches on half the global crops, the teacher temperature warmed up from 0.04 to 0.07 over the first
+30% of training, weight decay following a cosine from 0.04 to 0.4, layer-wise learning-rate decay 0.9,
+and softmax centering of the teacher (``train.centering: "centering"``); DINOv2's released ViT-L/g
+training configs use Sinkhorn-Knopp instead, available as ``centering="sinkhorn_knopp"``. Budgets
+(steps, batch, crop sizes, head width) are the caller's: the demo run sets small ones in its YAML.
+
+Deliberate deviations: the colour augmentation is milder than DINOv2's (jitter 0.2/0.2/0.1/0.02 at
+p=0.5, no grayscale, blur or solarisation: roadwork cues are colours); the patch embedding is frozen, as
+ExPLoRA prescribes, so DINOv2's ``patch_embed_lr_mult`` has nothing to act on; no stochastic depth
+(``drop_path_rate``), which the loaded backbone's config decides; the learning rate is given directly
+(DINOv2 scales ``base_lr`` 0.004 by sqrt(batch / 1024)).
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -32,8 +51,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+from transformers import PreTrainedModel
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.modeling.backbone import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -48,45 +68,96 @@ logger = logging.getLogger(__name__)
 # older DINOv2: query / value, timm-style: q / v). The modules actually present decide which apply.
 NORM_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm2d)
 TOKEN_SUFFIXES: tuple[str, ...] = ("cls_token", "mask_token", "register_tokens")
+# DINOv2's MaskingGenerator as train.py builds it: blocks of at least 4 patches, aspect ratio in [0.3, 1/0.3],
+# at most half of the patches masked by one block.
+MASK_MIN_BLOCK_PATCHES = 4
+MASK_MAX_BLOCK_SHARE = 0.5
+MASK_MIN_ASPECT = 0.3
+SINKHORN_ITERATIONS = 3  # DINOv2's sinkhorn_knopp_teacher
 
 
-class ExploraConfig(BaseModel):
-    """ExPLoRA settings. Defaults are demo-sized (seconds on a CPU); real runs raise steps, crops and heads.
-
-    The paper's main configuration is one unfrozen block and LoRA rank 64; DINOv2 itself uses global /
-    local crops of 224 / 98 pixels, 8 local crops and 65536 prototypes per head.
+class ExploraConfig(StrictConfig):
+    """ExPLoRA settings. Recipe values default to the published ones (``src`` in each description:
+    ExPLoRA = arXiv 2406.10973; ssl = the ``ssl_default_config.yaml`` shipped with ExPLoRA's code, equal to
+    DINOv2's; train.py / masking.py / param_groups.py = DINOv2's code). Budget values (steps, batch) are
+    small so that a default run takes seconds on a CPU; a real run raises them (DINOv2's recipe: 100 epochs
+    of 1250 iterations at 1024 images). Schedules are fractions of ``max_steps`` (DINOv2: epochs of 100).
     """
 
-    unfrozen_blocks: int = Field(1, ge=0, description="last transformer blocks trained fully (paper: 1, sometimes 2)")
-    lora_rank: int = Field(64, ge=1, description="LoRA rank on Q and V of every other block (paper: 64)")
+    unfrozen_blocks: int = Field(1, ge=0, description="last blocks trained fully (src ExPLoRA: 1, sometimes 2)")
+    lora_rank: int = Field(64, ge=1, description="LoRA rank on Q and V of every other block (src ExPLoRA: 64)")
     lora_alpha: int = Field(64, ge=1, description="LoRA scaling numerator: the update is (alpha / rank) * B A")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    max_steps: int = Field(30, ge=1)
-    batch_size: int = Field(8, ge=2, description="images per step; KoLeo needs at least two")
-    lr: float = Field(5e-4, gt=0.0, description="peak learning rate of the cosine schedule")
-    warmup_steps: int = Field(3, ge=0)
-    weight_decay: float = Field(0.04, ge=0.0, description="on matrices only; biases, norms and tokens get none")
-    clip_grad_norm: float | None = Field(3.0, gt=0.0, description="DINOv2 clips gradients at 3.0; None disables")
+    max_steps: int = Field(30, ge=1, description="budget: optimisation steps (src ssl: 100 x 1250)")
+    batch_size: int = Field(8, ge=2, description="budget: images per step; KoLeo needs at least two (src ssl: 1024)")
+    lr: float = Field(
+        5e-4, gt=0.0, description="peak learning rate (src ssl: base_lr 0.004 x sqrt(batch / 1024), 3.5e-4 at 8)"
+    )
+    min_lr: float = Field(1e-6, ge=0.0, description="end of the cosine learning-rate schedule (src ssl: 1e-6)")
+    warmup_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="linear warm-up of the learning rate from 0 (src ssl: 10 of 100 epochs)"
+    )
+    weight_decay: float = Field(0.04, ge=0.0, description="start of the cosine weight-decay schedule (src ssl: 0.04)")
+    weight_decay_end: float = Field(0.4, ge=0.0, description="end of the weight-decay schedule (src ssl: 0.4)")
+    layerwise_decay: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="lr multiplier decay^(L + 1 - layer): embeddings and tokens 0, block i i + 1, the rest L + 1 "
+        "(src ssl: 0.9; param_groups.py)",
+    )
+    clip_grad_norm: float | None = Field(3.0, gt=0.0, description="src ssl: clip_grad 3.0; None disables")
     seed: int = 0
-    global_crop_size: int = Field(112, ge=1, description="rounded up to a multiple of the backbone patch size")
-    local_crop_size: int = Field(56, ge=1, description="rounded up to a multiple of the backbone patch size")
-    n_local_crops: int = Field(6, ge=0)
-    global_crop_scale: tuple[float, float] = (0.32, 1.0)
-    local_crop_scale: tuple[float, float] = (0.05, 0.32)
-    color_jitter_probability: float = Field(0.5, ge=0.0, le=1.0, description="mild jitter: roadwork cues are colours")
-    head_hidden_dim: int = Field(512, ge=1, description="DINO / iBOT head MLP width (DINOv2: 2048)")
-    head_bottleneck_dim: int = Field(128, ge=1, description="DINOv2: 256")
-    head_out_dim: int = Field(1024, ge=2, description="prototypes per head (DINOv2: 65536)")
-    student_temp: float = Field(0.1, gt=0.0)
-    teacher_temp: float = Field(0.04, gt=0.0, description="below student_temp: the teacher is sharpened")
-    center_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="EMA of the teacher centers")
-    teacher_momentum: float = Field(0.992, ge=0.0, le=1.0, description="start of the cosine EMA schedule to 1.0")
-    freeze_last_layer_steps: int = Field(10, ge=0, description="steps with the heads' prototype layers frozen")
-    mask_probability: float = Field(0.5, ge=0.0, le=1.0, description="share of student global crops masked")
-    mask_ratio_range: tuple[float, float] = (0.1, 0.5)
-    dino_loss_weight: float = Field(1.0, ge=0.0)
-    ibot_loss_weight: float = Field(1.0, ge=0.0)
-    koleo_loss_weight: float = Field(0.1, ge=0.0)
+    global_crop_size: int = Field(
+        224, ge=1, description="src ssl: 224; rounded up to a multiple of the backbone patch size"
+    )
+    local_crop_size: int = Field(
+        96, ge=1, description="src ssl: 96 (98 for patch 14); rounded up to a multiple of the patch size"
+    )
+    n_local_crops: int = Field(8, ge=0, description="src ssl: 8")
+    global_crop_scale: tuple[float, float] = Field((0.32, 1.0), description="src ssl")
+    local_crop_scale: tuple[float, float] = Field((0.05, 0.32), description="src ssl")
+    color_jitter_probability: float = Field(
+        0.5, ge=0.0, le=1.0, description="mild jitter, a deliberate deviation: roadwork cues are colours"
+    )
+    head_hidden_dim: int = Field(2048, ge=1, description="DINO / iBOT head MLP width (src ssl: 2048)")
+    head_bottleneck_dim: int = Field(256, ge=1, description="src ssl: 256")
+    head_out_dim: int = Field(65536, ge=2, description="prototypes per head (src ssl: 65536)")
+    ibot_separate_head: bool = Field(
+        False, description="a head of its own for the iBOT patch loss (src ssl: separate_head false: shared)"
+    )
+    student_temp: float = Field(0.1, gt=0.0, description="src: DINOv2's DINOLoss / iBOTPatchLoss, 0.1")
+    teacher_temp: float = Field(0.07, gt=0.0, description="teacher temperature after the warm-up (src ssl: 0.07)")
+    warmup_teacher_temp: float = Field(0.04, gt=0.0, description="teacher temperature at step 0 (src ssl: 0.04)")
+    teacher_temp_warmup_fraction: float = Field(
+        0.3, ge=0.0, le=1.0, description="linear teacher-temperature warm-up (src ssl: 30 of 100 epochs)"
+    )
+    centering: Literal["centering", "sinkhorn_knopp"] = Field(
+        "centering",
+        description="teacher centering: softmax with an EMA center (src ssl: centering) or Sinkhorn-Knopp "
+        "(DINOv2's released ViT-L/g train configs)",
+    )
+    center_momentum: float = Field(0.9, ge=0.0, lt=1.0, description="EMA of the softmax centers (src: DINOv2 0.9)")
+    teacher_momentum: float = Field(
+        0.992, ge=0.0, le=1.0, description="start of the cosine EMA schedule to 1.0 (src ssl: 0.992 -> 1)"
+    )
+    freeze_last_layer_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="the heads' prototype layers get no learning rate for the first steps (src ssl: 1 of 100 "
+        "epochs; at least one step when above 0)",
+    )
+    masking: Literal["block", "random"] = Field(
+        "block", description="iBOT masks: blocks of patches (src masking.py) or patches drawn one by one"
+    )
+    mask_probability: float = Field(0.5, ge=0.0, le=1.0, description="share of global crops masked (src ssl: 0.5)")
+    mask_ratio_range: tuple[float, float] = Field(
+        (0.1, 0.5), description="masked share, spread linearly over the masked crops (src ssl: [0.1, 0.5])"
+    )
+    dino_loss_weight: float = Field(1.0, ge=0.0, description="src ssl: 1.0")
+    ibot_loss_weight: float = Field(1.0, ge=0.0, description="src ssl: 1.0")
+    koleo_loss_weight: float = Field(0.1, ge=0.0, description="src ssl: 0.1")
     export: Literal["teacher", "student"] = Field(
         "teacher", description="which backbone is returned; DINO / DINOv2 evaluate the teacher"
     )
@@ -94,18 +165,21 @@ class ExploraConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> ExploraConfig:
-        if self.teacher_temp >= self.student_temp:
-            raise ValueError(
-                f"teacher_temp {self.teacher_temp} must be below student_temp {self.student_temp}: "
-                "the teacher is sharpened (DINO uses 0.04 vs 0.1)"
-            )
-        if self.warmup_steps > self.max_steps:
-            raise ValueError(f"warmup_steps {self.warmup_steps} exceeds max_steps {self.max_steps}; lower warmup_steps")
+        for field in ("teacher_temp", "warmup_teacher_temp"):
+            if getattr(self, field) >= self.student_temp:
+                raise ValueError(
+                    f"{field} {getattr(self, field)} must be below student_temp {self.student_temp}: "
+                    "the teacher is sharpened (DINOv2 uses 0.04 -> 0.07 vs 0.1)"
+                )
         for field in ("global_crop_scale", "local_crop_scale", "mask_ratio_range"):
             low, high = getattr(self, field)
             if not 0.0 < low <= high <= 1.0:
                 raise ValueError(f"{field} {(low, high)} must satisfy 0 < low <= high <= 1")
         return self
+
+    def steps(self, fraction: float) -> int:
+        """Steps a schedule fraction covers: at least one when the fraction is above 0 (DINOv2 counts epochs)."""
+        return min(self.max_steps, math.ceil(fraction * self.max_steps))
 
 
 class ExploraTrainableReport(BaseModel):
@@ -120,7 +194,8 @@ class ExploraTrainableReport(BaseModel):
 
 
 class ExploraStepLoss(BaseModel):
-    """Loss of one optimisation step: total = weighted sum of the parts (weights from the config)."""
+    """Loss of one optimisation step: total = weighted sum of the parts (weights from the config), and the
+    scheduled values the step used."""
 
     step: int
     total: float
@@ -128,6 +203,8 @@ class ExploraStepLoss(BaseModel):
     ibot: float
     koleo: float
     lr: float
+    weight_decay: float
+    teacher_temp: float
     teacher_momentum: float
 
 
@@ -261,19 +338,117 @@ def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return -torch.log(distances + eps).mean()
 
 
-def random_patch_masks(
-    n_images: int, n_patches: int, probability: float, ratio_range: tuple[float, float]
-) -> torch.Tensor:
-    """Boolean ``[n_images, n_patches]`` masks: ``probability`` of the images get a masked share spread over
-    ``ratio_range`` (DINOv2 spreads the ratios linearly over the batch); the rest none."""
+def mask_counts(n_images: int, n_patches: int, probability: float, ratio_range: tuple[float, float]) -> torch.Tensor:
+    """Patches to mask per image, shuffled over the batch: ``probability`` of the images get a share drawn
+    uniformly within its slot of ``ratio_range`` split linearly over them, the rest none (DINOv2's collate;
+    here a masked image gets at least one patch, which DINOv2's rounding down can miss on tiny grids)."""
     n_masked_images = int(n_images * probability)
     edges = torch.linspace(ratio_range[0], ratio_range[1], n_masked_images + 1)
     ratios = edges[:-1] + (edges[1:] - edges[:-1]) * torch.rand(n_masked_images)
     counts = torch.zeros(n_images, dtype=torch.long)
     counts[:n_masked_images] = (ratios * n_patches).long().clamp(min=1)
-    counts = counts[torch.randperm(n_images)]
+    return counts[torch.randperm(n_images)]
+
+
+def random_patch_masks(
+    n_images: int, n_patches: int, probability: float, ratio_range: tuple[float, float]
+) -> torch.Tensor:
+    """Boolean ``[n_images, n_patches]`` masks with the patches of each image drawn one by one (the option;
+    the recipe masks blocks, :func:`block_patch_masks`); counts as :func:`mask_counts`."""
+    counts = mask_counts(n_images, n_patches, probability, ratio_range)
     ranks = torch.rand(n_images, n_patches).argsort(dim=1).argsort(dim=1)
     return ranks < counts.unsqueeze(1)
+
+
+def block_patch_masks(
+    n_images: int, grid: tuple[int, int], probability: float, ratio_range: tuple[float, float]
+) -> torch.Tensor:
+    """Boolean ``[n_images, height * width]`` iBOT masks made of rectangular blocks, as DINOv2 (``masking.py``).
+
+    Each masked image gets rectangles of random area (at least 4 patches, at most half the grid) and aspect
+    ratio (log-uniform in [0.3, 1/0.3]) until its count from :func:`mask_counts` is reached; a rectangle must
+    fit strictly inside the grid and add at most the patches still missing, ten tries each, and the image
+    stops short of its count when no rectangle fits (as DINOv2's generator).
+    """
+    height, width = grid
+    n_patches = height * width
+    max_block = MASK_MAX_BLOCK_SHARE * n_patches
+    log_aspect = (math.log(MASK_MIN_ASPECT), -math.log(MASK_MIN_ASPECT))
+    masks = torch.zeros(n_images, height, width, dtype=torch.bool)
+    for image, target in enumerate(mask_counts(n_images, n_patches, probability, ratio_range).tolist()):
+        mask, count = masks[image], 0
+        while count < target:
+            added = _add_block(mask, min(target - count, max_block), log_aspect)
+            if added == 0:
+                break
+            count += added
+    return masks.flatten(1)
+
+
+def _add_block(mask: torch.Tensor, max_patches: float, log_aspect: tuple[float, float]) -> int:
+    """Mask one random rectangle of ``mask`` in place (DINOv2's ``MaskingGenerator._mask``); patches added."""
+    height, width = mask.shape
+    for _ in range(10):
+        area = _uniform(MASK_MIN_BLOCK_PATCHES, max_patches)
+        aspect = math.exp(_uniform(*log_aspect))
+        rows, columns = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if columns < width and rows < height:
+            top = int(torch.randint(0, height - rows + 1, ()))
+            left = int(torch.randint(0, width - columns + 1, ()))
+            block = mask[top : top + rows, left : left + columns]
+            new = rows * columns - int(block.sum())
+            if 0 < new <= max_patches:
+                block.fill_(True)
+                return new
+    return 0
+
+
+def _uniform(low: float, high: float) -> float:
+    """One uniform draw between two bounds in either order (as Python's ``random.uniform``), from torch's RNG."""
+    return low + (high - low) * float(torch.rand(()))
+
+
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = SINKHORN_ITERATIONS) -> torch.Tensor:
+    """Teacher targets by Sinkhorn-Knopp (SwAV; DINOv2's ``sinkhorn_knopp_teacher``): exp(logits / T) scaled so
+    that every prototype gets the same total mass over the batch and every row sums to 1."""
+    q = torch.exp((logits.float() - logits.float().max()) / temperature).T  # prototypes x samples
+    n_prototypes, n_samples = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(dim=1, keepdim=True) * n_prototypes
+        q /= q.sum(dim=0, keepdim=True) * n_samples
+    return (q * n_samples).T
+
+
+def cosine_schedule(
+    base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
+) -> np.ndarray:
+    """One value per step: a linear warm-up from ``warmup_start`` to ``base``, then a cosine from ``base`` to
+    ``final`` (DINOv2's ``CosineScheduler``, which drives the learning rate, weight decay, teacher momentum and
+    teacher temperature; base == final gives a warm-up to a constant)."""
+    warmup = np.linspace(warmup_start, base, warmup_steps)
+    steps = np.arange(total_steps - warmup_steps)
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * steps / max(len(steps), 1)))
+    return np.concatenate([warmup, cosine])
+
+
+def layerwise_lr_multipliers(backbone: nn.Module, decay: float) -> dict[str, float]:
+    """Learning-rate multiplier of every backbone parameter name: decay^(L + 1 - layer), with layer 0 for the
+    embeddings and tokens, i + 1 for block i and L + 1 for the rest (the final norm), as DINOv2's
+    ``get_vit_lr_decay_rate``; heads (not in the backbone) get 1."""
+    blocks = list(transformer_blocks(backbone))
+    n_layers = len(blocks)
+    block_of = {id(parameter): index for index, block in enumerate(blocks) for parameter in block.parameters()}
+    multipliers = {}
+    for name, parameter in backbone.named_parameters():
+        if id(parameter) in block_of:
+            layer = block_of[id(parameter)] + 1
+        elif name.startswith("embeddings.") or name.endswith(TOKEN_SUFFIXES):
+            layer = 0
+        else:
+            layer = n_layers + 1
+        multipliers[name] = decay ** (n_layers + 1 - layer)
+    return multipliers
 
 
 class MultiCropDataset(Dataset):
@@ -336,15 +511,17 @@ class _SelfDistillation(nn.Module):
         hidden = base.config.hidden_size
         device = next(base.parameters()).device
         self.student = student
+        head_names = ("dino", "ibot") if config.ibot_separate_head else ("dino",)
         self.heads = nn.ModuleDict(
             {
                 name: DinoHead(hidden, config.head_hidden_dim, config.head_bottleneck_dim, config.head_out_dim)
-                for name in ("dino", "ibot")
+                for name in head_names
             }
         ).to(device)
+        self.ibot_head = "ibot" if config.ibot_separate_head else "dino"  # shared: DINOv2's separate_head false
         self.teacher = copy.deepcopy(student).requires_grad_(False)
         self.teacher_heads = copy.deepcopy(self.heads).requires_grad_(False)
-        for name in ("dino", "ibot"):
+        for name in ("dino", "ibot"):  # one center per loss, shared head or not (DINOv2)
             self.register_buffer(f"{name}_center", torch.zeros(1, config.head_out_dim, device=device))
 
     def train(self, mode: bool = True) -> _SelfDistillation:
@@ -354,38 +531,52 @@ class _SelfDistillation(nn.Module):
         self.teacher_heads.eval()
         return self
 
-    def trainable_pairs(self) -> list[tuple[str, nn.Parameter, nn.Parameter]]:
-        """(name, student parameter, its teacher twin) for every trainable student parameter."""
+    def named_trainable(self) -> list[tuple[str, nn.Parameter, nn.Parameter]]:
+        """(name, student parameter, its teacher twin) for every trainable student parameter; backbone names as
+        the base model names them, head names prefixed ``heads.``."""
         student = itertools.chain(
             self.student.get_base_model().named_parameters(), self.heads.named_parameters(prefix="heads")
         )
         teacher = itertools.chain(self.teacher.get_base_model().parameters(), self.teacher_heads.parameters())
         return [(name, s, t) for (name, s), t in zip(student, teacher, strict=True) if s.requires_grad]
 
-    def head_last_layers(self) -> list[nn.Parameter]:
-        """The prototype layers, frozen for the first steps because that stabilises DINO (Caron et al. 2021)."""
-        return [parameter for head in self.heads.values() for parameter in head.last_layer.parameters()]
+    def param_groups(self) -> list[dict]:
+        """AdamW groups as DINOv2's ``get_params_groups_with_decay``: a learning-rate multiplier per layer
+        (:func:`layerwise_lr_multipliers`), no weight decay on 1-D parameters (biases, norms, layer scales; DINOv2
+        names them bias / norm / gamma), and the heads' prototype layers flagged for their own schedule."""
+        multipliers = layerwise_lr_multipliers(self.student.get_base_model(), self.config.layerwise_decay)
+        groups: dict[tuple[float, float, bool], list[nn.Parameter]] = {}
+        for name, parameter, _ in self.named_trainable():
+            key = (multipliers.get(name, 1.0), 0.0 if parameter.ndim < 2 else 1.0, ".last_layer." in name)
+            groups.setdefault(key, []).append(parameter)
+        return [
+            {"params": params, "lr_multiplier": lr, "wd_multiplier": wd, "is_last_layer": last}
+            for (lr, wd, last), params in groups.items()
+        ]
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """teacher = momentum * teacher + (1 - momentum) * student, on the trainable parameters (the rest are equal)."""
-        for _, student_param, teacher_param in self.trainable_pairs():
+        for _, student_param, teacher_param in self.named_trainable():
             teacher_param.lerp_(student_param, 1.0 - momentum)
 
-    def losses(self, crops: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    def losses(self, crops: list[torch.Tensor], teacher_temp: float) -> dict[str, torch.Tensor]:
         """DINO, iBOT and KoLeo losses of one multi-crop batch (2 global crops first); updates the centers."""
         config = self.config
         batch = crops[0].shape[0]
         global_crops = torch.cat(crops[:2])
-        n_patches = (global_crops.shape[-2] // self.patch_size) * (global_crops.shape[-1] // self.patch_size)
-        masks = random_patch_masks(2 * batch, n_patches, config.mask_probability, config.mask_ratio_range)
+        grid = (global_crops.shape[-2] // self.patch_size, global_crops.shape[-1] // self.patch_size)
+        if config.masking == "block":
+            masks = block_patch_masks(2 * batch, grid, config.mask_probability, config.mask_ratio_range)
+        else:
+            masks = random_patch_masks(2 * batch, grid[0] * grid[1], config.mask_probability, config.mask_ratio_range)
         masks = masks.to(global_crops.device)
 
         with torch.no_grad():
             teacher_tokens = self.teacher(pixel_values=global_crops).last_hidden_state
-            teacher_cls = self._centered_softmax(self.teacher_heads["dino"](teacher_tokens[:, 0]), "dino")
-            teacher_patches = self.teacher_heads["ibot"](teacher_tokens[:, self.n_prefix :][masks])
-            teacher_patches = self._centered_softmax(teacher_patches, "ibot")
+            teacher_cls = self._teacher_targets(self.teacher_heads["dino"](teacher_tokens[:, 0]), "dino", teacher_temp)
+            teacher_patches = self.teacher_heads[self.ibot_head](teacher_tokens[:, self.n_prefix :][masks])
+            teacher_patches = self._teacher_targets(teacher_patches, "ibot", teacher_temp)
 
         student_tokens = self.student(pixel_values=global_crops, bool_masked_pos=masks).last_hidden_state
         global_cls = student_tokens[:, 0]
@@ -393,21 +584,50 @@ class _SelfDistillation(nn.Module):
         if config.n_local_crops:
             cls_features.append(self.student(pixel_values=torch.cat(crops[2:])).last_hidden_state[:, 0])
         student_cls = self.heads["dino"](torch.cat(cls_features)).split(batch)
-        student_patches = self.heads["ibot"](student_tokens[:, self.n_prefix :][masks])
+        student_patches = self.heads[self.ibot_head](student_tokens[:, self.n_prefix :][masks])
         return {
             "dino": dino_loss(list(student_cls), list(teacher_cls.split(batch)), config.student_temp),
             "ibot": ibot_loss(student_patches, teacher_patches, masks, config.student_temp),
             "koleo": sum(koleo_loss(features) for features in global_cls.split(batch)),
         }
 
-    def _centered_softmax(self, logits: torch.Tensor, name: str) -> torch.Tensor:
-        """Teacher probabilities centred and sharpened (DINO), then the center's EMA step with this batch."""
+    def _teacher_targets(self, logits: torch.Tensor, name: str, temperature: float) -> torch.Tensor:
+        """Teacher probabilities: centred and sharpened softmax, then the center's EMA step with this batch
+        (DINO; ``centering="centering"``), or Sinkhorn-Knopp over the batch (``"sinkhorn_knopp"``)."""
+        if self.config.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(logits, temperature) if logits.shape[0] else logits
         center = getattr(self, f"{name}_center")
-        probs = F.softmax((logits - center) / self.config.teacher_temp, dim=-1)
+        probs = F.softmax((logits - center) / temperature, dim=-1)
         if logits.shape[0]:
             momentum = self.config.center_momentum
             center.mul_(momentum).add_(logits.mean(dim=0, keepdim=True), alpha=1 - momentum)
         return probs
+
+
+class _Schedules:
+    """Per-step values of DINOv2's ``build_schedulers``, as fractions of ``max_steps``."""
+
+    def __init__(self, config: ExploraConfig) -> None:
+        total = config.max_steps
+        self.lr = cosine_schedule(config.lr, config.min_lr, total, config.steps(config.warmup_fraction))
+        self.last_layer_lr = self.lr.copy()
+        self.last_layer_lr[: config.steps(config.freeze_last_layer_fraction)] = 0.0
+        self.weight_decay = cosine_schedule(config.weight_decay, config.weight_decay_end, total)
+        self.teacher_momentum = cosine_schedule(config.teacher_momentum, 1.0, total)
+        self.teacher_temp = cosine_schedule(
+            config.teacher_temp,
+            config.teacher_temp,
+            total,
+            config.steps(config.teacher_temp_warmup_fraction),
+            warmup_start=config.warmup_teacher_temp,
+        )
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Learning rate and weight decay of every group for ``step`` (DINOv2's ``apply_optim_scheduler``)."""
+        for group in optimizer.param_groups:
+            lr = self.last_layer_lr[step] if group["is_last_layer"] else self.lr[step]
+            group["lr"] = float(lr) * group["lr_multiplier"]
+            group["weight_decay"] = float(self.weight_decay[step]) * group["wd_multiplier"]
 
 
 def run_explora(
@@ -448,10 +668,9 @@ def run_explora(
         student = prepare_explora_backbone(backbone, config)
         report = _trainable_report(student, config)
         model = _SelfDistillation(student, config).train()
-        pairs = model.trainable_pairs()
-        trainable = [student_param for _, student_param, _ in pairs]
-        optimizer = torch.optim.AdamW(_param_groups(pairs, config.weight_decay), lr=config.lr)
-        schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+        trainable = [student_param for _, student_param, _ in model.named_trainable()]
+        optimizer = torch.optim.AdamW(model.param_groups(), lr=config.lr)
+        schedules = _Schedules(config)
         loader = DataLoader(
             MultiCropDataset(images, config, global_size, local_size),
             batch_size=config.batch_size,
@@ -474,7 +693,9 @@ def run_explora(
         batches = _endless(loader)
         progress = tqdm(range(config.max_steps), desc="ExPLoRA", unit="step")
         for step in progress:
-            parts = model.losses([crop.to(device) for crop in next(batches)])
+            schedules.apply(optimizer, step)
+            teacher_temp = float(schedules.teacher_temp[step])
+            parts = model.losses([crop.to(device) for crop in next(batches)], teacher_temp)
             total = sum(weights[name] * value for name, value in parts.items())
             values = {name: float(value.detach()) for name, value in parts.items()}
             if not torch.isfinite(total):
@@ -483,29 +704,33 @@ def run_explora(
                 )
             optimizer.zero_grad(set_to_none=True)
             total.backward()
-            if step < config.freeze_last_layer_steps:
-                for parameter in model.head_last_layers():
-                    parameter.grad = None  # AdamW skips parameters without a gradient
             if config.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(trainable, config.clip_grad_norm)
-            lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
-            schedule.step()
-            momentum = _teacher_momentum(step, config)
+            momentum = float(schedules.teacher_momentum[step])
             model.update_teacher(momentum)
-            record = ExploraStepLoss(step=step, total=float(total.detach()), **values, lr=lr, teacher_momentum=momentum)
+            record = ExploraStepLoss(
+                step=step,
+                total=float(total.detach()),
+                **values,
+                lr=float(schedules.lr[step]),
+                weight_decay=float(schedules.weight_decay[step]),
+                teacher_temp=teacher_temp,
+                teacher_momentum=momentum,
+            )
             curve.append(record)
             progress.set_postfix(loss=f"{record.total:.4f}")
             if step % config.log_every_steps == 0 or step == config.max_steps - 1:
                 logger.info(
-                    "ExPLoRA step %d/%d: loss %.4f (dino %.4f, ibot %.4f, koleo %.4f), lr %.2e",
+                    "ExPLoRA step %d/%d: loss %.4f (dino %.4f, ibot %.4f, koleo %.4f), lr %.2e, teacher temp %.3f",
                     step + 1,
                     config.max_steps,
                     record.total,
                     record.dino,
                     record.ibot,
                     record.koleo,
-                    lr,
+                    record.lr,
+                    teacher_temp,
                 )
         seconds = time.perf_counter() - started
     logger.info("ExPLoRA: %d steps in %.1f s; returning the merged %s", config.max_steps, seconds, config.export)
@@ -522,18 +747,6 @@ def run_explora(
         images_seen=config.max_steps * config.batch_size,
     )
     return merged, summary
-
-
-def _teacher_momentum(step: int, config: ExploraConfig) -> float:
-    """Cosine schedule from ``config.teacher_momentum`` to 1 over the run (DINO)."""
-    return 1.0 - (1.0 - config.teacher_momentum) * (math.cos(math.pi * step / config.max_steps) + 1) / 2
-
-
-def _param_groups(pairs: list[tuple[str, nn.Parameter, nn.Parameter]], weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on matrices, none on biases, norms and tokens (as DINOv2)."""
-    decay = [param for name, param, _ in pairs if param.ndim >= 2 and not name.endswith(TOKEN_SUFFIXES)]
-    no_decay = [param for name, param, _ in pairs if param.ndim < 2 or name.endswith(TOKEN_SUFFIXES)]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _trainable_report(peft_model: PeftModel, config: ExploraConfig) -> ExploraTrainableReport:

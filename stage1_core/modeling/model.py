@@ -24,11 +24,12 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.modeling.adapters import has_adapters
 from stage1_core.modeling.backbone import IMAGENET_MEAN, IMAGENET_STD
 
 
-class MultiViewConfig(BaseModel):
+class MultiViewConfig(StrictConfig):
     """Views per image: one global view plus a ``grid`` x ``grid`` set of overlapping tiles."""
 
     view_size: int = Field(
@@ -57,7 +58,7 @@ class MultiViewConfig(BaseModel):
         return 1 if self.aggregation == "global_only" else 1 + self.grid * self.grid
 
 
-class ClassifierConfig(BaseModel):
+class ClassifierConfig(StrictConfig):
     """Head and multi-view settings of the classifier."""
 
     dropout: float = 0.3

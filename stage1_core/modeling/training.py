@@ -22,12 +22,13 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, WeightAveraging
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sklearn.metrics import matthews_corrcoef
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.data.fusion import FusionConfig, FusionSummary, sampling_weights, summarize
 from stage1_core.data.images import AugmentationConfig, ManifestImageDataset, canvas_transform
 from stage1_core.data.splits import Consumer, LeakageError, take_split
@@ -43,7 +44,7 @@ def seed_per_epoch(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-class EmaConfig(BaseModel):
+class EmaConfig(StrictConfig):
     """EMA of the weights (Polyak averaging; the ``decay`` warms up as in timm's ModelEmaV2, so short runs are not
     dominated by the initial weights). The averaged weights are the ones validated, selected and returned."""
 
@@ -53,7 +54,7 @@ class EmaConfig(BaseModel):
     )
 
 
-class DistillationConfig(BaseModel):
+class DistillationConfig(StrictConfig):
     """Distil the multi-view aggregate into the global view, so that adaptive serving stops at the global view more.
 
     Adaptive serving (``serving.adaptive``) answers from the global view alone where its margin shows that the
@@ -67,8 +68,6 @@ class DistillationConfig(BaseModel):
     are computed for the aggregate anyway. It applies to multi-view training only (``train_views: multi``): a
     global-only model has no other views to learn from.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     weight: float = Field(
         1.0,
@@ -89,7 +88,7 @@ class DistillationConfig(BaseModel):
     )
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StrictConfig):
     """Supervised training settings (the plan's safe defaults: dropout in the head, wd 0.01, smoothing 0.1)."""
 
     max_epochs: int = 8
@@ -102,7 +101,7 @@ class TrainConfig(BaseModel):
     trainable_blocks: int = 2
     train_views: Literal["global", "multi"] = "global"
     adapter: AdapterConfig = AdapterConfig()
-    adapter_lr: float = Field(5e-4, gt=0.0, description="learning rate of DoRA / DoRAN parameters")
+    adapter_lr: float = Field(5e-4, gt=0.0, description="learning rate of LoRA / DoRA / DoRAN parameters")
     ema: EmaConfig = EmaConfig()
     distillation: DistillationConfig = DistillationConfig()
     top_k_candidates: list[int] = Field(

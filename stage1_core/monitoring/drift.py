@@ -17,6 +17,8 @@ ZenML's Evidently integration wraps Evidently's legacy API and is not used.
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import logging
 import math
@@ -34,8 +36,10 @@ from sklearn.decomposition import PCA
 from tqdm import tqdm
 
 from stage1_core.common import reports
+from stage1_core.common.config import StrictConfig
 from stage1_core.data.images import canvas_transform, load_rgb
 from stage1_core.modeling.model import RoadworkClassifier, make_views
+from stage1_core.monitoring.distributions import ColumnDistribution, column_distributions, distributions_png
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +58,11 @@ EMBEDDING_PREFIX = "emb_"
 # Evidently 0.7 names of the metrics behind DataDriftPreset's tests (pinned: evidently<0.8).
 VALUE_DRIFT_METRIC = "evidently:metric_v2:ValueDrift"
 DRIFTED_COLUMNS_METRIC = "evidently:metric_v2:DriftedColumnsCount"
+SUMMARY_FILE = "drift_summary.html"  # static: readable without JavaScript
+EVIDENTLY_FILE = "drift.html"  # Evidently's interactive report
 
 
-class ImageFeatureConfig(BaseModel):
+class ImageFeatureConfig(StrictConfig):
     """How appearance features are measured; images are shrunk first since only global statistics are needed."""
 
     max_side: int = Field(256, ge=16, description="longest side, in pixels, an image is shrunk to before measuring")
@@ -129,7 +135,7 @@ def image_features(manifest: pd.DataFrame, config: ImageFeatureConfig | None = N
     return features
 
 
-class DriftConfig(BaseModel):
+class DriftConfig(StrictConfig):
     """Which columns to compare, how Evidently tests them, and when drift means retraining.
 
     Evidently's default categorical test ("chisquare", also used for numeric columns with few
@@ -301,7 +307,7 @@ class ColumnDrift(BaseModel):
 
 
 class DriftReport(reports.Report):
-    """Per-column drift, the dataset verdict, the retrain advice, and Evidently's HTML report."""
+    """Per-column drift, the dataset verdict, the retrain advice, the distributions, and Evidently's HTML report."""
 
     n_reference: int
     n_current: int
@@ -312,9 +318,43 @@ class DriftReport(reports.Report):
     retrain_recommended: bool
     retrain_reason: str
     html: str
+    distributions: list[ColumnDistribution] = []
 
-    def visualizations(self) -> dict[str, str]:
-        return {"drift.html": self.html}
+    def visualizations(self) -> dict[str, str | bytes]:
+        """The static summary first (readable where no JavaScript runs, as in the ZenML dashboard), then Evidently's."""
+        return {SUMMARY_FILE: self.summary_html(), EVIDENTLY_FILE: self.html}
+
+    def summary_html(self) -> str:
+        """Verdict, per-column table (drifted first) and the distributions as an embedded PNG; no scripts."""
+        verdict = (
+            f"{len(self.drifted_columns)} of {len(self.columns)} columns drifted ({self.drift_share:.0%}); "
+            f"dataset drift: {'yes' if self.dataset_drift else 'no'}; retraining "
+            f"{'recommended' if self.retrain_recommended else 'not recommended'}: {self.retrain_reason}"
+        )
+        rows = "".join(
+            f"<tr style='color:{'#cf222e' if column.drifted else 'inherit'}'><td>{html.escape(column.column)}</td>"
+            f"<td>{column.kind}</td><td>{html.escape(column.method)}</td><td>{column.score:.4g}</td>"
+            f"<td>{column.threshold:.4g}</td><td>{'drifted' if column.drifted else 'no'}</td></tr>"
+            for column in sorted(self.columns, key=lambda column: not column.drifted)
+        )
+        figure = ""
+        if self.distributions:
+            png = base64.b64encode(distributions_png(self.distributions, set(self.drifted_columns))).decode()
+            figure = (
+                "<h3>Distributions: reference (blue) and current (orange), share of rows</h3>"
+                "<img alt='distribution of each compared column' style='max-width:100%;height:auto' "
+                f"src='data:image/png;base64,{png}'>"
+            )
+        return (
+            "<html><head><title>Data drift</title></head><body style='font-family:sans-serif'>"
+            f"<h2>Data drift: current batch ({self.n_current} rows) against the reference ({self.n_reference} rows)"
+            f"</h2><p><b>{html.escape(verdict)}</b></p>"
+            f"<p>Drifted: {html.escape(', '.join(self.drifted_columns) or 'none')}</p>"
+            "<table border=1 cellpadding=4><tr><th>column</th><th>kind</th><th>test</th><th>score</th>"
+            f"<th>threshold</th><th>verdict</th></tr>{rows}</table>{figure}"
+            f"<p>Evidently's interactive report ({EVIDENTLY_FILE}, needs JavaScript) is the next visualization of "
+            "this artifact and an artifact of the run in MLflow: open it in a browser.</p></body></html>"
+        )
 
     def metadata(self) -> dict[str, float | int | str | bool]:
         return {
@@ -454,6 +494,7 @@ def drift_report(reference: pd.DataFrame, current: pd.DataFrame, config: DriftCo
         retrain_recommended=retrain,
         retrain_reason=reason,
         html=snapshot.get_html_str(as_iframe=False),
+        distributions=column_distributions(reference, current, numerical, categorical),
     )
 
 

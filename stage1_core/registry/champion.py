@@ -19,7 +19,9 @@ import mlflow.onnx
 import onnx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
+from mlflow.types import Schema, TensorSpec
 
 from stage1_core.serving.bundle import (
     ENGINE_FILE,
@@ -36,14 +38,43 @@ logger = logging.getLogger(__name__)
 REGISTERED_MODEL_NAME = "roadwork-classifier"
 CHAMPION = "champion"  # the version served: it passed the bars and the comparison with the previous champion
 CHALLENGER = "challenger"  # the latest version that passed the bars but not the comparison
+FAILED_BARS = "failed_bars"  # a version that failed the bars: no alias, this value in its GATE_TAG
+GATE_TAG = "gate"  # every version's gate outcome: champion, challenger or failed_bars
+REGISTERED_MODEL_DESCRIPTION = (
+    "P(roadwork) classifier: calibrated multi-view DINOv2/DINOv3, exported to ONNX. Aliases: "
+    f"'{CHAMPION}' is the version served (it cleared the absolute bars and was not worse than the previous "
+    f"champion on the same unseen val_test images); '{CHALLENGER}' is the latest version that cleared the bars "
+    f"but not that comparison. A version that failed the bars gets no alias; every version's '{GATE_TAG}' tag and "
+    "description say how the gate decided."
+)
+
+
+def onnx_signature(model: onnx.ModelProto) -> ModelSignature:
+    """The graph's own inputs and outputs as an MLflow signature (named dimensions such as ``batch`` become -1).
+
+    For ``model.onnx``: uint8 ``image`` [batch, 3, height, width] -> ``p_roadwork`` [batch].
+    """
+    weights = {initializer.name for initializer in model.graph.initializer}
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        tensor = value.type.tensor_type
+        shape = tuple(dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor.shape.dim)
+        return TensorSpec(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type), shape, value.name)
+
+    return ModelSignature(
+        inputs=Schema([spec(value) for value in model.graph.input if value.name not in weights]),
+        outputs=Schema([spec(value) for value in model.graph.output]),
+    )
 
 
 def log_exported_model(exported: ExportedModel, name: str = "model") -> ModelInfo:
-    """Log the ONNX model into the active MLflow run, with its metadata, adaptive graphs, int8 graphs and engine.
+    """Log the ONNX model into the active MLflow run, with its signature, metadata, extra graphs and engine.
 
-    The adaptive graphs go under ``{name}_adaptive/``, the int8 graphs and the guard's figures under ``{name}_int8/``.
+    The adaptive graphs go under ``{name}_adaptive/``, the int8 graphs and the guard's figures under ``{name}_int8/``,
+    the TensorRT engine under ``{name}_tensorrt/``.
     """
-    info = mlflow.onnx.log_model(onnx.load_from_string(exported.onnx_bytes), name=name)
+    model = onnx.load_from_string(exported.onnx_bytes)
+    info = mlflow.onnx.log_model(model, name=name, signature=onnx_signature(model))
     mlflow.log_dict(exported.metadata.model_dump(mode="json"), f"{name}_metadata.json")
     with tempfile.TemporaryDirectory() as tmp:
         if exported.adaptive is not None:
@@ -130,6 +161,11 @@ def load_registered_model(
     return exported, f"{name}@{alias} (v{version.version}, {uri})"
 
 
+def looks_like_a_path(model: str) -> bool:
+    """Whether ``model`` names a bundle folder (it exists, or has a path's shape) rather than a registry alias."""
+    return Path(model).expanduser().exists() or os.sep in model or model.startswith((".", "~"))
+
+
 def load_predictor(
     model: str = CHAMPION, *, tracking_uri: str | None = None, config: PredictorConfig | None = None
 ) -> Predictor:
@@ -137,7 +173,7 @@ def load_predictor(
     path = Path(model).expanduser()
     if path.exists():
         return Predictor.from_bundle(path, config)
-    if os.sep in model or model.startswith("."):
+    if looks_like_a_path(model):
         raise ModelLoadError(f"{model}: no such model bundle folder")
     exported, origin = load_registered_model(model, tracking_uri=tracking_uri)
     return Predictor(exported, config, origin=origin)

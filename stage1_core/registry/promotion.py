@@ -1,16 +1,21 @@
 """The promotion gate: register a model version in MLflow and decide whether it becomes champion.
 
 A challenger becomes ``champion`` only when it clears the configured absolute bars and is not
-worse than the current champion on the same val_test images; otherwise it is tagged
-``challenger``. "Not worse" is a paired test: both models score the same images, and the upper
-end of the paired bootstrap interval of MCC(challenger) - MCC(champion) must not be below
-``-max_mcc_drop`` (0 by default: the data must not show the challenger worse).
+worse than the current champion on the same val_test images; otherwise, if it clears the bars, it is
+tagged ``challenger`` (a model that fails the bars gets no alias). "Not worse" is a paired test: both
+models score the same images, and the paired bootstrap interval of the challenger's improvement over
+the champion on ``comparison_metric`` must reach ``-max_mcc_drop`` (0 by default: the data must not
+show the challenger worse). The improvement is metric(challenger) - metric(champion) for scores (MCC,
+AUROC, ...) and metric(champion) - metric(challenger) for errors and losses (ECE, Brier, NLL, AURC,
+AUGRC, ...), where lower is better.
 
 The champion's predictions come from its registered ONNX model (the exact graph being served),
 run on this run's val_test images. Images the champion was fitted or calibrated on (its
 train / val_select / val_calib, read from its run's split-membership artifact, see
 ``tracking.log_lineage``) are left out, so a retrain whose new split moved old training images
 into val_test cannot favour the champion. Every reason is kept, so the decision can be read.
+
+A version that fails the bars gets no alias (it stays registered, its description and ``gate`` tag say why).
 
 The registry change is all or nothing: the new version, its alias and the ZenML model stage
 (through :class:`StageTransition`) are undone in reverse order when any of them fails.
@@ -31,28 +36,42 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field, field_validator
 
 from stage1_core.common.cli import UsageError
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.logit_map import VALIDATOR_THRESHOLD
-from stage1_core.common.metrics import METRIC_NAMES, compute_metrics, paired_bootstrap_difference
+from stage1_core.common.metrics import METRIC_NAMES, compute_metrics, higher_is_better, paired_bootstrap_difference
 from stage1_core.common.reports import Report
 from stage1_core.data.images import load_uint8_images
 from stage1_core.data.splits import bootstrap_groups
-from stage1_core.registry.champion import CHALLENGER, CHAMPION, REGISTERED_MODEL_NAME, load_registered_model
+from stage1_core.registry.champion import (
+    CHALLENGER,
+    CHAMPION,
+    FAILED_BARS,
+    GATE_TAG,
+    REGISTERED_MODEL_DESCRIPTION,
+    REGISTERED_MODEL_NAME,
+    load_registered_model,
+)
 from stage1_core.registry.tracking import SPLIT_MEMBERSHIP_ARTIFACT
 from stage1_core.serving.predictor import ModelLoadError, Predictor, PredictorConfig
 
 logger = logging.getLogger(__name__)
 
 
-class PromotionConfig(BaseModel):
+class PromotionConfig(StrictConfig):
     """Registry name, the absolute bars a model must clear, and the paired comparison with the champion."""
 
     registered_model_name: str = REGISTERED_MODEL_NAME
     min_mcc: float = 0.3
     max_ece: float = 0.15
     min_auroc: float = 0.7
-    comparison_metric: str = Field("mcc", description="metric of the paired comparison with the champion")
+    comparison_metric: str = Field(
+        "mcc", description="metric of the paired comparison with the champion; its direction is known (ECE: lower)"
+    )
     max_mcc_drop: float = Field(
-        0.0, ge=0, description="not worse = upper CI bound of (challenger - champion) >= -max_mcc_drop"
+        0.0,
+        ge=0,
+        description="tolerated worsening in comparison_metric's units (named after the default metric): not worse = "
+        "upper CI bound of the challenger's improvement >= -max_mcc_drop",
     )
     n_bootstrap: int = Field(1000, ge=1, description="paired bootstrap resamples of the comparison")
     confidence: float = Field(0.95, gt=0, lt=1)
@@ -147,7 +166,7 @@ class PromotionDecision(Report):
     registered_model_name: str
     version: str
     promoted: bool
-    alias: str
+    alias: str | None  # None: failed the bars, registered without an alias
     stage: str
     reasons: list[str]
     metrics: dict[str, float | None]
@@ -157,8 +176,14 @@ class PromotionDecision(Report):
 
     def visualizations(self) -> dict[str, str]:
         """A small HTML page for the dashboard: verdict, reasons, bars and the paired comparison."""
-        verdict = "PROMOTED to champion" if self.promoted else "kept as challenger"
-        colour = "#1a7f37" if self.promoted else "#9a6700"
+        verdict = (
+            "PROMOTED to champion"
+            if self.promoted
+            else "kept as challenger"
+            if self.alias
+            else "failed the bars: registered without an alias"
+        )
+        colour = "#1a7f37" if self.promoted else "#9a6700" if self.alias else "#cf222e"
         rows = "".join(f"<li>{html.escape(reason)}</li>" for reason in self.reasons)
         metrics = "".join(
             f"<tr><td>{html.escape(name)}</td><td>{_number(value)}</td></tr>" for name, value in self.metrics.items()
@@ -172,7 +197,8 @@ class PromotionDecision(Report):
             "<html><body style='font-family:sans-serif'>"
             f"<h2 style='color:{colour}'>{html.escape(self.registered_model_name)} v{html.escape(self.version)}: "
             f"{verdict}</h2>"
-            f"<p>MLflow alias <b>{html.escape(self.alias)}</b>, ZenML stage <b>{html.escape(self.stage)}</b>; "
+            f"<p>MLflow alias <b>{html.escape(self.alias or 'none')}</b>, "
+            f"ZenML stage <b>{html.escape(self.stage)}</b>; "
             f"absolute bars {'passed' if self.bars_passed else 'not passed'}; "
             f"{champion_note}.</p>"
             f"<h3>Reasons</h3><ul>{rows}</ul>{self._comparison_table()}"
@@ -203,7 +229,7 @@ class PromotionDecision(Report):
     def metadata(self) -> dict[str, float | int | str | bool]:
         values: dict[str, float | int | str | bool] = {
             "promoted": self.promoted,
-            "alias": self.alias,
+            "alias": self.alias or "none",
             "stage": self.stage,
             "version": self.version,
             "bars_passed": self.bars_passed,
@@ -284,6 +310,8 @@ def compare_with_champion(
 ) -> ChampionComparison:
     """Paired bootstrap of ``metric(challenger) - metric(champion)`` on val_test images the champion never fitted on.
 
+    "Not worse" reads the interval in the metric's direction (:func:`~stage1_core.common.metrics.higher_is_better`).
+
     Args:
         champion_probabilities: the champion's P(roadwork) on ``evidence``'s images, in order; None when it
             could not be scored (``failure`` says why), which keeps the champion.
@@ -335,13 +363,19 @@ def compare_with_champion(
         return ChampionComparison(
             **base, not_worse=False, reason=f"paired comparison impossible ({error}); the champion stays"
         )
-    not_worse = high >= -config.max_mcc_drop
+    higher = higher_is_better(config.comparison_metric)
+    best_improvement = high if higher else -low  # the upper CI bound of the improvement over the champion
+    not_worse = best_improvement >= -config.max_mcc_drop
     word = "not worse than" if not_worse else "worse than"
+    rule = (
+        f"higher is better: not worse = upper bound >= {0.0 - config.max_mcc_drop:g}"
+        if higher
+        else f"lower is better: not worse = lower bound <= {config.max_mcc_drop:g}"
+    )
     reason = (
         f"{config.comparison_metric} {word} champion v{champion_version}: difference {difference:+.4f}, "
         f"{config.confidence:.0%} paired bootstrap CI [{low:+.4f}, {high:+.4f}] "
-        f"on {int(keep.sum())} images{_resampled(groups)} "
-        f"(not worse = upper bound >= {0.0 - config.max_mcc_drop:g})"
+        f"on {int(keep.sum())} images{_resampled(groups)} ({rule})"
     )
     return ChampionComparison(
         **base,
@@ -415,14 +449,20 @@ def register_and_promote(
     evidence: ValTestEvidence | None = None,
     stage: StageTransition | None = None,
     tags: dict[str, str] | None = None,
+    description: str = "",
 ) -> PromotionDecision:
     """Register ``model_uri`` as a new version, decide, and set its alias and stage together.
+
+    Aliases: ``champion`` (promoted; ZenML stage production), ``challenger`` (cleared the bars, not the
+    comparison; staging), none (failed the bars; no stage). The version's description is ``description``
+    followed by the verdict and its reasons; its ``gate`` tag is the alias or ``failed_bars``.
 
     Args:
         evidence: the challenger's val_test predictions; needed to compare with a champion (without
             it a champion, if any, stays, and the reason says so).
         stage: the ZenML model stage to move with the alias (None: MLflow only).
         tags: MLflow model version tags (e.g. lineage: manifest hash, ZenML run).
+        description: what the model is (see ``model_record.version_description``).
 
     Raises:
         RegistryUnavailableError: the registry cannot be reached (nothing changed).
@@ -435,15 +475,26 @@ def register_and_promote(
     if champion is not None:
         comparison = _comparison(client, name, champion, evidence, config)
     promoted, bars_passed, reasons = decide(metrics, comparison, config, blocking_issues)
-    alias = CHAMPION if promoted else CHALLENGER
-    version = _transact(client, name, model_uri, run_id, alias, promoted, stage, tags or {})
-    logger.info("%s v%s -> %s (%s)", name, version, alias, "; ".join(reasons))
+    alias = CHAMPION if promoted else CHALLENGER if bars_passed else None
+    outcome = alias or FAILED_BARS
+    verdict = f"Promotion gate: {outcome}. " + " ".join(f"{reason}." for reason in reasons)
+    version = _transact(
+        client,
+        name,
+        model_uri,
+        run_id,
+        alias,
+        stage,
+        (tags or {}) | {GATE_TAG: outcome},
+        f"{description} {verdict}".strip(),
+    )
+    logger.info("%s v%s -> %s (%s)", name, version, outcome, "; ".join(reasons))
     return PromotionDecision(
         registered_model_name=name,
         version=version,
         promoted=promoted,
         alias=alias,
-        stage=("production" if promoted else "staging") if stage is not None else "not managed",
+        stage=_stage_name(alias) if stage is not None else "not managed",
         reasons=reasons,
         metrics=metrics,
         bars_passed=bars_passed,
@@ -470,6 +521,10 @@ def _comparison(
     )
 
 
+def _stage_name(alias: str | None) -> str:
+    return {CHAMPION: "production", CHALLENGER: "staging"}.get(alias or "", "none")
+
+
 def _alias_holder(client: MlflowClient, name: str, alias: str) -> str | None:
     try:
         return str(client.get_model_version_by_alias(name, alias).version)
@@ -482,24 +537,27 @@ def _transact(
     name: str,
     model_uri: str,
     run_id: str,
-    alias: str,
-    promoted: bool,
+    alias: str | None,
     stage: StageTransition | None,
     tags: dict[str, str],
+    description: str,
 ) -> str:
-    """Create the version, move the alias, move the stage; on any failure undo the steps done, newest first."""
+    """Create the version, move the alias and the stage (none without an alias); undo the steps done on failure.
+
+    Undone newest first.
+    """
     undo: list[tuple[str, object]] = []
     try:
         try:
             client.get_registered_model(name)
         except MlflowException:
-            client.create_registered_model(
-                name, description="P(roadwork) classifier: calibrated multi-view DINOv2/DINOv3 (ONNX)"
-            )
+            client.create_registered_model(name, description=REGISTERED_MODEL_DESCRIPTION)
             undo.append(("registered model", lambda: client.delete_registered_model(name)))
-        created = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags)
+        created = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, description=description)
         version = str(created.version)
         undo.append((f"version {version}", lambda: client.delete_model_version(name, version)))
+        if alias is None:
+            return version
         previous = _alias_holder(client, name, alias)
         client.set_registered_model_alias(name, alias, version)
         restore_alias = (
@@ -510,7 +568,7 @@ def _transact(
         undo.append((f"alias {alias}", restore_alias))
         if stage is not None:
             undo.append(("model stage", stage.undo))
-            stage.apply(promoted)
+            stage.apply(alias == CHAMPION)
         return version
     except Exception as error:
         for what, step in reversed(undo):

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from typing import Any
 
 import mlflow
+import mlflow.data
 import pandas as pd
 from PIL import Image
 from pydantic import BaseModel
@@ -24,6 +26,8 @@ LINEAGE_COLUMNS = ("id", "source", "sha256", "label", "split")
 SPLIT_MEMBERSHIP_ARTIFACT = (
     "lineage/split_manifest.csv"  # read back by the promotion gate (which images a champion saw)
 )
+DATASET_NAME = "split_manifest"  # the run's MLflow dataset input: every image with its label and split
+DATASET_CONTEXT = "train_select_calibrate_test"  # one dataset, split four ways (its ``split`` column)
 
 
 def _active() -> bool:
@@ -146,11 +150,24 @@ def data_lineage(manifest: pd.DataFrame) -> DataLineage:
     )
 
 
-def log_lineage(manifest: pd.DataFrame) -> DataLineage:
-    """Log the lineage as params and metrics, and the split membership as a CSV artifact; returns the lineage."""
+def log_lineage(manifest: pd.DataFrame, source: str | None = None) -> DataLineage:
+    """Log the lineage as params and metrics, the split membership as a CSV artifact and as the run's dataset input.
+
+    The dataset (``split_manifest``, digest: the first 16 hex digits of the manifest hash) is what MLflow's run
+    page lists under "Datasets"; ``source`` is where the split manifest is stored (e.g. its ZenML artifact URI).
+    Returns the lineage.
+    """
     lineage = data_lineage(manifest)
     if _active():
+        membership = split_membership(manifest)
         mlflow.log_params(lineage.params())
         log_metrics(lineage.metrics())
-        mlflow.log_text(split_membership(manifest).to_csv(index=False), SPLIT_MEMBERSHIP_ARTIFACT)
+        mlflow.log_text(membership.to_csv(index=False), SPLIT_MEMBERSHIP_ARTIFACT)
+        with warnings.catch_warnings():
+            # MLflow registers its local artifact source twice and warns that a local path is ambiguous between them
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+            dataset = mlflow.data.from_pandas(
+                membership, source=source, targets="label", name=DATASET_NAME, digest=lineage.manifest_sha256[:16]
+            )
+        mlflow.log_input(dataset, context=DATASET_CONTEXT)
     return lineage

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.data.sources.config import IngestConfig
 from stage1_core.data.splits import SplitConfig
 from stage1_core.data.validation import ValidationConfig
@@ -25,10 +26,8 @@ from stage1_core.monitoring.drift import DriftConfig
 from stage1_core.registry.promotion import PromotionConfig
 
 
-class RunConfig(BaseModel):
+class RunConfig(StrictConfig):
     """Everything ``full_run`` needs; each stage reads its own section."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: IngestConfig = IngestConfig()
     demo: DemoDataConfig | None = DemoDataConfig()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import logging
 import os
 import platform
@@ -19,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +31,7 @@ from pydantic import BaseModel, Field
 from transformers import AutoConfig, AutoModel
 
 from stage1_core.common.atomic_io import write_atomic
+from stage1_core.common.config import StrictConfig
 from stage1_core.modeling.backbone import DEMO_CONFIGS, resolve_backbone
 from stage1_core.run.config import RunConfig
 
@@ -144,7 +144,7 @@ def reproducibility_record(seed: int, data_hash: str, config_hash: str) -> Repro
 # ---------------------------------------------------------------------------------------------------- the run lock
 
 
-class ReliabilityConfig(BaseModel):
+class ReliabilityConfig(StrictConfig):
     """How a run guards itself: the run lock's patience and the resource check before it starts."""
 
     lock_timeout_s: float = Field(
@@ -159,16 +159,39 @@ class RunLockTimeout(RuntimeError):
 
 
 def _describe_owner(owner_file: Path) -> str:
-    try:
-        owner = json.loads(owner_file.read_text())
-    except (OSError, ValueError):
+    owner = _read_owner(owner_file)
+    if owner is None:
         return "another run (owner unknown)"
-    return f"run started by pid {owner['pid']} at {owner['started']} ({owner['command']})"
+    return f"run started by pid {owner.pid} at {owner.started.isoformat(timespec='seconds')} ({owner.command})"
+
+
+class LockOwner(BaseModel):
+    """Who holds the run lock: written beside it while a run holds it, removed when the run ends."""
+
+    pid: int
+    started: datetime
+    command: str
+
+
+def _read_owner(owner_file: Path) -> LockOwner | None:
+    try:
+        return LockOwner.model_validate_json(owner_file.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @contextmanager
-def run_lock(lock_file: Path, timeout_s: float, poll_s: float = 0.5) -> Iterator[None]:
+def run_lock(
+    lock_file: Path,
+    timeout_s: float,
+    poll_s: float = 0.5,
+    on_dead_owner: Callable[[LockOwner], None] | None = None,
+) -> Iterator[None]:
     """Hold an inter-process lock for the duration of a run; wait (saying for whom) up to ``timeout_s``.
+
+    A run that ends in any way Python sees (success, exception, signal) removes its owner file before it
+    releases the lock. Finding one on acquiring the lock therefore means its run was killed (SIGKILL, out of
+    memory, power loss): ``on_dead_owner`` is called with it first, to settle what that run left behind.
 
     Raises:
         RunLockTimeout: the other run still holds the lock after ``timeout_s``; the message names it.
@@ -191,16 +214,12 @@ def run_lock(lock_file: Path, timeout_s: float, poll_s: float = 0.5) -> Iterator
             ) from None
         logger.info("lock acquired after %.1f s of waiting", time.monotonic() - started)
     try:
-        write_atomic(
-            owner_file,
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "started": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "command": " ".join(sys.argv),
-                }
-            ),
-        )
+        dead = _read_owner(owner_file) if owner_file.exists() else None
+        if dead is not None and on_dead_owner is not None:
+            logger.warning("the run started by pid %d at %s was killed: settling what it left", dead.pid, dead.started)
+            on_dead_owner(dead)
+        owner = LockOwner(pid=os.getpid(), started=datetime.now(UTC), command=" ".join(sys.argv))
+        write_atomic(owner_file, owner.model_dump_json())
         yield
     finally:
         owner_file.unlink(missing_ok=True)

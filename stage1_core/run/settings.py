@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from stage1_core.common.cli import UsageError
+from stage1_core.common.config import ConfigFileError, describe_config_error, read_yaml_mapping
 from stage1_core.run.config import RunConfig
 from stage1_core.run.reliability import ReliabilityConfig
 
@@ -26,6 +26,7 @@ class ConfigError(UsageError, ValueError):
 class RunSettings(BaseModel):
     """The validated run config plus the options ZenML takes directly."""
 
+    source: Path  # the YAML file it was read from
     config: RunConfig
     zenml_options: dict[str, Any]
     reliability: ReliabilityConfig = ReliabilityConfig()
@@ -41,9 +42,15 @@ def load_run_config(
     """
     if not path.is_file():
         raise ConfigError(f"run config {path} does not exist")
-    document = yaml.safe_load(path.read_text()) or {}
+    try:
+        document = read_yaml_mapping(path)
+    except ConfigFileError as error:
+        raise ConfigError(str(error)) from None
     parameters = document.pop("parameters", {}) or {}
     reliability = document.pop("reliability", {}) or {}
+    for section, value in (("parameters", parameters), ("reliability", reliability)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {section} must be a mapping of keys, not a {type(value).__name__}")
     if data is not None:
         parameters["data"] = {**parameters.get("data", {}), "path": data}
         parameters["demo"] = None
@@ -56,10 +63,10 @@ def load_run_config(
         document["enable_cache"] = False
     try:
         config = RunConfig.model_validate(parameters)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {describe_config_error(error, RunConfig, 'parameters')}") from None
+    try:
         guards = ReliabilityConfig.model_validate(reliability)
     except ValidationError as error:
-        first = error.errors()[0]
-        section = "parameters" if error.title == RunConfig.__name__ else "reliability"
-        location = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"{path}: {section}.{location}: {first['msg']} ({error.error_count()} problem(s))") from None
-    return RunSettings(config=config, zenml_options=document, reliability=guards)
+        raise ConfigError(f"{path}: {describe_config_error(error, ReliabilityConfig, 'reliability')}") from None
+    return RunSettings(source=path, config=config, zenml_options=document, reliability=guards)

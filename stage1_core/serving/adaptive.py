@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from stage1_core.common.config import StrictConfig
 from stage1_core.common.logit_map import VALIDATOR_THRESHOLD
 from stage1_core.common.metrics import (
     as_binary_labels,
@@ -45,7 +46,7 @@ GlobalPass = Callable[
 TilesPass = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (canvas, global features) -> multi-view P
 
 
-class AdaptiveConfig(BaseModel):
+class AdaptiveConfig(StrictConfig):
     """How much MCC adaptive serving may give up against the fixed multi-view model, and at which threshold.
 
     The MCC drop is measured on val_select.

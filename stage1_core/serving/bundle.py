@@ -11,24 +11,27 @@ process starts fast and stays small; building the graphs is ``export.py``'s job.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import onnxruntime
-from pydantic import BaseModel, ConfigDict, computed_field
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from pydantic import BaseModel, ConfigDict, ValidationError, computed_field
 
 from stage1_core.common.atomic_io import atomic_directory
 from stage1_core.common.logit_map import LogitMap
 from stage1_core.serving.adaptive import AdaptiveOutcome, AdaptivePolicy, run_adaptive
+from stage1_core.serving.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "p_roadwork"
+TILES_INPUTS = ("canvas", "global_features")  # the tiles graph's inputs, in order
+IMAGE_TYPE = "tensor(uint8)"  # what the image input of model.onnx and global_view.onnx takes
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 ENGINE_FILE = "model_fp16.engine"
@@ -179,6 +182,87 @@ def _plain_bound(bound: float) -> float | str:
     return bound if np.isfinite(bound) else "never"
 
 
+REWRITE_BUNDLE = (
+    "restore the bundle from the export step's output, or write it again "
+    "(python -m pipelines.predict --model champion --save-bundle DIR)"
+)
+# What ONNX Runtime raises for bytes that are no loadable model (plain Exception subclasses, not RuntimeError).
+ONNXRUNTIME_LOAD_ERRORS: tuple[type[Exception], ...] = (
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.InvalidGraph,
+    ort_errors.InvalidProtobuf,
+    ort_errors.NoSuchFile,
+    ort_errors.NotImplemented,
+    ort_errors.RuntimeException,
+)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def read_metadata(path: Path, model: type[ModelT]) -> ModelT:
+    """A bundle's JSON file as its pydantic model.
+
+    Raises:
+        ModelLoadError: the file is missing, unreadable, not JSON, or not this model (the first problem named).
+    """
+    try:
+        return model.model_validate_json(path.read_bytes())
+    except OSError as error:
+        raise ModelLoadError(f"{path}: cannot be read ({error.strerror or error}); {REWRITE_BUNDLE}") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        problem = f"{where}: {first['msg']}" if where else first["msg"]
+        raise ModelLoadError(f"{path}: not a valid {model.__name__} ({problem}); {REWRITE_BUNDLE}") from None
+
+
+def read_graph(path: Path) -> bytes:
+    """An ONNX graph file's bytes (checked for what can be checked without parsing: present and not empty).
+
+    Raises:
+        ModelLoadError: the file is missing, unreadable or empty.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ModelLoadError(f"{path}: cannot be read ({error.strerror or error}); {REWRITE_BUNDLE}") from None
+    if not data:
+        raise ModelLoadError(f"{path}: empty file (0 bytes); {REWRITE_BUNDLE}")
+    return data
+
+
+def checked_session(
+    onnx_bytes: bytes,
+    origin: str,
+    inputs: tuple[str, ...],
+    threads: int | None = None,
+    profile_prefix: str | None = None,
+) -> onnxruntime.InferenceSession:
+    """A CPU session of a bundle graph whose input names are ``inputs`` (``profile_prefix``: see ``cpu_session``).
+
+    Raises:
+        ModelLoadError: the bytes are no ONNX model ONNX Runtime can load (truncated, corrupt), or one with
+            other inputs (not this project's graph); the message names ``origin``.
+    """
+    try:
+        session = cpu_session(onnx_bytes, threads, profile_prefix)
+    except ONNXRUNTIME_LOAD_ERRORS as error:
+        reason = str(error).split(" : ")[-1].strip().rstrip(".")
+        raise ModelLoadError(
+            f"{origin}: not a loadable ONNX model ({reason}; truncated or corrupt?); {REWRITE_BUNDLE}"
+        ) from None
+    found = tuple(node.name for node in session.get_inputs())
+    if found != inputs:
+        raise ModelLoadError(f"{origin}: a graph with inputs {list(found)}, expected {list(inputs)}; {REWRITE_BUNDLE}")
+    image_types = {node.type for node in session.get_inputs() if node.name == INPUT_NAME}
+    if image_types - {IMAGE_TYPE}:
+        raise ModelLoadError(
+            f"{origin}: its {INPUT_NAME!r} input is {image_types.pop()}, expected {IMAGE_TYPE}; {REWRITE_BUNDLE}"
+        )
+    return session
+
+
 def cpu_session(
     onnx_bytes: bytes, threads: int | None = None, profile_prefix: str | None = None
 ) -> onnxruntime.InferenceSession:
@@ -211,11 +295,28 @@ class AdaptiveSessions:
     """The two graphs in ONNX Runtime, run as adaptive serving (or both passes for every image, for fitting)."""
 
     def __init__(
-        self, global_onnx: bytes, tiles_onnx: bytes, threads: int | None = None, profile_prefix: str | None = None
+        self,
+        global_onnx: bytes,
+        tiles_onnx: bytes,
+        threads: int | None = None,
+        origin: str = "",
+        profile_prefix: str | None = None,
+        files: tuple[str, str] = (GLOBAL_FILE, TILES_FILE),
     ) -> None:
-        prefixes = (None, None) if profile_prefix is None else (f"{profile_prefix}_global", f"{profile_prefix}_tiles")
-        self.global_session = cpu_session(global_onnx, threads, prefixes[0])
-        self.tiles_session = cpu_session(tiles_onnx, threads, prefixes[1])
+        """Start both sessions; ``origin`` (the bundle folder) and ``files`` name the graphs in errors.
+
+        ``profile_prefix``: each session writes ONNX Runtime's profile (``<prefix>_global``, ``<prefix>_tiles``).
+
+        Raises:
+            ModelLoadError: a graph ONNX Runtime cannot load, or one with other inputs.
+        """
+        prefix = f"{origin}/" if origin else ""
+        profiles = (None, None) if profile_prefix is None else (f"{profile_prefix}_global", f"{profile_prefix}_tiles")
+        global_file, tiles_file = files
+        self.global_session = checked_session(
+            global_onnx, f"{prefix}{global_file}", (INPUT_NAME,), threads, profiles[0]
+        )
+        self.tiles_session = checked_session(tiles_onnx, f"{prefix}{tiles_file}", TILES_INPUTS, threads, profiles[1])
 
     def global_pass(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(global-view features, calibrated global-view P, canvas) of a uint8 ``[B, 3, H, W]`` batch."""
@@ -223,7 +324,7 @@ class AdaptiveSessions:
         return global_features, p_global, canvas
 
     def tiles_pass(self, canvas: np.ndarray, global_features: np.ndarray) -> np.ndarray:
-        return self.tiles_session.run(None, {"canvas": canvas, "global_features": global_features})[0]
+        return self.tiles_session.run(None, dict(zip(TILES_INPUTS, (canvas, global_features), strict=True)))[0]
 
     def predict(self, images: np.ndarray, policy: AdaptivePolicy) -> tuple[np.ndarray, np.ndarray]:
         """P(roadwork) and views used per image of a uint8 ``[B, 3, H, W]`` batch."""
@@ -236,12 +337,22 @@ class AdaptiveSessions:
 
 
 class AdaptiveExport:
-    """The two ONNX graphs and their policy; stored as ``global_view.onnx`` + ``tiles.onnx`` + ``adaptive.json``."""
+    """The two ONNX graphs and their policy; stored as ``global_view.onnx`` + ``tiles.onnx`` + ``adaptive.json``.
 
-    def __init__(self, global_onnx: bytes, tiles_onnx: bytes, metadata: AdaptiveMetadata) -> None:
+    ``files`` are the graphs' file names in the bundle, for errors (the int8 pair's in the int8 view).
+    """
+
+    def __init__(
+        self,
+        global_onnx: bytes,
+        tiles_onnx: bytes,
+        metadata: AdaptiveMetadata,
+        files: tuple[str, str] = (GLOBAL_FILE, TILES_FILE),
+    ) -> None:
         self.global_onnx = global_onnx
         self.tiles_onnx = tiles_onnx
         self.metadata = metadata
+        self.files = files
 
     def save(self, directory: Path) -> Path:
         """Write the files into ``directory`` (next to ``model.onnx`` in an exported bundle)."""
@@ -257,11 +368,16 @@ class AdaptiveExport:
 
     @classmethod
     def load(cls, directory: Path) -> AdaptiveExport:
-        metadata = AdaptiveMetadata.model_validate(json.loads((directory / ADAPTIVE_FILE).read_text()))
-        return cls((directory / GLOBAL_FILE).read_bytes(), (directory / TILES_FILE).read_bytes(), metadata)
+        """Read the three files.
 
-    def sessions(self, threads: int | None = None) -> AdaptiveSessions:
-        return AdaptiveSessions(self.global_onnx, self.tiles_onnx, threads)
+        Raises:
+            ModelLoadError: ``adaptive.json`` is unreadable or invalid, or a graph file cannot be read.
+        """
+        metadata = read_metadata(directory / ADAPTIVE_FILE, AdaptiveMetadata)
+        return cls(read_graph(directory / GLOBAL_FILE), read_graph(directory / TILES_FILE), metadata)
+
+    def sessions(self, threads: int | None = None, origin: str = "") -> AdaptiveSessions:
+        return AdaptiveSessions(self.global_onnx, self.tiles_onnx, threads, origin, files=self.files)
 
 
 class Int8Export:
@@ -300,10 +416,20 @@ class Int8Export:
 
     @classmethod
     def load(cls, directory: Path) -> Int8Export:
-        metadata = Int8Metadata.model_validate(json.loads((directory / INT8_FILE).read_text()))
-        graphs = {name: directory / file for name, file in INT8_FILES.items()}
-        adaptive = [graphs[name].read_bytes() if graphs[name].is_file() else None for name in ("global", "tiles")]
-        return cls(graphs["fixed"].read_bytes(), metadata, *adaptive)
+        """Read ``int8.json`` and the int8 graphs (the adaptive pair when both are there).
+
+        Raises:
+            ModelLoadError: ``int8.json`` is unreadable or invalid, a graph file cannot be read, or one graph of the
+                adaptive pair is missing.
+        """
+        metadata = read_metadata(directory / INT8_FILE, Int8Metadata)
+        pair = [directory / INT8_FILES[name] for name in ("global", "tiles")]
+        present = [path.is_file() for path in pair]
+        if any(present) and not all(present):
+            missing = pair[present.index(False)]
+            raise ModelLoadError(f"{missing}: missing beside {pair[present.index(True)].name}; {REWRITE_BUNDLE}")
+        adaptive = [read_graph(path) for path in pair] if all(present) else [None, None]
+        return cls(read_graph(directory / INT8_FILES["fixed"]), metadata, *adaptive)
 
 
 class ExportedModel:
@@ -329,6 +455,12 @@ class ExportedModel:
         self.tensorrt_engine = tensorrt_engine
         self.int8 = int8
         self.precision = precision
+        self.adaptive_error: str | None = None  # why a bundle's adaptive files were present but not loaded
+
+    @property
+    def model_file(self) -> str:
+        """The file name of the fixed graph in the bundle folder (for errors)."""
+        return MODEL_FILE if self.precision == "fp32" else INT8_FILES["fixed"]
 
     def served(self, precision: Precision | Literal["auto"] = "auto") -> ExportedModel:
         """The bundle with the graphs to serve: ``auto`` follows the int8 guard's decision (fp32 without int8 graphs).
@@ -336,13 +468,13 @@ class ExportedModel:
         ``int8`` serves the int8 graphs even where the guard chose fp32 (logged): for measuring them.
 
         Raises:
-            ValueError: ``int8`` asked of a bundle without int8 graphs.
+            ModelLoadError: ``int8`` asked of a bundle without int8 graphs.
         """
         int8 = self.int8
         if precision == "fp32" or (precision == "auto" and (int8 is None or int8.metadata.served != "int8")):
             return self
         if int8 is None:
-            raise ValueError(
+            raise ModelLoadError(
                 "int8 asked of a bundle without int8 graphs (exported before they existed or with export.int8.enabled "
                 "false): serve it as fp32 or export it again"
             )
@@ -350,7 +482,8 @@ class ExportedModel:
             logger.warning("serving the int8 graphs although the guard chose fp32: %s", int8.metadata.reason)
         adaptive = self.adaptive
         if adaptive is not None and int8.global_onnx is not None and int8.tiles_onnx is not None:
-            adaptive = AdaptiveExport(int8.global_onnx, int8.tiles_onnx, adaptive.metadata)
+            files = (INT8_FILES["global"], INT8_FILES["tiles"])
+            adaptive = AdaptiveExport(int8.global_onnx, int8.tiles_onnx, adaptive.metadata, files)
         else:
             adaptive = None
         return ExportedModel(int8.onnx_bytes, self.metadata, adaptive, int8=int8, precision="int8")
@@ -379,12 +512,34 @@ class ExportedModel:
 
     @classmethod
     def load(cls, directory: Path) -> ExportedModel:
-        """Read a bundle folder; the adaptive graphs, the int8 graphs and the engine are optional."""
-        metadata = ExportMetadata.model_validate(json.loads((directory / METADATA_FILE).read_text()))
-        adaptive = AdaptiveExport.load(directory) if AdaptiveExport.present(directory) else None
+        """Read a bundle folder; the adaptive graphs, the int8 graphs and the engine are optional.
+
+        Broken adaptive files leave the bundle without its adaptive path, broken int8 files without its int8 graphs
+        (a warning says which file and why): the fixed multi-view model still serves every image, in fp32.
+
+        Raises:
+            ModelLoadError: ``model.onnx`` or ``metadata.json`` is missing, unreadable or invalid (named).
+        """
+        directory = Path(directory)
+        metadata = read_metadata(directory / METADATA_FILE, ExportMetadata)
+        onnx_bytes = read_graph(directory / MODEL_FILE)
+        adaptive, adaptive_error = None, None
+        if AdaptiveExport.present(directory):
+            try:
+                adaptive = AdaptiveExport.load(directory)
+            except ModelLoadError as error:
+                adaptive_error = str(error)
+                logger.warning("%s; serving without the adaptive graphs (full mode)", error)
+        int8 = None
+        if Int8Export.present(directory):
+            try:
+                int8 = Int8Export.load(directory)
+            except ModelLoadError as error:
+                logger.warning("%s; serving the fp32 graphs", error)
         engine = (directory / ENGINE_FILE).read_bytes() if (directory / ENGINE_FILE).is_file() else None
-        int8 = Int8Export.load(directory) if Int8Export.present(directory) else None
-        return cls((directory / MODEL_FILE).read_bytes(), metadata, adaptive, engine, int8)
+        exported = cls(onnx_bytes, metadata, adaptive, engine, int8)
+        exported.adaptive_error = adaptive_error
+        return exported
 
     def summary(self) -> dict[str, float | int | str | bool]:
         """Flat figures for artifact and step metadata.

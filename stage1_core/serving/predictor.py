@@ -1,19 +1,18 @@
 """Serve P(roadwork) from an exported model bundle (a registered one is fetched by ``registry.champion``).
 
 The predictor needs ONNX Runtime only: neither it nor ``serving.py`` imports PyTorch, so a miner
-starts in a fraction of the time. It decodes images the way the training data was read (EXIF
-orientation applied, every colour mode turned into 8-bit RGB), and runs the adaptive two-graph path
-when the bundle has it (``mode="adaptive"``, see ``adaptive.py``), else the fixed multi-view graph.
-``predict_base64_jpeg`` is the miner's entry point: one base64 image in, one float in [0, 1] out,
-never an exception for an image that decodes (the subnet validator scores an answer outside
-[0, 1] or no answer as 0).
+starts in a fraction of the time. It decodes images with the one decoder training used
+(:func:`stage1_core.common.images.decode_rgb`: EXIF orientation, transparency over white, 16-bit scaled),
+and runs the adaptive two-graph path when the bundle has it (``mode="adaptive"``, see ``adaptive.py``),
+else the fixed multi-view graph. ``predict_base64_jpeg`` is the miner's entry point: one base64 image in,
+one float in [0, 1] out, or a :class:`~stage1_core.serving.errors.PredictionError` naming why nothing was
+scored (the subnet validator scores an answer outside [0, 1] as 0, so no other value is ever returned).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import logging
 import math
 import os
@@ -24,10 +23,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field
+from PIL import Image
+from pydantic import BaseModel, Field
 
-from stage1_core.common.cli import UsageError
+from stage1_core.common.config import StrictConfig
+from stage1_core.common.images import ImageDecodeError, decode_opened, open_image, rgb_array
 from stage1_core.serving.adaptive import AdaptivePolicy
 from stage1_core.serving.bundle import (
     INPUT_NAME,
@@ -36,23 +36,22 @@ from stage1_core.serving.bundle import (
     AdaptiveSessions,
     ExportedModel,
     ExportMetadata,
-    cpu_session,
+    checked_session,
 )
+from stage1_core.serving.errors import BadImageError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
 MODEL_ENV = "ROADWORK_MODEL"  # the exported bundle folder the miner function serves
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_TRANSPARENT_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
-class PredictorConfig(BaseModel):
+class PredictorConfig(StrictConfig):
     """Input bounds and runtime settings of the predictor."""
 
-    model_config = ConfigDict(extra="forbid")
-
     min_side: int = Field(
-        16, ge=1, description="smallest image side accepted, in px (the exported graph's lower bound)"
+        16,
+        ge=1,
+        description="smallest image side scored, in px; smaller images are refused by the CLI and the miner alike",
     )
     max_pixels: int = Field(
         50_000_000, ge=1, description="largest image accepted, in pixels; the miner shrinks bigger ones instead"
@@ -71,14 +70,6 @@ class PredictorConfig(BaseModel):
     )
 
 
-class BadImageError(ValueError):
-    """An input that cannot be scored; the message names the input and the reason."""
-
-
-class ModelLoadError(UsageError, RuntimeError):
-    """The model cannot be loaded; the message says from where and what to do."""
-
-
 class Prediction(BaseModel):
     """P(roadwork) of one image and how it was obtained."""
 
@@ -88,83 +79,56 @@ class Prediction(BaseModel):
     warning: str | None = None
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB of any Pillow mode.
-
-    16-bit grey is scaled (not clipped), transparency goes over white, CMYK/palette/grey are converted.
-    """
-    if image.mode in _SIXTEEN_BIT_MODES:
-        grey = np.clip(np.round(np.asarray(image, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if image.mode == "F":
-        return Image.fromarray(np.clip(np.nan_to_num(np.asarray(image)), 0, 255).astype(np.uint8)).convert("RGB")
-    if image.mode in _TRANSPARENT_MODES or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def decode_image(data: bytes, *, source: str, config: PredictorConfig, fit_to_bounds: bool = False) -> np.ndarray:
-    """Encoded image bytes -> uint8 RGB ``[3, H, W]`` with EXIF orientation applied.
+    """Encoded image bytes -> uint8 RGB ``[3, H, W]``, decoded as training decoded it (:func:`decode_rgb`).
+
+    The smallest-side rule is the same for every caller: an image with a side below ``config.min_side`` is
+    refused, never upscaled. The validator never sends one (every preprocessing it used resizes to 224 px or
+    sends the photo as it is, see data-and-evaluator.md), and an upscaled 8x8 image gave a confident 0.99999
+    from no evidence at all; refusing it names the problem instead.
 
     Args:
-        fit_to_bounds: resize an image outside ``[min_side, max_pixels]`` into the bounds instead of
-            refusing it (the miner must answer every image it can decode).
+        fit_to_bounds: shrink an image above ``config.max_pixels`` into the bound instead of refusing it (the
+            miner answers every photo it can decode, however large).
 
     Raises:
         BadImageError: empty, not an image, corrupt or truncated, too large for Pillow's decompression-bomb
-            guard, or (unless ``fit_to_bounds``) outside the configured size bounds.
+            guard, a side below ``min_side``, or (unless ``fit_to_bounds``) more than ``max_pixels``.
     """
-    if not data:
-        raise BadImageError(f"{source}: empty file (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise BadImageError(
-            f"{source}: not an image Pillow can read ({len(data)} bytes starting {data[:8]!r})"
-        ) from None
-    except Image.DecompressionBombError as error:
-        raise BadImageError(f"{source}: refused by Pillow's decompression-bomb guard ({error})") from None
-    width, height = image.size
-    if width * height > config.max_pixels:
-        if not fit_to_bounds:
-            raise BadImageError(
-                f"{source}: {width}x{height} = {width * height / 1e6:.1f} Mpx "
-                f"is over the bound of {config.max_pixels / 1e6:.1f} Mpx "
-                "(PredictorConfig.max_pixels); downscale the image or raise the bound"
-            )
-        scale = math.sqrt(config.max_pixels / (width * height))
-        image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))  # JPEG: decode at a reduced scale
-    try:
-        image.load()
-        image = to_rgb(ImageOps.exif_transpose(image))
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadImageError(f"{source}: corrupt or truncated image data ({error})") from None
-    image = _fit(image, source, config, fit_to_bounds)
-    return np.ascontiguousarray(np.asarray(image).transpose(2, 0, 1))
+        image = open_image(data, source)
+        width, height = image.size
+        target = None
+        if width * height > config.max_pixels:
+            if not fit_to_bounds:
+                raise BadImageError(
+                    f"{source}: {width}x{height} = {width * height / 1e6:.1f} Mpx "
+                    f"is over the bound of {config.max_pixels / 1e6:.1f} Mpx "
+                    "(PredictorConfig.max_pixels); downscale the image or raise the bound"
+                )
+            target = _shrunk_size(width, height, config)
+        decoded = decode_opened(image, source, target_size=target)
+    except ImageDecodeError as error:
+        raise BadImageError(str(error)) from None
+    return rgb_array(_fit(decoded, source, config))
 
 
-def _fit(image: Image.Image, source: str, config: PredictorConfig, fit_to_bounds: bool) -> Image.Image:
-    """Check (or, with ``fit_to_bounds``, enforce by resizing) the size bounds on the decoded, upright image."""
+def _shrunk_size(width: int, height: int, config: PredictorConfig) -> tuple[int, int]:
+    scale = math.sqrt(config.max_pixels / (width * height))
+    return max(config.min_side, int(width * scale)), max(config.min_side, int(height * scale))
+
+
+def _fit(image: Image.Image, source: str, config: PredictorConfig) -> Image.Image:
+    """Check the smallest side of the decoded, upright image; shrink one still above ``max_pixels``."""
     width, height = image.size
     if min(width, height) < config.min_side:
-        if not fit_to_bounds:
-            raise BadImageError(
-                f"{source}: {width}x{height} px is below the smallest side of {config.min_side} px "
-                "(PredictorConfig.min_side)"
-            )
-        scale = config.min_side / min(width, height)
-        logger.warning(
-            "%s: %dx%d px upscaled to a %d px short side to be scored", source, width, height, config.min_side
+        raise BadImageError(
+            f"{source}: {width}x{height} px is below the smallest side of {config.min_side} px "
+            "(PredictorConfig.min_side): too small to hold evidence of roadwork; send the original photo"
         )
-        return image.resize((math.ceil(width * scale), math.ceil(height * scale)), Image.Resampling.BILINEAR)
     if width * height > config.max_pixels:
-        scale = math.sqrt(config.max_pixels / (width * height))
         logger.warning("%s: %dx%d px shrunk to fit %d pixels", source, width, height, config.max_pixels)
-        return image.resize(
-            (max(config.min_side, int(width * scale)), max(config.min_side, int(height * scale))),
-            Image.Resampling.BILINEAR,
-        )
+        return image.resize(_shrunk_size(width, height, config), Image.Resampling.BILINEAR)
     return image
 
 
@@ -190,16 +154,25 @@ class Predictor:
         self.precision = exported.precision
         self.metadata: ExportMetadata = exported.metadata
         self.origin = origin
-        self.session = cpu_session(exported.onnx_bytes, self.config.threads)
+        prefix = f"{origin}/" if origin else ""
+        self.session = checked_session(
+            exported.onnx_bytes, f"{prefix}{exported.model_file}", (INPUT_NAME,), self.config.threads
+        )
         adaptive = exported.adaptive if self.config.mode == "adaptive" else None
-        if self.config.mode == "adaptive" and adaptive is None:
+        self.adaptive_sessions: AdaptiveSessions | None = None
+        if adaptive is not None:
+            try:
+                self.adaptive_sessions = adaptive.sessions(self.config.threads, origin)
+            except ModelLoadError as error:
+                logger.warning("%s; serving the fixed %d-view graph (full mode)", error, self.metadata.views_per_image)
+                adaptive = None
+        elif self.config.mode == "adaptive" and exported.adaptive_error is None:  # a broken one was named already
             logger.warning(
                 "%s has no adaptive graphs (exported before they existed?): serving the fixed %d-view graph",
                 origin or "the model",
                 self.metadata.views_per_image,
             )
         self.adaptive_policy: AdaptivePolicy | None = adaptive.metadata.policy if adaptive else None
-        self.adaptive_sessions: AdaptiveSessions | None = adaptive.sessions(self.config.threads) if adaptive else None
 
     @classmethod
     def from_bundle(cls, directory: Path, config: PredictorConfig | None = None) -> Predictor:
@@ -248,17 +221,21 @@ class Predictor:
             [decode_image(data, source=source, config=self.config, fit_to_bounds=fit_to_bounds)], [source]
         )[0]
 
-    def predict_base64(self, b64: str) -> float:
+    def predict_base64(self, b64: str | bytes) -> float:
         """The miner's answer for one base64 image (a ``data:`` URL prefix is accepted): a float in [0, 1].
 
         Raises:
-            BadImageError: the text is not base64 or the bytes are not a decodable image.
+            BadImageError: not text, not base64, not a decodable image, or a side below ``min_side``.
         """
+        if isinstance(b64, bytes | bytearray):
+            b64 = b64.decode("ascii", errors="replace")
+        if not isinstance(b64, str):
+            raise BadImageError(f"base64 input: expected a base64 str, got {type(b64).__name__}")
         payload = b64.split(",", 1)[1] if b64.startswith("data:") else b64
         try:
             data = base64.b64decode(payload, validate=False)
         except (binascii.Error, ValueError) as error:
-            raise BadImageError(f"base64 input: cannot decode ({error})") from None
+            raise BadImageError(f"base64 input: not valid base64 ({error})") from None
         return self.predict_bytes(data, "base64 image", fit_to_bounds=True).p_roadwork
 
 
@@ -282,5 +259,11 @@ def default_predictor() -> Predictor:
 
 
 def predict_base64_jpeg(b64: str) -> float:
-    """Miner entry point: P(roadwork) in [0, 1] of a base64-encoded JPEG (or any image Pillow reads)."""
+    """Miner entry point: P(roadwork) in [0, 1] of a base64-encoded JPEG (or any image Pillow reads).
+
+    Raises:
+        PredictionError: nothing was scored, whatever the input (``None`` included) or the bundle's state:
+            :class:`BadImageError` for this input, :class:`ModelLoadError` for the bundle (unset, missing,
+            truncated or corrupt files; retried on the next call).
+    """
     return default_predictor().predict_base64(b64)

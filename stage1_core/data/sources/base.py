@@ -10,7 +10,6 @@ file) is written to ``extras["ingest_error"]``, so validation quarantines the ro
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,28 +20,15 @@ import imagehash
 import numpy as np
 import pandas as pd
 from fsspec import AbstractFileSystem
-from PIL import ExifTags, Image
+from PIL import Image
 from pydantic import BaseModel
 
 from stage1_core.common.atomic_io import write_atomic
 from stage1_core.common.cli import UsageError
+from stage1_core.common.images import ImageDecodeError, decode_opened, open_image, upright_size
 from stage1_core.common.manifest import conform_manifest, empty_manifest
 from stage1_core.data.sources.config import IngestConfig
 
-# Pixel modes that PIL converts to 8-bit RGB faithfully (alpha dropped, CMYK and grey converted) when
-# an image is read. High-bit-depth modes (16-bit grey "I;16", 32-bit "I", float "F") are rejected:
-# PIL's RGB conversion clips them to white instead of rescaling.
-ACCEPTED_MODES: frozenset[str] = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
-# EXIF orientation -> the transpose that makes the image upright (as PIL.ImageOps.exif_transpose).
-_EXIF_TRANSPOSE: dict[int, Image.Transpose] = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _THUMBNAIL_SIDE = 128
 
 
@@ -111,42 +97,38 @@ def orange_red_fraction(image: Image.Image) -> float:
 def describe_image(image_bytes: bytes, max_megapixels: float = 50.0) -> ImageFacts:
     """Size (EXIF orientation applied), perceptual hash and colour facts of an encoded image.
 
-    Errors are returned in ``decode_error``, never raised. The header is read first, so an image
-    above ``max_megapixels`` is refused before its pixels are decoded (a decompression bomb costs
-    nothing); images above PIL's own bomb limit fail at open. JPEGs are decoded at a reduced DCT
-    scale (``draft``): enough for a 64-bit pHash (Zauner 2010) and a colour share.
+    The image is decoded by :func:`~stage1_core.common.images.decode_rgb`'s rule, the one training and serving
+    use (transparency over white, 16-bit scaled, EXIF orientation), so the hash and the colour share describe the
+    pixels the model will see. Errors are returned in ``decode_error``, never raised. The header is read first,
+    so an image above ``max_megapixels`` is refused before its pixels are decoded (a decompression bomb costs
+    nothing); images above PIL's own bomb limit fail at open. The hash needs a 128 px thumbnail only, which is
+    passed to the decoder as its target size: a 64-bit pHash (Zauner 2010) and a colour share.
     """
     try:
-        with Image.open(io.BytesIO(image_bytes)) as image:
-            width, height = image.size
-            megapixels = width * height / 1e6
-            if megapixels > max_megapixels:  # checked before getexif, which decodes a PNG in full
-                return ImageFacts(
-                    width=width,
-                    height=height,
-                    mode=image.mode,
-                    decode_error=f"{megapixels:.1f} megapixels, above the {max_megapixels:g} limit: not decoded",
-                )
-            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-            if orientation in (5, 6, 7, 8):
-                width, height = height, width
-            facts = ImageFacts(width=width, height=height, mode=image.mode)
-            if image.mode not in ACCEPTED_MODES:
-                return facts.model_copy(
-                    update={
-                        "decode_error": f"pixel mode {image.mode} (high bit depth) is rejected: convert it to 8-bit RGB"
-                    }
-                )
-            image.draft("RGB", (_THUMBNAIL_SIDE, _THUMBNAIL_SIDE))
-            thumbnail = image.convert("RGB")
-        if orientation in _EXIF_TRANSPOSE:
-            thumbnail = thumbnail.transpose(_EXIF_TRANSPOSE[orientation])
-        thumbnail.thumbnail((_THUMBNAIL_SIDE, _THUMBNAIL_SIDE))
-        return facts.model_copy(
-            update={"phash": str(imagehash.phash(thumbnail)), "orange_red_fraction": orange_red_fraction(thumbnail)}
-        )
-    except Exception as error:  # noqa: BLE001 - any decoder failure is a data problem to quarantine, not a crash
-        return ImageFacts(decode_error=f"{type(error).__name__}: {error}")
+        image = open_image(image_bytes, "image")
+    except ImageDecodeError as error:
+        return ImageFacts(decode_error=str(error).removeprefix("image: "))
+    with image:
+        width, height = image.size
+        megapixels = width * height / 1e6
+        facts = ImageFacts(width=width, height=height, mode=image.mode)
+        if megapixels > max_megapixels:  # checked before getexif, which decodes a PNG in full
+            return facts.model_copy(
+                update={"decode_error": f"{megapixels:.1f} megapixels, above the {max_megapixels:g} limit: not decoded"}
+            )
+        try:
+            if upright_size(image) != image.size:
+                facts = facts.model_copy(update={"width": height, "height": width})
+            thumbnail = decode_opened(image, "image", target_size=(_THUMBNAIL_SIDE, _THUMBNAIL_SIDE))
+        except ImageDecodeError as error:
+            return facts.model_copy(update={"decode_error": str(error).removeprefix("image: ")})
+    thumbnail.thumbnail((_THUMBNAIL_SIDE, _THUMBNAIL_SIDE))
+    return facts.model_copy(
+        update={
+            "phash": str(imagehash.phash(thumbnail)),
+            "orange_red_fraction": orange_red_fraction(thumbnail),
+        }
+    )
 
 
 def manifest_row(
@@ -202,6 +184,34 @@ def file_row(fs: AbstractFileSystem, path: str, config: IngestConfig, **fields: 
     facts = describe_image(image_bytes, config.max_decode_megapixels)
     return manifest_row(
         uri=file_uri(fs, path), sha256=hashlib.sha256(image_bytes).hexdigest(), facts=facts, config=config, **fields
+    )
+
+
+UNREADABLE_FILE = "unreadable_file"  # extras key of a row standing for (part of) a source file that cannot be read
+
+
+def unreadable_row(
+    *, row_id: str, source: str, uri: str, official_split: str, problem: str, config: IngestConfig, whole_file: bool
+) -> dict[str, Any]:
+    """A manifest row standing for what a source file held but could not be read (a corrupt shard, a COCO file
+    without images, an image entry without a file name): validation quarantines it with ``problem`` as its
+    reason, so it is counted and named instead of stopping the ingest of the readable files around it.
+
+    Args:
+        whole_file: the row stands for (part of) a file that cannot be read, not for one bad entry: how many
+            images such a file held is unknown, so validation makes it critical.
+    """
+    return manifest_row(
+        row_id=row_id,
+        source=source,
+        uri=uri,
+        sha256="",
+        facts=ImageFacts(),
+        label=-1,
+        group_id=row_id,
+        official_split=official_split,
+        config=config,
+        extras={"ingest_error": problem} | ({UNREADABLE_FILE: uri} if whole_file else {}),
     )
 
 

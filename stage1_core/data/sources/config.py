@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
+
+from stage1_core.common.config import StrictConfig
 
 Source = Literal["natix", "mapillary", "roadwork", "folder"]
 
@@ -38,7 +40,7 @@ MAPILLARY_TRAP_LABELS: tuple[str, ...] = (MAPILLARY_CURB, MAPILLARY_FENCE, MAPIL
 MAPILLARY_LABELLED_SPLITS: tuple[str, ...] = ("training", "validation")
 
 
-class MapillaryConfig(BaseModel):
+class MapillaryConfig(StrictConfig):
     """How Mapillary Vistas polygons become labels: by exact label names, never by substring."""
 
     roadwork_labels: list[str] = Field(
@@ -66,7 +68,7 @@ class MapillaryConfig(BaseModel):
         return labels
 
 
-class IngestConfig(BaseModel):
+class IngestConfig(StrictConfig):
     """Where to read from, what source to expect, and where NATIX's embedded images are written."""
 
     path: str = "data/demo"

@@ -55,7 +55,7 @@ def ingest_mapillary(path: str, config: IngestConfig) -> pd.DataFrame:
     clustering merges it with others.
 
     Raises:
-        ValueError: a configured label does not exist in ``config_v2.0.json`` (a typo would label
+        DataLayoutError: a configured label does not exist in ``config_v2.0.json`` (a typo would label
             every image negative).
     """
     fs, root = filesystem(path)
@@ -63,7 +63,7 @@ def ingest_mapillary(path: str, config: IngestConfig) -> pd.DataFrame:
     known = _mapillary_label_names(fs, root)
     unknown = sorted(set(settings.roadwork_labels + settings.hard_negative_labels) - known)
     if unknown:
-        raise ValueError(
+        raise DataLayoutError(
             f"{root}/{MAPILLARY_CONFIG_FILE} does not define the configured Mapillary labels {unknown}; "
             "fix IngestConfig.mapillary"
         )

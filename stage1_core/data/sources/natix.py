@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
@@ -23,11 +24,14 @@ from tqdm import tqdm
 
 from stage1_core.data.sources.base import (
     DataLayoutError,
+    ImageFacts,
     describe_image,
+    file_uri,
     filesystem,
     manifest_frame,
     manifest_row,
     store_image,
+    unreadable_row,
 )
 from stage1_core.data.sources.config import IngestConfig
 
@@ -93,15 +97,41 @@ NATIX_REQUIRED: tuple[str, ...] = ("image", "id", "label")
 _ARROW_SPLIT_NAMES = ("train", "test", "validation", "val")
 
 
-def _parquet_schema(fs: AbstractFileSystem, file: str) -> pa.Schema:
-    with fs.open(file, "rb") as handle:
-        return pq.read_schema(handle)
+# What pyarrow raises for a file that is not (or no longer) the format its name says.
+READ_ERRORS: tuple[type[Exception], ...] = (pa.ArrowException, OSError)
+
+
+def _parquet_schema(fs: AbstractFileSystem, file: str) -> pa.Schema | None:
+    """The file's arrow schema; None when it is no readable parquet file (empty, truncated, another format)."""
+    try:
+        with fs.open(file, "rb") as handle:
+            return pq.read_schema(handle)
+    except READ_ERRORS:
+        return None
+
+
+def _natix_shards(files: list[str], schema: Callable[[str], pa.Schema | None]) -> list[str]:
+    """The files of a NATIX folder to read: those with an ``image`` column, and the unreadable ones.
+
+    An unreadable file is one of the shards (its name says so) that cannot be read: it is kept so the reader
+    reports it. Readable files without an ``image`` column are someone else's (logged, not read). With no
+    readable shard at all, the folder is NATIX only if every candidate file is unreadable.
+    """
+    schemas = {file: schema(file) for file in files}
+    shards = [file for file, found in schemas.items() if found is not None and "image" in found.names]
+    unreadable = [file for file, found in schemas.items() if found is None]
+    others = [file for file, found in schemas.items() if found is not None and "image" not in found.names]
+    if others and (shards or unreadable):
+        logger.info("NATIX: %d files without an image column are not read (e.g. %s)", len(others), others[0])
+    if not shards and others:
+        return []
+    return sorted(shards + unreadable)
 
 
 def _natix_parquet_files(fs: AbstractFileSystem, root: str) -> list[str]:
     """The NATIX parquet shards under ``root`` (``data/*.parquet`` as in the dataset repo, or top level)."""
     files = sorted(fs.glob(f"{root}/{NATIX_DATA_DIR}/*.parquet")) or sorted(fs.glob(f"{root}/*.parquet"))
-    return [file for file in files if "image" in _parquet_schema(fs, file).names]
+    return _natix_shards(files, lambda file: _parquet_schema(fs, file))
 
 
 def _open_arrow(fs: AbstractFileSystem, file: str) -> Any:
@@ -125,23 +155,30 @@ def _arrow_batches(fs: AbstractFileSystem, file: str) -> Iterator[pa.RecordBatch
 
 
 def _arrow_schema(fs: AbstractFileSystem, file: str) -> pa.Schema | None:
-    source = _open_arrow(fs, file)
+    """The file's arrow schema (stream or file format); None when it is no readable arrow file."""
+    try:
+        source = _open_arrow(fs, file)
+    except READ_ERRORS:
+        return None
     try:
         return pa.ipc.open_stream(source).schema
-    except pa.ArrowInvalid:
+    except READ_ERRORS:
         source.seek(0)
         try:
             return pa.ipc.open_file(source).schema
-        except pa.ArrowInvalid:
+        except READ_ERRORS:
             return None
     finally:
         source.close()
 
 
 def _natix_arrow_files(fs: AbstractFileSystem, root: str) -> list[str]:
-    """The arrow files of a ``datasets`` save_to_disk or cache folder that hold an ``image`` column."""
+    """The arrow files of a ``datasets`` save_to_disk or cache folder that hold an ``image`` column.
+
+    Unreadable arrow files among them are kept so the reader reports them (see :func:`_natix_shards`).
+    """
     files = sorted(file for file in fs.find(root, maxdepth=6) if file.endswith(".arrow"))
-    return [file for file in files if (schema := _arrow_schema(fs, file)) is not None and "image" in schema.names]
+    return _natix_shards(files, lambda file: _arrow_schema(fs, file))
 
 
 def is_natix(fs: AbstractFileSystem, root: str) -> bool:
@@ -160,23 +197,66 @@ def _official_split(relative: str) -> str:
     return next((token for token in reversed(tokens) if token in _ARROW_SPLIT_NAMES), "unknown")
 
 
+def _image_bytes(value: Any) -> tuple[bytes, str]:
+    """The encoded image of a record and, when there is none, why.
+
+    The image column is the ``{bytes, path}`` struct of the dataset card or, in some exports, plain binary.
+    """
+    if isinstance(value, bytes | bytearray):
+        return bytes(value), ""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return bytes(value["bytes"]), ""
+        path = value.get("path")
+        where = f" (only a path, {path!r}: export the dataset with the images embedded)" if path else ""
+        return b"", f"image struct holds no bytes{where}"
+    if value is None:
+        return b"", "image is null"
+    return b"", f"image column holds a {type(value).__name__}, expected bytes or a {{bytes, path}} struct"
+
+
+def _label(value: Any) -> tuple[int, str]:
+    """A record's label as an int and, when it is not 0 or 1, why: null/NaN, or a value that is no label.
+
+    Integral numbers and the texts ``"0"`` / ``"1"`` are read as labels (text columns occur in hand-made exports);
+    an integer outside {0, 1} is kept as it is for validation to quarantine.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return -1, "label is missing (null or NaN)"
+    if isinstance(value, bool | int):
+        return int(value), ""
+    if isinstance(value, float) and value.is_integer():
+        return int(value), ""
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return int(value.strip()), ""
+    return -1, f"label {value!r} is not 0 or 1"
+
+
 def _natix_row(official_split: str, record: dict[str, Any], config: IngestConfig) -> dict[str, Any]:
-    image_bytes = (record.get("image") or {}).get("bytes") or b""
-    sha, uri = store_image(image_bytes, config.image_store)
+    image_bytes, image_problem = _image_bytes(record.get("image"))
+    label, label_problem = _label(record.get("label"))
+    row_id = f"natix:{official_split}:{record['id']}"
+    if image_problem:
+        sha, uri, facts = "", "", ImageFacts(decode_error=image_problem)
+    else:
+        (sha, uri), facts = (
+            store_image(image_bytes, config.image_store),
+            describe_image(image_bytes, config.max_decode_megapixels),
+        )
     seq_id = record.get("video_info.seq_id")
     vid_id = record.get("video_info.vid_id") or ""
-    row_id = f"natix:{official_split}:{record['id']}"
+    extras: dict[str, Any] = {"travel_alteration": record.get("scene_level_tags.travel_alteration") or ""}
     return manifest_row(
         row_id=row_id,
         source="natix",
         uri=uri,
         sha256=sha,
-        facts=describe_image(image_bytes, config.max_decode_megapixels),
-        label=-1 if record.get("label") is None else record["label"],
+        facts=facts,
+        label=label,
         group_id=f"natix:seq:{vid_id}:{seq_id}" if seq_id is not None else row_id,
         official_split=official_split,
         config=config,
-        extras={"travel_alteration": record.get("scene_level_tags.travel_alteration") or ""},
+        extras=extras | ({"ingest_error": label_problem} if label_problem else {}),
         daytime=record.get("scene_level_tags.daytime") or "",
         weather=record.get("scene_level_tags.weather") or "",
         scene_environment=record.get("scene_level_tags.scene_environment") or "",
@@ -186,8 +266,9 @@ def _natix_row(official_split: str, record: dict[str, Any], config: IngestConfig
     )
 
 
-def _natix_columns(file: str, names: list[str]) -> list[str]:
+def _natix_columns(file: str, schema: pa.Schema) -> list[str]:
     """The NATIX columns present in ``file``; a missing required column is an error naming it."""
+    names = schema.names
     missing = [name for name in NATIX_REQUIRED if name not in names]
     if missing:
         raise DataLayoutError(
@@ -196,6 +277,13 @@ def _natix_columns(file: str, names: list[str]) -> list[str]:
     absent = [name for name in NATIX_COLUMNS if name not in names]
     if absent:
         logger.warning("%s: optional NATIX columns %s are missing; their manifest fields stay empty", file, absent)
+    label_type = schema.field("label").type
+    if not pa.types.is_integer(label_type):
+        logger.warning(
+            "%s: the label column is %s, not int64: 0/1 values are read as labels, the others are quarantined",
+            file,
+            label_type,
+        )
     return [name for name in NATIX_COLUMNS if name in names]
 
 
@@ -206,26 +294,85 @@ def _records(batches: Iterator[pa.RecordBatch], batch_size: int) -> Iterator[dic
             yield from batch.slice(start, batch_size).to_pylist()
 
 
+def _file_rows(
+    fs: AbstractFileSystem,
+    file: str,
+    official_split: str,
+    records: Iterator[dict[str, Any]],
+    expected_rows: int | None,
+    config: IngestConfig,
+    progress: tqdm,
+) -> list[dict[str, Any]]:
+    """The manifest rows of one shard. A shard that cannot be read (not the format its name says, empty,
+    truncated, corrupt midway) never stops the others: each row it should still have held (as many as its
+    footer says, else one for the file) becomes a row naming the file and the problem, for validation to
+    quarantine."""
+    rows: list[dict[str, Any]] = []
+    try:
+        for record in records:
+            rows.append(_natix_row(official_split, record, config))
+            progress.update(1)
+    except READ_ERRORS as error:
+        uri, name = file_uri(fs, file), file.rsplit("/", 1)[-1]
+        problem = f"{uri}: unreadable ({type(error).__name__}: {error}); re-download or re-export this file"
+        base_id = f"natix:{official_split}:{name}"
+        if expected_rows and expected_rows > len(rows):
+            ids = [f"{base_id}#row{index}" for index in range(len(rows), expected_rows)]
+            logger.warning("%s: %d of its %d rows not read", problem, len(ids), expected_rows)
+        else:
+            ids = [base_id]
+            logger.warning("%s: its row count is unknown, one quarantined row stands for the file", problem)
+        rows += [
+            unreadable_row(
+                row_id=row_id,
+                source="natix",
+                uri=uri,
+                official_split=official_split,
+                problem=problem,
+                config=config,
+                whole_file=True,
+            )
+            for row_id in ids
+        ]
+    return rows
+
+
+def _parquet_rows(fs: AbstractFileSystem, file: str) -> int | None:
+    """Rows a parquet file's footer declares; None when the footer cannot be read."""
+    try:
+        with fs.open(file, "rb") as handle:
+            return pq.ParquetFile(handle).metadata.num_rows
+    except READ_ERRORS:
+        return None
+
+
+def _parquet_records(fs: AbstractFileSystem, file: str, config: IngestConfig) -> Iterator[dict[str, Any]]:
+    with fs.open(file, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        columns = _natix_columns(file, parquet.schema_arrow)
+        batches = parquet.iter_batches(batch_size=config.record_batch_size, columns=columns)
+        yield from _records(batches, config.record_batch_size)
+
+
+def _arrow_records(fs: AbstractFileSystem, file: str, config: IngestConfig) -> Iterator[dict[str, Any]]:
+    schema = _arrow_schema(fs, file)
+    if schema is None:
+        raise pa.ArrowInvalid("not an arrow file in stream or file format")
+    columns = _natix_columns(file, schema)
+    yield from _records((batch.select(columns) for batch in _arrow_batches(fs, file)), config.record_batch_size)
+
+
 def ingest_natix(path: str, config: IngestConfig) -> pd.DataFrame:
     """Read NATIX parquet shards (train and test) into manifest rows, streaming record batches."""
     fs, root = filesystem(path)
     files = _natix_parquet_files(fs, root)
+    expected = {file: _parquet_rows(fs, file) for file in files}
     rows = []
-    total = 0
-    for file in files:
-        with fs.open(file, "rb") as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    with tqdm(total=total, desc="ingest natix", unit="img") as progress:
+    with tqdm(total=sum(n for n in expected.values() if n), desc="ingest natix", unit="img") as progress:
         for file in files:
             official_split = "test" if file.rsplit("/", 1)[-1].startswith("test") else "train"
-            with fs.open(file, "rb") as handle:
-                parquet = pq.ParquetFile(handle)
-                columns = _natix_columns(file, parquet.schema_arrow.names)
-                for record in _records(
-                    parquet.iter_batches(batch_size=config.record_batch_size, columns=columns), config.record_batch_size
-                ):
-                    rows.append(_natix_row(official_split, record, config))
-                    progress.update(1)
+            records = _parquet_records(fs, file, config)
+            rows += _file_rows(fs, file, official_split, records, expected[file], config, progress)
     logger.info("ingested %d NATIX rows from %d parquet files under %s", len(rows), len(files), path)
     return manifest_frame(rows)
 
@@ -242,10 +389,6 @@ def ingest_natix_arrow(path: str, config: IngestConfig) -> pd.DataFrame:
     with tqdm(total=None, desc="ingest natix (arrow)", unit="img") as progress:
         for file in files:
             official_split = _official_split(file[len(root) :])
-            columns = _natix_columns(file, _arrow_schema(fs, file).names)
-            batches = (batch.select(columns) for batch in _arrow_batches(fs, file))
-            for record in _records(batches, config.record_batch_size):
-                rows.append(_natix_row(official_split, record, config))
-                progress.update(1)
+            rows += _file_rows(fs, file, official_split, _arrow_records(fs, file, config), None, config, progress)
     logger.info("ingested %d NATIX rows from %d arrow files under %s", len(rows), len(files), path)
     return manifest_frame(rows)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from functools import partial
 from typing import Any
 
 import pandas as pd
 from fsspec import AbstractFileSystem
 from tqdm import tqdm
 
-from stage1_core.data.sources.base import file_row, filesystem, manifest_frame
+from stage1_core.data.sources.base import file_row, file_uri, filesystem, manifest_frame, unreadable_row
 from stage1_core.data.sources.config import IngestConfig
 
 logger = logging.getLogger(__name__)
@@ -55,22 +56,73 @@ def _gps_text(value: Any) -> str:
     return str(value)
 
 
+def _read_coco(fs: AbstractFileSystem, annotation_file: str) -> tuple[dict[str, Any], str]:
+    """The COCO document and, when it cannot be used, why (not JSON, not an object, no ``images`` list)."""
+    try:
+        coco = json.loads(fs.cat_file(annotation_file))
+    except (OSError, ValueError) as error:
+        return {}, f"unreadable COCO file ({type(error).__name__}: {error})"
+    if not isinstance(coco, dict):
+        return {}, f"not a COCO file: the top level is a {type(coco).__name__}, not an object"
+    if not isinstance(coco.get("images"), list):
+        return {}, "not a COCO file: it has no `images` list"
+    return coco, ""
+
+
+def _objects_by_image(coco: dict[str, Any], annotation_file: str) -> dict[Any, set[str]]:
+    """Category names per image id; annotations that name no known image, or lack its keys, are counted and named."""
+    categories = {
+        category.get("id"): category.get("name", "unknown")
+        for category in coco.get("categories", [])
+        if isinstance(category, dict)
+    }
+    image_ids = {image.get("id") for image in coco["images"] if isinstance(image, dict)}
+    objects: dict[Any, set[str]] = {}
+    dangling: list[Any] = []
+    for annotation in coco.get("annotations", []):
+        image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
+        if image_id not in image_ids:
+            dangling.append(image_id)
+            continue
+        objects.setdefault(image_id, set()).add(categories.get(annotation.get("category_id"), "unknown"))
+    if dangling:
+        logger.warning(
+            "%s: %d annotations point at no image of its `images` list (image ids %s): they are not used; "
+            "check that the file is complete",
+            annotation_file,
+            len(dangling),
+            sorted({str(image_id) for image_id in dangling})[:5],
+        )
+    return objects
+
+
 def ingest_roadwork(path: str, config: IngestConfig) -> pd.DataFrame:
-    """ROADWork COCO annotations: every image is a work zone (label 1); ``<city>_<seq>_...`` names a sequence group."""
+    """ROADWork COCO annotations: every image is a work zone (label 1); ``<city>_<seq>_...`` names a sequence group.
+
+    An annotation file that cannot be used (not JSON, no ``images`` list) and an image entry without a file name
+    become quarantined rows naming the problem; the other files are read.
+    """
     fs, root = filesystem(path)
     rows = []
     for annotation_file in _roadwork_annotation_files(fs, root):
         name = annotation_file.rsplit("/", 1)[-1]
         official_split = re.sub(r"^instances_|(_gps_split)?\.json$", "", name)
-        coco = json.loads(fs.cat_file(annotation_file))
+        uri = file_uri(fs, annotation_file)
+        problem_row = partial(unreadable_row, source="roadwork", uri=uri, official_split=official_split, config=config)
+        coco, problem = _read_coco(fs, annotation_file)
+        if problem:
+            logger.warning("%s: %s", uri, problem)
+            rows.append(problem_row(row_id=f"roadwork:{name}", problem=f"{uri}: {problem}", whole_file=True))
+            continue
         images_dir = annotation_file.rsplit("/", 2)[0] + f"/{ROADWORK_IMAGES}"
-        categories = {category["id"]: category["name"] for category in coco.get("categories", [])}
-        objects: dict[Any, set[str]] = {}
-        for annotation in coco.get("annotations", []):
-            objects.setdefault(annotation["image_id"], set()).add(categories.get(annotation["category_id"], "unknown"))
+        objects = _objects_by_image(coco, annotation_file)
         ungrouped = 0
-        for image in tqdm(coco["images"], desc=f"ingest roadwork {official_split}", unit="img"):
-            file_name = image["file_name"]
+        for index, image in enumerate(tqdm(coco["images"], desc=f"ingest roadwork {official_split}", unit="img")):
+            file_name = image.get("file_name") if isinstance(image, dict) else None
+            if not isinstance(file_name, str) or not file_name:
+                problem = f"{uri}: images[{index}] has no file_name"
+                rows.append(problem_row(row_id=f"roadwork:{name}#image{index}", problem=problem, whole_file=False))
+                continue
             row_id = f"roadwork:{file_name}"
             sequence = ROADWORK_SEQUENCE.match(file_name.rsplit("/", 1)[-1])
             ungrouped += sequence is None
