@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import shutil
 
 import mlflow
 import numpy as np
@@ -35,8 +36,10 @@ from stage1_core.export.quantization import BACKBONE_SCOPE, Int8Config, guard_de
 from stage1_core.modeling.backbone import load_backbone
 from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 from stage1_core.registry.champion import load_registered_model, log_exported_model
+from stage1_core.registry.promotion import score_champion
 from stage1_core.serving import predictor as predictor_module
-from stage1_core.serving.bundle import cpu_session
+from stage1_core.serving.bundle import INT8_FILES, ExportedModel, cpu_session
+from stage1_core.serving.errors import ModelLoadError
 from stage1_core.serving.predictor import Predictor, PredictorConfig, predict_base64_jpeg
 
 NO_TENSORRT = TensorRTConfig(enabled=False)
@@ -88,7 +91,7 @@ def _in_backbone(graph: bytes) -> dict[str, bool]:
 
 
 def test_int8_bundle_is_calibrated_guarded_and_served_by_the_predictor_cli_miner_and_registry(
-    tiny_model, splits, tmp_path, monkeypatch, capsys
+    tiny_model, splits, tmp_path, monkeypatch, capsys, caplog
 ) -> None:
     val_test = splits["val_test"]
     test_images = list(read_images(val_test["uri"]))
@@ -170,6 +173,24 @@ def test_int8_bundle_is_calibrated_guarded_and_served_by_the_predictor_cli_miner
     assert registered.int8 is not None and registered.int8.onnx_bytes == int8.onnx_bytes
     assert registered.int8.tiles_onnx == int8.tiles_onnx and registered.int8.metadata == int8.metadata
     assert Predictor(registered).precision == "int8"
+    # the promotion gate compares the champion as evaluated (fp32), not as its int8 guard serves it
+    champion = score_champion(client, "roadwork-int8", list(val_test["uri"]))
+    np.testing.assert_allclose(champion, p_fp32[: len(val_test)], atol=1e-6)
+
+    # broken int8 files: the bundle serves fp32 with a warning naming the file, unless int8 is asked for
+    broken = shutil.copytree(directory, tmp_path / "broken")
+    graph = broken / INT8_FILES["fixed"]
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    with caplog.at_level("WARNING"):
+        assert Predictor.from_bundle(broken, PredictorConfig(mode="full")).precision == "fp32"
+    assert f"{graph}: not a loadable ONNX model" in caplog.text
+    with pytest.raises(ModelLoadError, match="model_int8.onnx: not a loadable ONNX model"):
+        Predictor.from_bundle(broken, PredictorConfig(precision="int8"))
+    (broken / INT8_FILES["tiles"]).unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert ExportedModel.load(broken).int8 is None
+    assert "tiles_int8.onnx: missing beside global_view_int8.onnx" in caplog.text
 
 
 def test_guard_serves_fp32_when_int8_costs_more_mcc_than_the_budget(tiny_model, splits) -> None:

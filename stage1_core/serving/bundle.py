@@ -486,7 +486,9 @@ class ExportedModel:
             adaptive = AdaptiveExport(int8.global_onnx, int8.tiles_onnx, adaptive.metadata, files)
         else:
             adaptive = None
-        return ExportedModel(int8.onnx_bytes, self.metadata, adaptive, int8=int8, precision="int8")
+        view = ExportedModel(int8.onnx_bytes, self.metadata, adaptive, int8=int8, precision="int8")
+        view.adaptive_error = self.adaptive_error
+        return view
 
     def save(self, directory: Path) -> Path:
         """Write the bundle folder: what ``load``, the predictor and the materializer read.

@@ -149,8 +149,25 @@ class Predictor:
     """P(roadwork) per image from an exported model (adaptive two-graph path when available)."""
 
     def __init__(self, exported: ExportedModel, config: PredictorConfig | None = None, origin: str = "") -> None:
+        """Start the sessions of the graphs the bundle serves at ``config.precision``.
+
+        Int8 graphs the guard chose that ONNX Runtime cannot load leave the predictor on the fp32 graphs (a warning
+        names the file), as broken adaptive graphs leave it in full mode: the bundle still serves every image.
+
+        Raises:
+            ModelLoadError: the fixed graph cannot be loaded (or the int8 one, where ``precision`` asks for int8).
+        """
         self.config = config or PredictorConfig()
-        exported = exported.served(self.config.precision)
+        served = exported.served(self.config.precision)
+        try:
+            self._start(served, origin)
+        except ModelLoadError as error:
+            if served.precision == "fp32" or self.config.precision == "int8":
+                raise
+            logger.warning("%s; serving the fp32 graphs", error)
+            self._start(exported, origin)
+
+    def _start(self, exported: ExportedModel, origin: str) -> None:
         self.precision = exported.precision
         self.metadata: ExportMetadata = exported.metadata
         self.origin = origin
