@@ -19,6 +19,7 @@ import stage1_core
 from pipelines.full_run import full_run
 from pipelines.launch import check_zenml_options
 from pipelines.retrain import retrain_pipeline
+from stage1_core.evaluation.ablation import distillation_ablation
 from stage1_core.run.config import RunConfig
 from stage1_core.run.settings import ConfigError, load_run_config
 from tests.commands import run_module
@@ -125,3 +126,14 @@ def test_a_typo_in_zenml_options_or_a_broken_yaml_is_one_line(tmp_path: Path) ->
         config.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(expected)):
             check_zenml_options(load_run_config(config))
+
+
+def test_shipped_configs_train_without_distillation_and_only_the_full_study_trains_it_as_an_ablation() -> None:
+    """Distillation cost MCC and skip rate on the demo data: no shipped config turns it on for the model it ships."""
+    studied = {}
+    for path in sorted((Path(__file__).parents[1] / "pipelines" / "configs").glob("*.yaml")):
+        config = load_run_config(path).config
+        assert config.train.distillation.weight == 0.0, path.name
+        ablated = distillation_ablation(config.train, config.classifier.multiview, config.ablation.distillation)
+        studied[path.name] = ablated is not None and ablated.distillation.weight > 0
+    assert studied == {"cluster.yaml": False, "default.yaml": True, "retrain.yaml": False, "tiny.yaml": False}

@@ -67,13 +67,19 @@ class DistillationConfig(StrictConfig):
     ``T^2 * BCE(z_global / T, sigmoid(z_aggregate / T))``. It costs nothing extra: the global view's features
     are computed for the aggregate anyway. It applies to multi-view training only (``train_views: multi``): a
     global-only model has no other views to learn from.
+
+    Off by default (weight 0): measured on the demo recipe (same data, backbone and seed), weight 1 lowered the
+    adaptive skip rate on 1,500 fresh held-out scenes from 42.4% to 37.1% (paired -5.3 points, 95% CI [-6.6, -4.1])
+    and did not raise MCC (0.624 -> 0.612; val_test 0.784 -> 0.716): top-K pooling lifts the aggregate of a clear
+    scene above its typical view, so the taught global view is less sure of "no roadwork". The run's ablation
+    (``ablation.distillation``) trains the main recipe with it, so its effect stays measured on every full run.
     """
 
     weight: float = Field(
-        1.0,
+        0.0,
         ge=0.0,
         description="weight of the distillation term next to the label loss (both are the BCE of one logit); "
-        "0 turns it off",
+        "0 (the default) turns it off",
     )
     temperature: float = Field(
         1.0,
