@@ -21,7 +21,8 @@ def export_model(
 ) -> Annotated[ExportedModel, "exported_model"]:
     """Export classifier + calibration; the adaptive bound is fitted on val_select and measured on val_test.
 
-    The int8 graphs are calibrated on val_calib images and served only if the guard keeps MCC on val_test.
+    The int8 graphs are calibrated on val_calib images and served only if the guard keeps MCC on val_test and
+    val_select.
 
     Fails if ONNX Runtime and PyTorch disagree beyond the tolerance; TensorRT never fails it (its status is recorded).
     """
