@@ -1,14 +1,18 @@
-"""Inference speed: PyTorch eager, torch.compile and ONNX Runtime; single-view, fixed 10-view and adaptive multi-view.
+"""Inference speed: PyTorch eager, ONNX Runtime fp32 and static int8; single-view, fixed 10-view and adaptive.
 
-    python -m benchmarks.inference [--json] [--images 120] [--requests 24] [--batch 8] [--threads N] [--no-compile]
+    python -m benchmarks.inference [--json] [--images 120] [--requests 24] [--batch 8] [--threads N]
+                                   [--no-compile] [--vit-s]
 
-ONNX Runtime runs the graphs the bundle serves (with onnxscript's ORT fusions of attention and GELU:
-``ExportConfig.fuse_for_onnxruntime``, on by default) and, side by side, the plain exporter's graph (standard
-operators only) and that graph with ONNX Runtime's dynamic int8 quantization (int8 MatMul weights, activations
-quantized per call): a different model numerically, so its probability error and changed decisions on val_test
-are printed beside its speed, and it does not count for the fp32 target.
-On a CUDA machine a ViT-B-sized config (hidden 768, 12 layers, 12 heads, 224 px views, random init)
-also runs in PyTorch FP16 (autocast) and as a TensorRT FP16 engine when ``tensorrt`` is installed.
+ONNX Runtime runs the graphs the bundle serves: fp32 (with onnxscript's ORT fusions of attention and GELU:
+``ExportConfig.fuse_for_onnxruntime``, on by default) and their static int8 versions (``export/quantization.py``:
+QDQ, the backbone's MatMul and Conv with uint8 activations and int8 per-channel weights, calibrated on the
+linear-probe share's images), side by side with the plain exporter's graph (standard operators only). The int8
+graphs are a different model numerically: the accuracy guard's figures on the val_test and val_select shares
+(MCC drop, decisions changed, max |dP|, per serving path) are printed with them, and "served" is what a bundle
+would serve: int8 where the guard passes, else fp32. On a CUDA machine a ViT-B-sized config (hidden 768,
+12 layers, 12 heads, 224 px views, random init) also runs in PyTorch FP16 (autocast) and as a TensorRT FP16 engine when
+``tensorrt`` is installed; ``--vit-s`` adds a random-init ViT-S/14 at 224 px on the CPU (eager, ONNX Runtime
+fp32 and int8, fixed 10-view): how the int8 gain scales with the model.
 
 Images come from the demo generator (640x480 street scenes). The model is the demo backbone
 (``dinov2-demo``, the committed pre-trained demo weights, view 112) with its linear head fitted by
@@ -20,18 +24,22 @@ the held-out val_test share, where all timings run.
 
 Per configuration: images/s over val_test in batches of ``--batch``, p50/p99 latency of single-image
 requests (the miner case; decoding excluded, it is the same for all), peak resident memory while
-measuring (Linux: the high-water mark is reset before each configuration), and views per image.
-Targets (CPU, demo backbone): ONNX Runtime >= 1.5x the images/s of eager for fixed 10-view;
+measuring (Linux: the high-water mark is reset before each configuration), and views per image; then,
+from one profiled pass (ONNX Runtime's profiler, ``torch.profiler`` for eager), the share of operator time
+in GEMM (MatMul, Conv and their int8 forms) and where the rest goes. Targets (CPU, demo backbone): the
+served ONNX Runtime graphs >= 1.5x the images/s of eager fp32 for fixed 10-view at <= 1 MCC point lost;
 adaptive >= 3x the images/s of fixed 10-view.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,10 +47,8 @@ import numpy as np
 import onnxruntime
 import pyarrow.parquet as pq
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
 from pydantic import BaseModel
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import matthews_corrcoef
 from transformers import AutoModel, Dinov2Config
 
 from benchmarks.command import run_benchmark
@@ -60,15 +66,25 @@ from stage1_core.export.exporter import (
     TilesGraph,
     build_tensorrt_engine,
     export_adaptive,
+    export_int8,
     export_onnx,
     image_to_canvas,
-    score_both,
+    int8_guard_checks,
+    measure_serving,
+    score_serving_paths,
     tensorrt_unavailable,
 )
+from stage1_core.export.quantization import Int8Config, guard_decision
 from stage1_core.modeling.backbone import load_backbone
 from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
-from stage1_core.serving.adaptive import AdaptiveOutcome, AdaptivePolicy, evaluate_adaptive, run_adaptive
-from stage1_core.serving.bundle import ADAPTIVE_SPEEDUP_TARGET, INPUT_NAME, cpu_session
+from stage1_core.serving.adaptive import AdaptiveOutcome, AdaptivePolicy, run_adaptive
+from stage1_core.serving.bundle import (
+    ADAPTIVE_SPEEDUP_TARGET,
+    INPUT_NAME,
+    AdaptiveSessions,
+    PrecisionCheck,
+    cpu_session,
+)
 from stage1_core.serving.predictor import PredictorConfig, decode_image
 
 UNCALIBRATED = LogitMap.from_temperature(1.0)  # speed does not depend on the calibration
@@ -77,6 +93,23 @@ logger = logging.getLogger(__name__)
 
 ONNX_TARGET = 1.5
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 [B, 3, H, W] -> (P(roadwork), views per image)
+Key = tuple[str, str]  # (backend, views)
+
+# operator -> what it is, for the time shares (ONNX Runtime op types and PyTorch aten ops; the rest is "other")
+OPERATOR_KINDS = {
+    **dict.fromkeys(
+        ["MatMul", "Gemm", "FusedMatMul", "MatMulIntegerToFloat", "MatMulInteger", "QLinearMatMul", "Conv"], "GEMM"
+    ),
+    **dict.fromkeys(["ConvInteger", "QLinearConv", "aten::addmm", "aten::mm", "aten::bmm"], "GEMM"),
+    **dict.fromkeys(["aten::mkldnn_convolution", "aten::convolution", "aten::_convolution"], "GEMM"),
+    **dict.fromkeys(["MultiHeadAttention", "Attention", "Softmax"], "attention"),
+    **dict.fromkeys(["aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_softmax"], "attention"),
+    **dict.fromkeys(["BiasGelu", "Gelu", "FastGelu", "Erf", "aten::gelu"], "GELU"),
+    **dict.fromkeys(["LayerNormalization", "SkipLayerNormalization", "aten::native_layer_norm"], "LayerNorm"),
+    **dict.fromkeys(["Resize", "aten::_upsample_bilinear2d_aa"], "resize"),
+    **dict.fromkeys(["QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"], "(de)quantize"),
+}
+KINDS = ("GEMM", "attention", "GELU", "LayerNorm", "resize", "(de)quantize", "other")
 
 
 class Measurement(BaseModel):
@@ -94,15 +127,14 @@ class Measurement(BaseModel):
     error: str | None = None
 
 
-class QuantizedOutcome(BaseModel):
-    """What dynamic int8 quantization changes on val_test, against the fp32 graph it was made from."""
+class OperatorShares(BaseModel):
+    """Where the operator time of one configuration goes (one profiled pass over val_test)."""
 
-    n_images: int
-    max_abs_diff: float
-    mean_abs_diff: float
-    decisions_changed: int  # at threshold 0.5
-    mcc_fp32: float
-    mcc_int8: float
+    backend: str
+    views: str
+    total_ms: float  # summed operator time (ONNX Runtime kernels; PyTorch self CPU time)
+    shares: dict[str, float]  # kind (GEMM, attention, ...) -> share of total_ms
+    top_other: list[tuple[str, float]]  # the largest operators in "other", with their shares
 
 
 class BenchmarkResult(BaseModel):
@@ -115,9 +147,15 @@ class BenchmarkResult(BaseModel):
     adaptive_policy: AdaptivePolicy
     adaptive_val_test: AdaptiveOutcome
     onnxruntime_fusions: dict[str, int]
-    int8_val_test: QuantizedOutcome
+    int8_quantization: str
+    int8_cpu_flags: list[str]
+    int8_guard: list[PrecisionCheck]  # int8 against fp32 on val_test, per serving path
+    served: str  # the backend a bundle would serve: onnxruntime-int8 where the guard passes, else onnxruntime
+    served_reason: str
     cuda: str  # the ViT-B FP16 / TensorRT branch: what ran, or why not
+    vit_s: str  # the ViT-S/14 branch: what ran, or why not
     measurements: list[Measurement]
+    operators: list[OperatorShares]
     ratios: dict[str, float | None]
     verdicts: list[str]
 
@@ -253,34 +291,72 @@ def torch_runners(
     }
 
 
-def quantize_int8(onnx_bytes: bytes) -> bytes:
-    """ONNX Runtime's dynamic quantization: int8 weights for MatMul/Gemm, activations quantized at run time."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        source.write_bytes(onnx_bytes)
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
-        return target.read_bytes()
-
-
-def compare_int8(
-    fp32: onnxruntime.InferenceSession, int8: onnxruntime.InferenceSession, images: list[np.ndarray], labels: np.ndarray
-) -> QuantizedOutcome:
-    """Score val_test one image at a time with both graphs and count what quantization changed."""
-    p_fp32 = np.concatenate([fp32.run(None, {INPUT_NAME: image[None]})[0] for image in images])
-    p_int8 = np.concatenate([int8.run(None, {INPUT_NAME: image[None]})[0] for image in images])
-    difference = np.abs(p_fp32 - p_int8)
-    return QuantizedOutcome(
-        n_images=len(images),
-        max_abs_diff=float(difference.max()),
-        mean_abs_diff=float(difference.mean()),
-        decisions_changed=int(((p_fp32 > 0.5) != (p_int8 > 0.5)).sum()),
-        mcc_fp32=float(matthews_corrcoef(labels, p_fp32 > 0.5)),
-        mcc_int8=float(matthews_corrcoef(labels, p_int8 > 0.5)),
+def operator_shares(key: Key, times: dict[str, float]) -> OperatorShares:
+    """Operator times (ms by operator) grouped into kinds, as shares of the total."""
+    total = sum(times.values()) or 1.0
+    by_kind = Counter({kind: 0.0 for kind in KINDS})
+    for operator, ms in times.items():
+        by_kind[OPERATOR_KINDS.get(operator, "other")] += ms
+    other = sorted(((op, ms / total) for op, ms in times.items() if op not in OPERATOR_KINDS), key=lambda x: -x[1])
+    return OperatorShares(
+        backend=key[0],
+        views=key[1],
+        total_ms=total,
+        shares={kind: by_kind[kind] / total for kind in KINDS},
+        top_other=[(op, round(share, 4)) for op, share in other[:4]],
     )
+
+
+def onnxruntime_times(sessions: list[onnxruntime.InferenceSession]) -> dict[str, float]:
+    """Kernel time (ms) per operator type of profiled sessions, ended here (their profile files are read)."""
+    times: Counter[str] = Counter()
+    for session in sessions:
+        for event in json.loads(Path(session.end_profiling()).read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                times[event["args"]["op_name"]] += event["dur"] / 1000
+    return dict(times)
+
+
+def torch_times(runner: Runner, stacked: np.ndarray, batch: int) -> dict[str, float]:
+    """Self CPU time (ms) per aten operator of one pass over ``stacked`` in batches."""
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for first in range(0, len(stacked), batch):
+            runner(stacked[first : first + batch])
+    return {event.key: event.self_cpu_time_total / 1000 for event in profiler.key_averages()}
+
+
+def profile_onnxruntime(
+    graphs: dict[str, bytes | tuple[bytes, bytes]],
+    views: dict[str, int],
+    policy: AdaptivePolicy | None,
+    stacked: np.ndarray,
+    batch: int,
+    threads: int,
+) -> dict[str, dict[str, float]]:
+    """Operator times of each view mode of one backend: a graph (fixed views) or a (global, tiles) pair (adaptive)."""
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="roadwork-profile-") as tmp:
+        for name, graph in graphs.items():
+            prefix = str(Path(tmp) / name)
+            if isinstance(graph, tuple):
+                pair = AdaptiveSessions(*graph, threads, profile_prefix=prefix)
+                sessions = [pair.global_session, pair.tiles_session]
+                runner = _adaptive_runner(pair, policy)
+            else:
+                sessions = [cpu_session(graph, threads, profile_prefix=prefix)]
+                runner = _session_runner(sessions[0], views[name])
+            for first in range(0, len(stacked), batch):
+                runner(stacked[first : first + batch])
+            results[name] = onnxruntime_times(sessions)
+    return results
 
 
 def _session_runner(session: onnxruntime.InferenceSession, views: int) -> Runner:
     return lambda images: (session.run(None, {INPUT_NAME: images})[0], np.full(len(images), views))
+
+
+def _adaptive_runner(sessions: AdaptiveSessions, policy: AdaptivePolicy) -> Runner:
+    return lambda images: sessions.predict(images, policy)
 
 
 def _single_view(model: RoadworkClassifier) -> RoadworkClassifier:
@@ -295,6 +371,23 @@ def _single_view(model: RoadworkClassifier) -> RoadworkClassifier:
     return single
 
 
+def random_vit(hidden: int, heads: int) -> RoadworkClassifier:
+    """A randomly initialised 12-layer DINOv2-shaped ViT/14 classifier at 224 px views (ViT-S: 384/6, ViT-B: 768/12)."""
+    config = Dinov2Config(
+        hidden_size=hidden,
+        num_hidden_layers=12,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        patch_size=14,
+        image_size=224,
+    )
+    torch.manual_seed(0)
+    return RoadworkClassifier(
+        AutoModel.from_config(config, attn_implementation="sdpa"),
+        ClassifierConfig(multiview=MultiViewConfig(view_size=224)),
+    ).eval()
+
+
 def cuda_runners(images: list[np.ndarray]) -> tuple[dict[tuple[str, str], Runner], str]:
     """A ViT-B-sized classifier (random init, 224 px views) in PyTorch FP16 on CUDA and as a TensorRT FP16 engine.
 
@@ -302,19 +395,7 @@ def cuda_runners(images: list[np.ndarray]) -> tuple[dict[tuple[str, str], Runner
     """
     if not torch.cuda.is_available():
         return {}, "skipped: no CUDA device"
-    config = Dinov2Config(
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        patch_size=14,
-        image_size=224,
-    )
-    torch.manual_seed(0)
-    model = RoadworkClassifier(
-        AutoModel.from_config(config, attn_implementation="sdpa"),
-        ClassifierConfig(multiview=MultiViewConfig(view_size=224)),
-    ).eval()
+    model = random_vit(hidden=768, heads=12)
     classifiers = {"single-view": _single_view(model), f"{model.config.multiview.views_per_image}-view": model}
     runners: dict[tuple[str, str], Runner] = {}
     reason = tensorrt_unavailable()
@@ -353,8 +434,41 @@ def cuda_runners(images: list[np.ndarray]) -> tuple[dict[tuple[str, str], Runner
     return runners, f"PyTorch FP16 (autocast) ran on {torch.cuda.get_device_name()}; {status}"
 
 
+def vit_s_runners(images: list[np.ndarray], threads: int) -> tuple[dict[Key, Runner], dict[Key, dict[str, float]], str]:
+    """A random-init ViT-S/14 at 224 px (DINOv2-S shape), fixed 10-view: eager, ONNX Runtime fp32 and static int8.
+
+    Returns the runners, the operator times of the ONNX Runtime graphs (one pass over ``images``), and what ran.
+    """
+    model = random_vit(hidden=384, heads=6)
+    parity = [torch.from_numpy(image) for image in images[:2]]
+    exported = export_onnx(
+        model, UNCALIBRATED, 0.5, parity, ExportConfig(parity_images=2, tensorrt=TensorRTConfig(enabled=False))
+    )
+    int8 = export_int8(exported, images[:8], Int8Config())
+    fixed = f"{model.config.multiview.views_per_image}-view"
+    graphs = {"onnxruntime ViT-S/14": exported.onnx_bytes, "onnxruntime-int8 ViT-S/14": int8.onnx_bytes}
+    eager = ServingGraph(model, UNCALIBRATED).eval()
+    runners: dict[Key, Runner] = {
+        ("eager ViT-S/14", fixed): lambda batch: (eager(torch.from_numpy(batch)).numpy(), np.full(len(batch), 10))
+    }
+    times = {}
+    for backend, graph in graphs.items():
+        runners[backend, fixed] = _session_runner(cpu_session(graph, threads), 10)
+        times[backend, fixed] = profile_onnxruntime({fixed: graph}, {fixed: 10}, None, np.stack(images), 2, threads)[
+            fixed
+        ]
+    return runners, times, f"ran: random-init ViT-S/14, 224 px views, {len(images)} images, int8 calibrated on 8"
+
+
 def run(
-    n_images: int, requests: int, batch: int, threads: int, compile_models: bool, rounds: int = 3, seed: int = 0
+    n_images: int,
+    requests: int,
+    batch: int,
+    threads: int,
+    compile_models: bool,
+    rounds: int = 3,
+    seed: int = 0,
+    vit_s: bool = False,
 ) -> BenchmarkResult:
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -368,34 +482,43 @@ def run(
     single = _single_view(model)
     parity_images = [torch.from_numpy(image) for image in select[:4]]
     export_config = ExportConfig(parity_images=4, tensorrt=TensorRTConfig(enabled=False))
-    fixed_onnx = export_onnx(model, UNCALIBRATED, 0.5, parity_images, export_config)
+    exported = export_onnx(model, UNCALIBRATED, 0.5, parity_images, export_config)
     single_onnx = export_onnx(single, UNCALIBRATED, 0.5, parity_images, export_config)
     plain_onnx = export_onnx(
         model, UNCALIBRATED, 0.5, parity_images, export_config.model_copy(update={"fuse_for_onnxruntime": False})
     )
-    fixed_session, plain_session = (
-        cpu_session(fixed_onnx.onnx_bytes, threads),
-        cpu_session(plain_onnx.onnx_bytes, threads),
-    )
-    int8_session = cpu_session(quantize_int8(plain_onnx.onnx_bytes), threads)
-    adaptive = export_adaptive(model, UNCALIBRATED, parity_images, select, y_select, export_config)
-    policy = adaptive.metadata.policy
-    sessions = adaptive.sessions(threads)
-    test_global, test_full = score_both(sessions, test, desc="adaptive val_test")
-    test_outcome = evaluate_adaptive(test_global, test_full, y_test, policy)
+    exported.adaptive = export_adaptive(model, UNCALIBRATED, parity_images, select, y_select, export_config)
+    exported.int8 = export_int8(exported, train[: export_config.int8.calibration_images], export_config.int8)
+    policy = exported.adaptive.metadata.policy
+    test_outcome, _, test_scores = measure_serving(exported, test, y_test, threads)
+    select_scores, _ = score_serving_paths(exported, select, threads, desc="int8 guard")
+    pooled = {path: np.concatenate([test_scores[path], select_scores[path]]) for path in test_scores}
+    guard_labels = np.concatenate([y_test, y_select])
+    checks = int8_guard_checks("val_test+val_select", pooled, guard_labels, export_config.int8.max_mcc_drop)
+    decision, reason = guard_decision(checks)
+    served = "onnxruntime-int8" if decision == "int8" else "onnxruntime"
+    int8 = exported.int8
 
     full_views = model.config.multiview.views_per_image
     fixed = f"{full_views}-view"
-    backends: dict[str, dict[str, Runner]] = {
-        "eager": torch_runners(model, single, policy, lambda module: module),
+    graphs = {
         "onnxruntime": {
-            "single-view": _session_runner(cpu_session(single_onnx.onnx_bytes, threads), 1),
-            fixed: _session_runner(fixed_session, full_views),
-            "adaptive": lambda x: sessions.predict(x, policy),
+            "single-view": single_onnx.onnx_bytes,
+            fixed: exported.onnx_bytes,
+            "adaptive": (exported.adaptive.global_onnx, exported.adaptive.tiles_onnx),
         },
-        "onnxruntime-plain": {fixed: _session_runner(plain_session, full_views)},
-        "onnxruntime-int8": {fixed: _session_runner(int8_session, full_views)},
+        "onnxruntime-int8": {fixed: int8.onnx_bytes, "adaptive": (int8.global_onnx, int8.tiles_onnx)},
+        "onnxruntime-plain": {fixed: plain_onnx.onnx_bytes},
     }
+    view_counts = {"single-view": 1, fixed: full_views, "adaptive": full_views}
+    backends: dict[str, dict[str, Runner]] = {"eager": torch_runners(model, single, policy, lambda module: module)}
+    for backend, by_views in graphs.items():
+        backends[backend] = {
+            views: _adaptive_runner(AdaptiveSessions(*graph, threads), policy)
+            if isinstance(graph, tuple)
+            else _session_runner(cpu_session(graph, threads), view_counts[views])
+            for views, graph in by_views.items()
+        }
     if compile_models:
         backends["torch.compile"] = torch_runners(
             model, single, policy, lambda module: torch.compile(module, dynamic=True)
@@ -403,15 +526,25 @@ def run(
     runners = {(backend, views): runner for backend, by_views in backends.items() for views, runner in by_views.items()}
     cuda, cuda_status = cuda_runners(test)
     runners |= cuda
+    vit_s_status, vit_s_times = "skipped: pass --vit-s", {}
+    if vit_s:
+        vit_s_map, vit_s_times, vit_s_status = vit_s_runners(test[:8], threads)
+        runners |= vit_s_map
     with torch.inference_mode():
         measurements = measure_all(runners, test, requests, batch, rounds)
-    ratios, verdicts = _ratios(measurements, full_views)
+    stacked = np.stack(test)
+    times = {("eager", views): torch_times(backends["eager"][views], stacked, batch) for views in backends["eager"]}
+    for backend, by_views in graphs.items():
+        for views, ms in profile_onnxruntime(by_views, view_counts, policy, stacked, batch, threads).items():
+            times[backend, views] = ms
+    times |= vit_s_times
+    ratios, verdicts = _ratios(measurements, full_views, served, checks)
     return BenchmarkResult(
         threads=threads,
         n_images={
-            "train (linear probe)": len(train),
-            "val_select (adaptive fit)": len(select),
-            "val_test (timed)": len(test),
+            "train (linear probe, int8 calibration)": len(train),
+            "val_select (adaptive fit, int8 guard)": len(select),
+            "val_test (timed, int8 guard)": len(test),
         },
         batch=batch,
         requests=requests,
@@ -422,31 +555,47 @@ def run(
         ),
         adaptive_policy=policy,
         adaptive_val_test=test_outcome,
-        onnxruntime_fusions=fixed_onnx.metadata.onnxruntime_fusions,
-        int8_val_test=compare_int8(plain_session, int8_session, test, y_test),
+        onnxruntime_fusions=exported.metadata.onnxruntime_fusions,
+        int8_quantization=exported.int8.metadata.quantization,
+        int8_cpu_flags=exported.int8.metadata.cpu_flags,
+        int8_guard=checks,
+        served=served,
+        served_reason=reason,
         cuda=cuda_status,
+        vit_s=vit_s_status,
         measurements=measurements,
+        operators=[operator_shares(key, ms) for key, ms in times.items()],
         ratios=ratios,
         verdicts=verdicts,
     )
 
 
-def _ratios(measurements: list[Measurement], full_views: int) -> tuple[dict[str, float | None], list[str]]:
+def _ratios(
+    measurements: list[Measurement], full_views: int, served: str, checks: list[PrecisionCheck]
+) -> tuple[dict[str, float | None], list[str]]:
     speed = {(m.backend, m.views): m.images_per_s for m in measurements}
 
-    def ratio(a: tuple[str, str], b: tuple[str, str]) -> float | None:
+    def ratio(a: Key, b: Key) -> float | None:
         return speed[a] / speed[b] if speed.get(a) and speed.get(b) else None
 
     fixed = f"{full_views}-view"
     ratios = {
+        f"served ({served}) / eager ({fixed})": ratio((served, fixed), ("eager", fixed)),
         f"onnxruntime / eager ({fixed})": ratio(("onnxruntime", fixed), ("eager", fixed)),
-        f"onnxruntime-plain / eager ({fixed})": ratio(("onnxruntime-plain", fixed), ("eager", fixed)),
-        f"onnxruntime / onnxruntime-plain ({fixed})": ratio(("onnxruntime", fixed), ("onnxruntime-plain", fixed)),
         f"onnxruntime-int8 / eager ({fixed})": ratio(("onnxruntime-int8", fixed), ("eager", fixed)),
-        f"onnxruntime-int8 / onnxruntime-plain ({fixed})": ratio(
-            ("onnxruntime-int8", fixed), ("onnxruntime-plain", fixed)
-        ),
+        f"onnxruntime-int8 / onnxruntime ({fixed})": ratio(("onnxruntime-int8", fixed), ("onnxruntime", fixed)),
+        f"onnxruntime / onnxruntime-plain ({fixed})": ratio(("onnxruntime", fixed), ("onnxruntime-plain", fixed)),
+        f"served adaptive / eager ({fixed})": ratio((served, "adaptive"), ("eager", fixed)),
         f"tensorrt / cuda fp16 ViT-B ({fixed})": ratio(("tensorrt fp16 ViT-B", fixed), ("cuda fp16 ViT-B", fixed)),
+        f"onnxruntime ViT-S/14 / eager ViT-S/14 ({fixed})": ratio(
+            ("onnxruntime ViT-S/14", fixed), ("eager ViT-S/14", fixed)
+        ),
+        f"onnxruntime-int8 ViT-S/14 / eager ViT-S/14 ({fixed})": ratio(
+            ("onnxruntime-int8 ViT-S/14", fixed), ("eager ViT-S/14", fixed)
+        ),
+        f"onnxruntime-int8 ViT-S/14 / onnxruntime ViT-S/14 ({fixed})": ratio(
+            ("onnxruntime-int8 ViT-S/14", fixed), ("onnxruntime ViT-S/14", fixed)
+        ),
     }
     for backend in sorted({m.backend for m in measurements}):
         for views in ("adaptive", "single-view"):
@@ -455,8 +604,8 @@ def _ratios(measurements: list[Measurement], full_views: int) -> tuple[dict[str,
     ratios[f"torch.compile / eager ({fixed})"] = ratio(("torch.compile", fixed), ("eager", fixed))
     verdicts = []
     for name, target in [
-        (f"onnxruntime / eager ({fixed})", ONNX_TARGET),
-        (f"adaptive / {fixed} (onnxruntime)", ADAPTIVE_SPEEDUP_TARGET),
+        (f"served ({served}) / eager ({fixed})", ONNX_TARGET),
+        (f"adaptive / {fixed} ({served})", ADAPTIVE_SPEEDUP_TARGET),
         (f"adaptive / {fixed} (eager)", ADAPTIVE_SPEEDUP_TARGET),
     ]:
         value = ratios.get(name)
@@ -469,6 +618,11 @@ def _ratios(measurements: list[Measurement], full_views: int) -> tuple[dict[str,
             verdicts.append(
                 f"{name}: {value:.2f}x, target {target}x MISSED by {target - value:.2f}x ({percent_short:.0f}% short)"
             )
+    verdicts += [
+        f"int8 MCC drop on {check.dataset} ({check.path}): {check.mcc_drop:+.4f}, budget {check.max_mcc_drop}: "
+        f"{'met' if check.passed else 'MISSED'}"
+        for check in checks
+    ]
     return ratios, verdicts
 
 
@@ -496,18 +650,26 @@ def print_table(result: BenchmarkResult) -> None:
             f"{_format(m.views_per_image, '10.2f')}{_format(m.warmup_s, '10.1f')}"
         )
     print(
-        f"onnxruntime (the bundle's graphs) fusions: {result.onnxruntime_fusions or 'none'}; CUDA branch: {result.cuda}"
+        f"onnxruntime (the bundle's graphs) fusions: {result.onnxruntime_fusions or 'none'}; "
+        f"CUDA branch: {result.cuda}; ViT-S/14 branch: {result.vit_s}"
     )
-    int8 = result.int8_val_test
-    print(
-        f"onnxruntime-int8 on val_test ({int8.n_images} images): |P(int8) - P(plain fp32)| "
-        f"max {int8.max_abs_diff:.4f}, mean {int8.mean_abs_diff:.4f}; "
-        f"{int8.decisions_changed} decisions changed at 0.5; "
-        f"MCC {int8.mcc_fp32:.3f} (fp32) -> {int8.mcc_int8:.3f} (int8)"
-    )
+    print(f"onnxruntime-int8: {result.int8_quantization}; CPU int8 instructions: {' '.join(result.int8_cpu_flags)}")
+    for check in result.int8_guard:
+        print(
+            f"  guard on {check.dataset} ({check.n_images} images), {check.path}: MCC {check.mcc_fp32:.3f} fp32 -> "
+            f"{check.mcc_int8:.3f} int8 (drop {check.mcc_drop:+.4f}), {check.decisions_changed} decisions changed, "
+            f"|dP| max {check.max_abs_diff:.4f}, mean {check.mean_abs_diff:.4f}"
+        )
+    print(f"  served: {result.served} ({result.served_reason})")
+    print("operator time by kind (one profiled pass; other: its largest operators)")
+    print(f"{'backend':<26}{'views':<10}{'ms':>8}" + "".join(f"{kind:>13}" for kind in KINDS))
+    for shares in result.operators:
+        cells = "".join(f"{shares.shares[kind]:>13.1%}" for kind in KINDS)
+        other = ", ".join(f"{op} {share:.1%}" for op, share in shares.top_other)
+        print(f"{shares.backend:<26}{shares.views:<10}{shares.total_ms:>8.0f}{cells}   ({other})")
     print("ratios (images/s):")
     for name, value in result.ratios.items():
-        print(f"  {name:<46} {_format(value, '.2f')}x")
+        print(f"  {name:<60} {_format(value, '.2f')}x")
     policy, outcome = result.adaptive_policy, result.adaptive_val_test
     fitted = policy.fitted_on
     print(
@@ -544,13 +706,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-compile", action="store_true", help="skip torch.compile (its compilation takes minutes on a small CPU)"
     )
+    parser.add_argument(
+        "--vit-s",
+        action="store_true",
+        help="also time a random-init ViT-S/14 at 224 px, fixed 10-view (eager, ONNX Runtime fp32 and int8)",
+    )
     args = parser.parse_args(argv)
     configure_logging(logging.INFO if not args.json else logging.WARNING)
     logging.getLogger("torch").setLevel(logging.WARNING)
 
     return run_benchmark(
         "benchmarks.inference",
-        lambda: run(args.images, args.requests, args.batch, args.threads, not args.no_compile, args.rounds),
+        lambda: run(
+            args.images, args.requests, args.batch, args.threads, not args.no_compile, args.rounds, vit_s=args.vit_s
+        ),
         print_table,
         args.json,
     )

@@ -49,6 +49,7 @@ class PredictReport(BaseModel):
 
     model: str
     mode: str
+    precision: str  # fp32 or int8: the graphs served (the bundle's int8 guard decides)
     predictions: list[Prediction]
     failures: list[Failure]
     skipped: list[Skipped]
@@ -223,6 +224,7 @@ def _predict(args: argparse.Namespace, stdout: TextIO) -> int:
     report = PredictReport(
         model=predictor.origin,
         mode=predictor.mode,
+        precision=predictor.precision,
         predictions=predictions,
         failures=failures,
         skipped=inputs.skipped,
@@ -244,7 +246,7 @@ def _predict(args: argparse.Namespace, stdout: TextIO) -> int:
         total = len(predictions) + len(failures) + len(inputs.skipped)
         summary = (
             f"{total} inputs: {len(predictions)} scored, {len(failures)} failed, {len(inputs.skipped)} skipped; "
-            f"model {predictor.origin} ({predictor.mode})"
+            f"model {predictor.origin} ({predictor.mode}, {predictor.precision})"
         )
         print(summary + (f", {views:.2f} views/image" if views is not None else ""), file=sys.stderr)
     return EXIT_FINDING if failures or not predictions else EXIT_OK

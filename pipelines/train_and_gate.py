@@ -12,7 +12,13 @@ from typing import Any
 
 from zenml.config import CachePolicy
 
-from stage1_core.evaluation.ablation import AblationTable, recipe_name, slug
+from stage1_core.evaluation.ablation import (
+    AblationTable,
+    distillation_ablation,
+    distillation_recipe,
+    recipe_name,
+    slug,
+)
 from stage1_core.run.code_version import library_fingerprint
 from stage1_core.run.config import RunConfig
 from steps.adapt_backbone import adapt_backbone
@@ -77,6 +83,14 @@ def train_and_gate(raw_manifest: Any, config: RunConfig, backbone_fingerprint: s
         )
         table = train_ablation(
             split_manifest, adapted_backbone, doran, table, recipe_name(config.explora_enabled, "doran")
+        )
+    ablated = distillation_ablation(config.train, config.classifier.multiview, config.ablation.distillation)
+    if ablated is not None:
+        name = distillation_recipe(
+            recipe_name(config.explora_enabled, config.train.adapter.method), ablated.distillation
+        )
+        table = train_ablation(
+            split_manifest, adapted_backbone, config.model_copy(update={"train": ablated}), table, name
         )
     evaluation_report = evaluate_model(split_manifest, trained_classifier, policy, config.evaluation, table)
     exported_model = export_model(split_manifest, trained_classifier, policy, config.export)

@@ -419,7 +419,7 @@ def test_broken_adaptive_graphs_serve_in_full_mode_with_a_warning(
     assert predict_cli.main([str(image), "--model", str(broken)]) == 0
     out, err = capsys.readouterr()
     assert f"{broken}/{name}" in caplog.text and "full mode" in caplog.text
-    assert "views=10" in out and "(fixed 10-view)" in err
+    assert "views=10" in out and "(fixed 10-view, fp32)" in err
 
 
 def test_every_input_is_reported_scored_failed_or_skipped_and_the_counts_add_up(tmp_path, capsys) -> None:

@@ -20,6 +20,7 @@ import stage1_core
 from pipelines.full_run import full_run
 from pipelines.launch import check_zenml_options
 from pipelines.retrain import retrain_pipeline
+from stage1_core.evaluation.ablation import distillation_ablation
 from stage1_core.run.config import RunConfig
 from stage1_core.run.settings import ConfigError, load_run_config
 from tests.commands import run_module
@@ -143,3 +144,14 @@ def test_gpu_and_cluster_runs_share_the_published_recipe() -> None:
     assert (gpu.explora.lora_rank, gpu.explora.head_out_dim, gpu.explora.n_local_crops) == (64, 65536, 8)
     assert gpu.explora.max_steps >= 100 * demo.explora.max_steps, "no demo budget in a real run"
     assert gpu.classifier.multiview.view_size == 224 and gpu.classifier.multiview.canvas_size == 604
+
+
+def test_shipped_configs_train_without_distillation_and_only_the_full_study_trains_it_as_an_ablation() -> None:
+    """Distillation cost MCC and skip rate on the demo data: no shipped config turns it on for the model it ships."""
+    studied = {}
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        config = load_run_config(path).config
+        assert config.train.distillation.weight == 0.0, path.name
+        ablated = distillation_ablation(config.train, config.classifier.multiview, config.ablation.distillation)
+        studied[path.name] = ablated is not None and ablated.distillation.weight > 0
+    assert {name for name, ablated in studied.items() if ablated} == {"default.yaml"}

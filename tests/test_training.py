@@ -1,4 +1,5 @@
-"""Training: adapters and attention aggregator end to end, K chosen on val_select, EMA weights, hardware settings."""
+"""Training: adapters and attention aggregator end to end, K chosen on val_select, EMA weights, hardware settings,
+global-view distillation (off in the main recipe, and the ablation row with it)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,30 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from stage1_core.data.images import ManifestImageDataset, canvas_transform
 from stage1_core.data.splits import Consumer, LeakageError, SplitConfig, assign_splits, take_split
+from stage1_core.evaluation.ablation import (
+    AblationTable,
+    distillation_ablation,
+    distillation_recipe,
+    score_inference_modes,
+)
+from stage1_core.evaluation.calibration import CalibrationConfig, fit_calibration_policy
+from stage1_core.evaluation.report import EvaluationConfig
 from stage1_core.modeling.adapters import AdapterConfig, has_adapters
 from stage1_core.modeling.backbone import load_backbone
+from stage1_core.modeling.inference import predict_global_and_full_logits
 from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier, choose_top_k
 from stage1_core.modeling.training import (
     ClassifierModule,
+    DistillationConfig,
     EmaConfig,
     TrainConfig,
+    distillation_weight,
     ema_callback,
+    global_view_distillation,
     train_classifier,
     trainer_hardware,
 )
+from stage1_core.serving.adaptive import AdaptiveConfig
 
 FRACTIONS = {"train": 0.5, "val_select": 0.3, "val_calib": 0.1, "val_test": 0.1}
 
@@ -95,6 +109,62 @@ def test_bad_training_setups_fail_before_training(splits) -> None:
         train_classifier(_model("attention"), train, val_select, _config(train_views="global"))
     with pytest.raises(LeakageError, match=r"val_select holds rows of splits \['train'\]"):
         train_classifier(_model(), train, train, _config())
+
+
+def test_the_aggregate_teaches_the_global_view_and_never_the_reverse() -> None:
+    global_logits = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    aggregate_logits = torch.tensor([2.0, -3.0, 2.0], requires_grad=True)
+    global_view_distillation(global_logits, aggregate_logits, torch.tensor([1.0, 0.0, 1.0])).backward()
+    assert aggregate_logits.grad is None, "the teacher is detached: the aggregate is not pulled towards the global view"
+    expected = (torch.sigmoid(global_logits) - torch.sigmoid(aggregate_logits)).detach() / 3
+    assert torch.allclose(global_logits.grad, expected), "each global logit moves towards its aggregate, 0 when equal"
+    multiview = _model().config.multiview
+    off, on = DistillationConfig(), DistillationConfig(weight=1.0)
+    assert distillation_weight(multiview, TrainConfig(train_views="multi")) == off.weight == 0.0, "off by default"
+    assert distillation_weight(multiview, TrainConfig(train_views="multi", distillation=on)) == 1.0
+    assert distillation_weight(multiview, TrainConfig(train_views="global", distillation=on)) == 0.0, (
+        "no other views to learn from"
+    )
+    assert distillation_ablation(TrainConfig(train_views="global"), multiview, on) is None, "would train the same model"
+    assert distillation_ablation(TrainConfig(train_views="multi"), multiview, off) is None
+    assert distillation_ablation(TrainConfig(train_views="multi"), multiview, on).distillation == on
+    assert distillation_ablation(TrainConfig(train_views="multi", distillation=on), multiview, off).distillation == off
+    assert distillation_recipe("ExPLoRA + linear head", on) == "ExPLoRA + linear head, with distillation (weight 1)"
+    assert distillation_recipe("main", off) == "main, no distillation"
+    by_label = DistillationConfig(weight=1.0, teacher="label")
+    assert distillation_recipe("main", by_label) == "main, global view taught by the label (weight 1)"
+
+
+@pytest.mark.slow
+def test_distilled_global_view_follows_the_aggregate_and_the_ablation_table_shows_both_recipes(splits) -> None:
+    train, val_select = splits
+    gaps, rows = {}, []
+    for weight in (0.0, 5.0):
+        L.seed_everything(0)
+        config = _config(
+            max_epochs=2,
+            batch_size=8,
+            head_lr=0.01,
+            train_views="multi",
+            top_k_candidates=[],
+            distillation=DistillationConfig(weight=weight),
+        )
+        trained, summary = train_classifier(_model(), train, val_select, config)
+        assert summary.distillation_weight == weight
+        global_logits, full_logits = predict_global_and_full_logits(trained, val_select)
+        gaps[weight] = float(np.abs(global_logits - full_logits).mean())
+        policy = fit_calibration_policy(full_logits, val_select["label"].to_numpy(), CalibrationConfig())
+        name = distillation_recipe("main", config.distillation) if weight else "main"
+        rows += score_inference_modes(
+            name, trained, policy, val_select, val_select, EvaluationConfig(n_bootstrap=20), AdaptiveConfig()
+        )
+    assert gaps[5.0] < 0.7 * gaps[0.0], gaps  # measured: 0.31 against 0.59
+    table = AblationTable(n_images=len(val_select)).with_rows(rows)
+    assert "main, with distillation (weight 5)" in table.html() and table.html().count("<tr>") == 7
+    assert {
+        "ablation_main_adaptive_views_per_image",
+        "ablation_main_with_distillation_weight_5_adaptive_views_per_image",
+    } <= set(table.flat_metrics())
 
 
 class _RecordHead(Callback):

@@ -243,6 +243,13 @@ def decision_metrics_from_counts(
     }
 
 
+def decision_mcc(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """MCC of boolean decisions against 0/1 labels (NaN or 0 as in :func:`decision_metrics_from_counts`)."""
+    predicted, positive = np.asarray(predicted, dtype=bool), np.asarray(labels) == 1
+    counts = (predicted & positive, predicted & ~positive, ~predicted & positive, ~predicted & ~positive)
+    return float(decision_metrics_from_counts(*(count.sum() for count in counts))["mcc"])
+
+
 def bootstrap_indices(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
     """The ``n_bootstrap x n`` matrix of resampled row indices (with replacement) used by every bootstrap here.
 

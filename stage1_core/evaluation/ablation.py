@@ -6,7 +6,8 @@ when the global view is unsure; the bounds fitted on val_select, as the exported
 global view's logit goes through the model's calibration policy like the aggregated one, exactly as
 adaptive serving does. Training ablations change one thing against the main recipe and are
 trained and calibrated exactly like it: without ExPLoRA (the same initial backbone, not adapted),
-and with a DoRAN adapter instead of the configured one.
+with a DoRAN adapter instead of the configured one, and with the global-view distillation the main recipe
+leaves off (its effect shows in the adaptive row: the views per image spent at the same MCC budget).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from stage1_core.common.reports import Report, metric_cell
 from stage1_core.data.splits import bootstrap_groups
 from stage1_core.evaluation.calibration import CalibrationPolicy
 from stage1_core.modeling.inference import predict_global_and_full_logits
-from stage1_core.modeling.model import RoadworkClassifier
+from stage1_core.modeling.model import MultiViewConfig, RoadworkClassifier
+from stage1_core.modeling.training import DistillationConfig, TrainConfig, distillation_weight
 from stage1_core.serving.adaptive import AdaptiveConfig, evaluate_adaptive, fit_adaptive_policy, skip_tiles
 
 InferenceMode = Literal["global view", "multi-view", "adaptive"]
@@ -43,6 +45,12 @@ class AblationConfig(StrictConfig):
     doran_head: bool = Field(
         True,
         description="train with a DoRAN adapter instead of the configured one (skipped when that is DoRAN already)",
+    )
+    distillation: DistillationConfig | None = Field(
+        DistillationConfig(weight=1.0),
+        description="train the main recipe with this global-view loss instead of the configured one (the default: "
+        "distillation from the aggregate at weight 1, which the main recipe leaves off); skipped where it would "
+        "train the same model (a global-view-only training); None: no such ablation",
     )
 
 
@@ -100,6 +108,26 @@ def recipe_name(explora: bool, adapter: str) -> str:
     """How a training recipe reads in the table, e.g. ``ExPLoRA + linear head``."""
     head = {"none": "linear head", "dora": "DoRA adapter", "doran": "DoRAN adapter"}[adapter]
     return f"{'ExPLoRA' if explora else 'no ExPLoRA'} + {head}"
+
+
+def distillation_ablation(
+    config: TrainConfig, multiview: MultiViewConfig, alternative: DistillationConfig | None
+) -> TrainConfig | None:
+    """The main training with the ablation's global-view loss, or None where that would train the same model."""
+    if alternative is None or alternative == config.distillation:
+        return None
+    ablated = config.model_copy(update={"distillation": alternative})
+    return None if distillation_weight(multiview, ablated) == distillation_weight(multiview, config) == 0 else ablated
+
+
+def distillation_recipe(recipe: str, distillation: DistillationConfig) -> str:
+    """How the distillation ablation reads, e.g. ``ExPLoRA + linear head, with distillation (weight 1)``."""
+    if distillation.weight == 0:
+        return f"{recipe}, no distillation"
+    temperature = f", T {distillation.temperature:g}" if distillation.temperature != 1 else ""
+    if distillation.teacher == "aggregate":
+        return f"{recipe}, with distillation (weight {distillation.weight:g}{temperature})"
+    return f"{recipe}, global view taught by the label (weight {distillation.weight:g})"
 
 
 def slug(text: str) -> str:

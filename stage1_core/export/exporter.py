@@ -4,8 +4,10 @@ The exported graph goes from a uint8 RGB image tensor of any size to P(roadwork)
 canvas, normalisation, multi-view crops, backbone, head, top-K aggregation and calibration are all
 inside, so a server needs nothing but ONNX Runtime (``serving.py``). Beside it go the two graphs of
 adaptive multi-view (global view; tiles), whose margin bounds are fitted on val_select and whose MCC
-and speed are measured on val_test, and, where ``tensorrt`` and a CUDA device are present, an FP16
-TensorRT engine of the fixed graph. Every runtime is checked against PyTorch on real images.
+and speed are measured on val_test, their static int8 versions (``quantization.py``: calibrated on val_calib,
+served only if the guard finds them within the MCC budget on val_test), and, where ``tensorrt`` and a CUDA
+device are present, an FP16 TensorRT engine of the fixed graph. Every runtime is checked against PyTorch on
+real images.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ from stage1_core.common.config import StrictConfig
 from stage1_core.common.logit_map import LogitMap
 from stage1_core.data.images import load_rgb
 from stage1_core.data.splits import bootstrap_groups
+from stage1_core.export.quantization import (
+    Int8Config,
+    guard_decision,
+    int8_cpu_flags,
+    precision_check,
+    quantize_graph,
+)
 from stage1_core.modeling.model import RoadworkClassifier, make_tiles, resize_to_canvas
 from stage1_core.serving.adaptive import AdaptiveConfig, AdaptiveOutcome, evaluate_adaptive, fit_adaptive_policy
 from stage1_core.serving.bundle import (
@@ -44,7 +53,10 @@ from stage1_core.serving.bundle import (
     AdaptiveSessions,
     ExportedModel,
     ExportMetadata,
+    Int8Export,
+    Int8Metadata,
     ParityReport,
+    PrecisionCheck,
     ServingSpeed,
     cpu_session,
 )
@@ -90,6 +102,7 @@ class ExportConfig(StrictConfig):
         None, ge=1, description="ONNX Runtime intra-op threads of the val_test speed measurement (None: its default)"
     )
     adaptive: AdaptiveConfig = AdaptiveConfig()
+    int8: Int8Config = Int8Config()
     tensorrt: TensorRTConfig = TensorRTConfig()
 
 
@@ -113,8 +126,13 @@ class CalibrationLayer(torch.nn.Module):
 
 
 def image_to_canvas(image: torch.Tensor, canvas_size: int) -> torch.Tensor:
-    """uint8 ``[B, 3, H, W]`` -> float canvas ``[B, 3, S, S]`` in [0, 1]: the serving graphs' preprocessing."""
-    return resize_to_canvas(image.float() / 255.0, canvas_size)
+    """uint8 ``[B, 3, H, W]`` -> float canvas ``[B, 3, S, S]`` in [0, 1]: the serving graphs' preprocessing.
+
+    The pixel values are resized first and scaled to [0, 1] after (the resize is linear: the same canvas up to
+    float rounding), so the division runs on the canvas, not on the photo: 3.4x fewer pixels at 640x480, where
+    dividing the photo took 13-20% of the global-view graph's time in ONNX Runtime (``benchmarks.inference``).
+    """
+    return resize_to_canvas(image.float(), canvas_size, maximum=255.0) / 255.0
 
 
 class ServingGraph(torch.nn.Module):
@@ -579,45 +597,111 @@ def export_adaptive(
     return AdaptiveExport(global_onnx, tiles_onnx, metadata)
 
 
-def measure_adaptive(
-    exported: ExportedModel, images: Iterable[np.ndarray], labels: np.ndarray, threads: int | None = None
-) -> tuple[AdaptiveOutcome, ServingSpeed]:
-    """Run the bundle's fixed, global-only and adaptive paths on a labelled set (val_test), one image per call.
+def export_int8(exported: ExportedModel, calibration_images: list[np.ndarray], config: Int8Config) -> Int8Export:
+    """Static int8 versions of the bundle's fixed graph and adaptive pair, calibrated on uint8 ``[3, H, W]`` images.
 
-    Returns the MCC of each path at the decision threshold (and the views per image), and their
-    images/s in ONNX Runtime: the three are timed image by image in turn, so load from other
-    processes hits them alike.
+    The tiles graph is calibrated on the canvases and global-view features the fp32 global graph gives for the
+    same images. The guard has not run yet: the bundle serves fp32 until ``measure_serving`` checked them.
+
+    Raises:
+        ValueError: no calibration image.
+    """
+    if not calibration_images:
+        raise ValueError("int8 export needs calibration images (val_calib): none given")
+    image_feeds = [{INPUT_NAME: image[None]} for image in calibration_images]
+    fixed, n_fixed = quantize_graph(exported.onnx_bytes, image_feeds, config)
+    quantized = {"fixed": n_fixed}
+    global_int8 = tiles_int8 = None
+    if exported.adaptive is not None:
+        global_int8, quantized["global"] = quantize_graph(exported.adaptive.global_onnx, image_feeds, config)
+        sessions = exported.adaptive.sessions()
+        global_passes = (sessions.global_pass(feed[INPUT_NAME]) for feed in image_feeds)
+        tiles_feeds = ({"canvas": canvas, "global_features": features} for features, _, canvas in global_passes)
+        tiles_int8, quantized["tiles"] = quantize_graph(exported.adaptive.tiles_onnx, tiles_feeds, config)
+    metadata = Int8Metadata(
+        quantization=(
+            f"static QDQ: {'/'.join(config.op_types)} of the backbone, uint8 activations "
+            "(MinMax ranges), int8 per-channel weights, fp32 outputs"
+        ),
+        quantized_nodes=quantized,
+        calibration_images=len(calibration_images),
+        cpu_flags=int8_cpu_flags(),
+        onnxruntime_version=onnxruntime.__version__,
+    )
+    return Int8Export(fixed, metadata, global_int8, tiles_int8)
+
+
+def score_serving_paths(
+    exported: ExportedModel, images: Iterable[np.ndarray], threads: int | None = None, desc: str = "serving paths"
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """P(roadwork) per image of every serving path of the bundle, and the seconds each path took.
+
+    The paths: ``fixed``, ``single`` (the global view), ``adaptive``, and ``int8 fixed`` / ``int8 adaptive`` when the
+    bundle has int8 graphs. One image per call (the miner's case), the paths in turn on each image, so load from
+    other processes hits them alike; the first image's first calls (session start-up costs) are not timed.
     """
     if exported.adaptive is None:
         raise ValueError("the exported model has no adaptive graphs: export them with export_adaptive first")
-    fixed = exported.session(threads)
-    sessions = exported.adaptive.sessions(threads)
     policy = exported.adaptive.metadata.policy
-    seconds = np.zeros(3)
-    p_full, p_global = [], []
-    for index, image in enumerate(tqdm(images, desc="adaptive val_test", unit="img")):
+    fixed, sessions = exported.session(threads), exported.adaptive.sessions(threads)
+    paths: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "fixed": lambda batch: fixed.run(None, {INPUT_NAME: batch})[0],
+        "single": lambda batch: sessions.global_pass(batch)[1],
+        "adaptive": lambda batch: sessions.predict(batch, policy)[0],
+    }
+    int8 = exported.int8
+    if int8 is not None:
+        int8_fixed = cpu_session(int8.onnx_bytes, threads)
+        paths["int8 fixed"] = lambda batch: int8_fixed.run(None, {INPUT_NAME: batch})[0]
+        if int8.global_onnx is not None and int8.tiles_onnx is not None:
+            int8_sessions = AdaptiveSessions(int8.global_onnx, int8.tiles_onnx, threads)
+            paths["int8 adaptive"] = lambda batch: int8_sessions.predict(batch, policy)[0]
+    seconds = dict.fromkeys(paths, 0.0)
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in paths}
+    for index, image in enumerate(tqdm(images, desc=desc, unit="img")):
         batch = image[None]
-        if index == 0:  # untimed: first-call costs
-            fixed.run(None, {INPUT_NAME: batch})
-            sessions.predict(batch, policy)
-        start = time.perf_counter()
-        p_full.append(fixed.run(None, {INPUT_NAME: batch})[0])
-        middle = time.perf_counter()
-        p_global.append(sessions.global_pass(batch)[1])
-        end = time.perf_counter()
-        sessions.predict(batch, policy)
-        seconds += (middle - start, end - middle, time.perf_counter() - end)
-    outcome = evaluate_adaptive(np.concatenate(p_global), np.concatenate(p_full), labels, policy)
-    fixed_speed, single_speed, adaptive_speed = outcome.n_images / seconds
+        for name, run in paths.items():
+            if index == 0:
+                run(batch)
+            start = time.perf_counter()
+            scores[name].append(run(batch))
+            seconds[name] += time.perf_counter() - start
+    return {name: np.concatenate(values) for name, values in scores.items()}, seconds
+
+
+def measure_serving(
+    exported: ExportedModel, images: Iterable[np.ndarray], labels: np.ndarray, threads: int | None = None
+) -> tuple[AdaptiveOutcome, ServingSpeed, dict[str, np.ndarray]]:
+    """The bundle's serving paths on a labelled set (val_test): the MCC of each fp32 path, their images/s, the scores.
+
+    The outcome is at the policy's decision threshold, with the views per image; the speed covers the int8 paths
+    too when the bundle has them; the scores are :func:`score_serving_paths`'s, for the int8 guard.
+    """
+    p, seconds = score_serving_paths(exported, images, threads, desc="serving paths on val_test")
+    outcome = evaluate_adaptive(p["single"], p["fixed"], labels, exported.adaptive.metadata.policy)
+    per_s = {name: outcome.n_images / elapsed for name, elapsed in seconds.items()}
     speed = ServingSpeed(
         n_images=outcome.n_images,
         threads=threads,
-        fixed_images_per_s=fixed_speed,
-        adaptive_images_per_s=adaptive_speed,
-        single_view_images_per_s=single_speed,
-        adaptive_speedup=adaptive_speed / fixed_speed,
+        fixed_images_per_s=per_s["fixed"],
+        adaptive_images_per_s=per_s["adaptive"],
+        single_view_images_per_s=per_s["single"],
+        adaptive_speedup=per_s["adaptive"] / per_s["fixed"],
+        int8_fixed_images_per_s=per_s.get("int8 fixed"),
+        int8_adaptive_images_per_s=per_s.get("int8 adaptive"),
     )
-    return outcome, speed
+    return outcome, speed, p
+
+
+def int8_guard_checks(
+    dataset: str, scores: dict[str, np.ndarray], labels: np.ndarray, max_mcc_drop: float
+) -> list[PrecisionCheck]:
+    """The guard's checks of the fixed and the adaptive path on one labelled set (``score_serving_paths``'s scores)."""
+    return [
+        precision_check(dataset, path, scores[fp32], scores[f"int8 {fp32}"], labels, max_mcc_drop)
+        for path, fp32 in (("full", "fixed"), ("adaptive", "adaptive"))
+        if f"int8 {fp32}" in scores
+    ]
 
 
 def read_images(uris: Iterable[str]) -> Iterator[np.ndarray]:
@@ -633,14 +717,20 @@ def export_bundle(
     val_select: pd.DataFrame,
     val_test: pd.DataFrame,
     config: ExportConfig,
+    val_calib: pd.DataFrame | None = None,
 ) -> ExportedModel:
-    """The whole serving bundle: fixed graph (+ TensorRT engine) and adaptive graphs.
+    """The whole serving bundle: fixed graph (+ TensorRT engine), adaptive graphs and their int8 versions.
 
-    The adaptive graphs are fitted on ``val_select`` and measured on ``val_test``.
+    The adaptive graphs are fitted on ``val_select`` and measured on ``val_test``; the int8 graphs are
+    calibrated on ``val_calib`` and served only if the guard finds them within budget on ``val_test`` and
+    ``val_select`` together: every labelled image that neither training nor the int8 calibration used. Why both:
+    int8 changes few decisions (10 of 1,500 fresh demo scenes, at no measurable MCC cost), so on val_test alone
+    (107 images in the demo run) one changed decision moved MCC by 2 points and decided the guard by chance.
 
     Args:
         val_select: manifest rows (``uri``, ``label``) the margin bounds are fitted on (model selection).
         val_test: manifest rows the parity check and the adaptive figures (MCC, speed) use (evaluation).
+        val_calib: manifest rows whose images fix the int8 activation ranges (None: no int8 graphs).
     """
     parity_images = [torch.from_numpy(image) for image in read_images(val_test["uri"].head(config.parity_images))]
     exported = export_onnx(classifier, calibration, decision_threshold, parity_images, config)
@@ -653,10 +743,23 @@ def export_bundle(
         config,
         bootstrap_groups(val_select),
     )
-    outcome, speed = measure_adaptive(
-        exported, read_images(val_test["uri"]), val_test["label"].to_numpy(), config.threads
-    )
+    if config.int8.enabled and val_calib is not None:
+        calibration_images = list(read_images(val_calib["uri"].head(config.int8.calibration_images)))
+        exported.int8 = export_int8(exported, calibration_images, config.int8)
+    labels = val_test["label"].to_numpy()
+    outcome, speed, scores = measure_serving(exported, read_images(val_test["uri"]), labels, config.threads)
     exported.adaptive.metadata.val_test, exported.adaptive.metadata.speed = outcome, speed
-    for line in exported.adaptive.metadata.summary_lines():
+    lines = exported.adaptive.metadata.summary_lines()
+    if exported.int8 is not None:
+        select_scores, _ = score_serving_paths(exported, read_images(val_select["uri"]), config.threads, "int8 guard")
+        pooled = {path: np.concatenate([scores[path], select_scores[path]]) for path in scores}
+        labels = np.concatenate([labels, val_select["label"].to_numpy()])
+        checks = int8_guard_checks("val_test+val_select", pooled, labels, config.int8.max_mcc_drop)
+        served, reason = guard_decision(checks)
+        exported.int8.metadata = exported.int8.metadata.model_copy(
+            update={"checks": checks, "served": served, "reason": reason}
+        )
+        lines += exported.int8.metadata.summary_lines()
+    for line in lines:
         logger.info("%s", line)
     return exported

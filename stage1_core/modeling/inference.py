@@ -48,14 +48,12 @@ def predict_global_and_full_logits(
     Both come from one backbone pass over all views.
     """
     model.eval()
-    multiview = model.config.multiview
-    global_only = multiview.model_copy(update={"aggregation": "global_only"})
     loader = DataLoader(manifest_canvases(model, manifest), batch_size=batch_size, shuffle=False)
     global_logits, full_logits = [], []
     for images, _ in tqdm(loader, desc=desc, unit="batch"):
-        features = model.view_features(images)
-        global_logits.append(model.pool(features[:, :1], global_only).float())
-        full_logits.append(model.pool(features).float())
+        full, global_view = model.logits_and_global(images)
+        global_logits.append(global_view.float())
+        full_logits.append(full.float())
     if not global_logits:
         return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
     return torch.cat(global_logits).numpy(), torch.cat(full_logits).numpy()

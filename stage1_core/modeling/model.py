@@ -65,12 +65,12 @@ class ClassifierConfig(StrictConfig):
     multiview: MultiViewConfig = MultiViewConfig()
 
 
-def resize_to_canvas(images: torch.Tensor, canvas_size: int) -> torch.Tensor:
-    """Float ``[B, C, H, W]`` in [0, 1] -> ``[B, C, S, S]``: bilinear, antialiased, clipped (antialiasing can
+def resize_to_canvas(images: torch.Tensor, canvas_size: int, maximum: float = 1.0) -> torch.Tensor:
+    """Float ``[B, C, H, W]`` in [0, maximum] -> ``[B, C, S, S]``: bilinear, antialiased, clipped (antialiasing can
     overshoot by a rounding error). The one resize that :func:`prepare_canvas` and the exported graphs share."""
     return F.interpolate(
         images, size=(canvas_size, canvas_size), mode="bilinear", align_corners=False, antialias=True
-    ).clamp(0.0, 1.0)
+    ).clamp(0.0, maximum)
 
 
 def prepare_canvas(images: torch.Tensor | Sequence[torch.Tensor], canvas_size: int) -> torch.Tensor:
@@ -274,6 +274,14 @@ class RoadworkClassifier(nn.Module):
             )
         weights = self.attention(features)
         return self.head((weights.unsqueeze(-1) * features).sum(dim=1)).squeeze(-1)
+
+    def logits_and_global(
+        self, canvas: torch.Tensor, multiview: MultiViewConfig | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The aggregated logit and the global view's own logit (view 0, as adaptive serving scores it), one pass."""
+        multiview = multiview or self.config.multiview
+        features = self.view_features(canvas, multiview)
+        return self.pool(features, multiview), self.head(features[:, 0]).squeeze(-1)
 
     def forward(self, canvas: torch.Tensor, multiview: MultiViewConfig | None = None) -> torch.Tensor:
         """One aggregated logit per image."""

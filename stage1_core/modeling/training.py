@@ -54,6 +54,46 @@ class EmaConfig(StrictConfig):
     )
 
 
+class DistillationConfig(StrictConfig):
+    """Distil the multi-view aggregate into the global view, so that adaptive serving stops at the global view more.
+
+    Adaptive serving (``serving.adaptive``) answers from the global view alone where its margin shows that the
+    ten views would not change the answer; trained only through the top-K pooling, the global view often
+    disagrees with the aggregate, and those images need the tiles. The model's own aggregate logit, detached
+    (a stop-gradient, so the teacher is not pulled towards the student), teaches the global view's logit: the
+    self-distillation of multi-exit networks, where the final exit teaches the early ones (Phuong & Lampert,
+    ICCV 2019, "Distillation-based training for multi-exit architectures"; Zhang et al., ICCV 2019, "Be Your
+    Own Teacher"), with Hinton et al.'s (2015, arXiv 1503.02531) soft-target loss for one logit:
+    ``T^2 * BCE(z_global / T, sigmoid(z_aggregate / T))``. It costs nothing extra: the global view's features
+    are computed for the aggregate anyway. It applies to multi-view training only (``train_views: multi``): a
+    global-only model has no other views to learn from.
+
+    Off by default (weight 0): measured on the demo recipe (same data, backbone and seed), weight 1 lowered the
+    adaptive skip rate on 1,500 fresh held-out scenes from 42.4% to 37.1% (paired -5.3 points, 95% CI [-6.6, -4.1])
+    and did not raise MCC (0.624 -> 0.612; val_test 0.784 -> 0.716): top-K pooling lifts the aggregate of a clear
+    scene above its typical view, so the taught global view is less sure of "no roadwork". The run's ablation
+    (``ablation.distillation``) trains the main recipe with it, so its effect stays measured on every full run.
+    """
+
+    weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="weight of the distillation term next to the label loss (both are the BCE of one logit); "
+        "0 (the default) turns it off",
+    )
+    temperature: float = Field(
+        1.0,
+        gt=0.0,
+        description="softens teacher and student alike; 1 keeps the aggregate's own confidence, which is what the "
+        "adaptive margin reads (T > 1 pulls the global view towards 0.5 and it skips less)",
+    )
+    teacher: Literal["aggregate", "label"] = Field(
+        "aggregate",
+        description="aggregate: the detached ten-view logit (self-distillation); label: the image's (smoothed) label, "
+        "the early exit's own loss of BranchyNet (Teerapittayanon et al. 2016)",
+    )
+
+
 class TrainConfig(StrictConfig):
     """Supervised training settings (the plan's safe defaults: dropout in the head, wd 0.01, smoothing 0.1)."""
 
@@ -69,6 +109,7 @@ class TrainConfig(StrictConfig):
     adapter: AdapterConfig = AdapterConfig()
     adapter_lr: float = Field(5e-4, gt=0.0, description="learning rate of LoRA / DoRA / DoRAN parameters")
     ema: EmaConfig = EmaConfig()
+    distillation: DistillationConfig = DistillationConfig()
     top_k_candidates: list[int] = Field(
         [1, 2, 3, 5, 10], description="K values tried on val_select for topk_mean; [] keeps the configured top_k"
     )
@@ -106,6 +147,7 @@ class TrainSummary(BaseModel):
     adapter: str = "none"
     adapter_params: int = 0
     ema: bool = False
+    distillation_weight: float = 0.0  # weight of the global-view distillation applied (0: none)
     top_k: TopKSelection | None = None
     sampling: FusionSummary  # what the class-balanced, source-mixing sampler drew from train (expected shares)
     resumed_after_epochs: int = 0  # epochs restored from a checkpoint of an interrupted run (0: trained from the start)
@@ -179,6 +221,30 @@ def trainer_hardware(config: TrainConfig) -> dict[str, Any]:
     }
 
 
+def global_view_distillation(
+    global_logits: torch.Tensor,
+    aggregate_logits: torch.Tensor,
+    targets: torch.Tensor,
+    config: DistillationConfig | None = None,
+) -> torch.Tensor:
+    """BCE of the global view's logit against its teacher (see ``DistillationConfig``).
+
+    The teacher is the detached aggregate (soft targets at the temperature) or the image's ``targets``.
+    """
+    config = config or DistillationConfig()
+    if config.teacher == "label":
+        return F.binary_cross_entropy_with_logits(global_logits, targets)
+    temperature = config.temperature
+    teacher = torch.sigmoid(aggregate_logits.detach() / temperature)
+    return temperature**2 * F.binary_cross_entropy_with_logits(global_logits / temperature, teacher)
+
+
+def distillation_weight(multiview: MultiViewConfig, config: TrainConfig) -> float:
+    """The distillation weight that applies: 0 unless the model is trained over several views."""
+    multi = config.train_views == "multi" and multiview.aggregation != "global_only"
+    return config.distillation.weight if multi else 0.0
+
+
 def val_select_rows(val_select: pd.DataFrame) -> pd.DataFrame:
     """``val_select`` through its split contract (model selection); rows of any other split are an error, not dropped.
 
@@ -245,20 +311,31 @@ class ClassifierModule(L.LightningModule):
         self.val_labels: list[torch.Tensor] = []
         self.history: list[dict[str, float]] = []
         self.resumed_after_epochs = 0
+        self.distillation_weight = distillation_weight(model.config.multiview, config)
         self.compiled: Callable[..., torch.Tensor] | None = (
             None  # a function, not a module: no second copy of the weights
         )
+        self.compiled_pair: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def on_fit_start(self) -> None:
         """torch.compile on CUDA only (after the EMA callback copied the module, so its copy stays plain)."""
         if self.config.compile and self.device.type == "cuda":
             self.compiled = torch.compile(self.model.forward)
+            self.compiled_pair = torch.compile(self.model.logits_and_global) if self.distillation_weight else None
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        logits = (self.compiled or self.model)(images, self.train_views)
+        if self.distillation_weight:
+            logits, global_logits = (self.compiled_pair or self.model.logits_and_global)(images, self.train_views)
+        else:
+            logits = (self.compiled or self.model)(images, self.train_views)
         smoothing = self.config.label_smoothing
-        loss = F.binary_cross_entropy_with_logits(logits, labels * (1 - smoothing) + smoothing / 2)
+        targets = labels * (1 - smoothing) + smoothing / 2
+        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        if self.distillation_weight:
+            distillation = global_view_distillation(global_logits, logits, targets, self.config.distillation)
+            self.log("train/distillation", distillation, on_step=False, on_epoch=True)
+            loss = loss + self.distillation_weight * distillation
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
 
@@ -459,6 +536,7 @@ def train_classifier(
         adapter=config.adapter.method,
         adapter_params=adapter_params,
         ema=config.ema.enabled,
+        distillation_weight=module.distillation_weight,
         top_k=top_k,
         sampling=summarize(train, weights),
         resumed_after_epochs=module.resumed_after_epochs,

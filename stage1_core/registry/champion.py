@@ -1,7 +1,7 @@
 """Exported bundles in the MLflow model registry: logging one into a run, and loading the one behind an alias.
 
 The registered model version points at the ONNX model; its run holds the bundle's other files (metadata,
-adaptive graphs, TensorRT engine) beside it, so a version behind an alias can be rebuilt into the same
+adaptive graphs, int8 graphs, TensorRT engine) beside it, so a version behind an alias can be rebuilt into the same
 :class:`ExportedModel` the export step wrote.
 """
 
@@ -23,7 +23,14 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import Schema, TensorSpec
 
-from stage1_core.serving.bundle import ENGINE_FILE, MODEL_FILE, AdaptiveExport, ExportedModel, ExportMetadata
+from stage1_core.serving.bundle import (
+    ENGINE_FILE,
+    MODEL_FILE,
+    AdaptiveExport,
+    ExportedModel,
+    ExportMetadata,
+    Int8Export,
+)
 from stage1_core.serving.predictor import ModelLoadError, Predictor, PredictorConfig
 
 logger = logging.getLogger(__name__)
@@ -61,9 +68,10 @@ def onnx_signature(model: onnx.ModelProto) -> ModelSignature:
 
 
 def log_exported_model(exported: ExportedModel, name: str = "model") -> ModelInfo:
-    """Log the ONNX model into the active MLflow run, with its signature, metadata, adaptive graphs and engine.
+    """Log the ONNX model into the active MLflow run, with its signature, metadata, extra graphs and engine.
 
-    The adaptive graphs go under ``{name}_adaptive/``.
+    The adaptive graphs go under ``{name}_adaptive/``, the int8 graphs and the guard's figures under ``{name}_int8/``,
+    the TensorRT engine under ``{name}_tensorrt/``.
     """
     model = onnx.load_from_string(exported.onnx_bytes)
     info = mlflow.onnx.log_model(model, name=name, signature=onnx_signature(model))
@@ -71,6 +79,8 @@ def log_exported_model(exported: ExportedModel, name: str = "model") -> ModelInf
     with tempfile.TemporaryDirectory() as tmp:
         if exported.adaptive is not None:
             mlflow.log_artifacts(str(exported.adaptive.save(Path(tmp) / "adaptive")), artifact_path=f"{name}_adaptive")
+        if exported.int8 is not None:
+            mlflow.log_artifacts(str(exported.int8.save(Path(tmp) / "int8")), artifact_path=f"{name}_int8")
         if exported.tensorrt_engine is not None:
             engine = Path(tmp) / ENGINE_FILE
             engine.write_bytes(exported.tensorrt_engine)
@@ -117,13 +127,15 @@ def load_registered_model(
                 run_id=version.run_id, artifact_path="model_metadata.json", dst_path=tmp, tracking_uri=uri
             )
             artifacts = {item.path for item in client.list_artifacts(version.run_id)}
-            adaptive_dir = None
-            if "model_adaptive" in artifacts:
-                adaptive_dir = Path(
+            extras = {
+                folder: Path(
                     mlflow.artifacts.download_artifacts(
-                        run_id=version.run_id, artifact_path="model_adaptive", dst_path=tmp, tracking_uri=uri
+                        run_id=version.run_id, artifact_path=folder, dst_path=tmp, tracking_uri=uri
                     )
                 )
+                for folder in ("model_adaptive", "model_int8")
+                if folder in artifacts
+            }
         except (MlflowException, OSError) as error:
             raise ModelLoadError(
                 f"{name} v{version.version} ({alias}) at {uri}: cannot download its files ({error})"
@@ -131,17 +143,20 @@ def load_registered_model(
         onnx_bytes = onnx.load(
             str(model_dir / MODEL_FILE)
         ).SerializeToString()  # mlflow.onnx stores weights as external data
+        adaptive_dir, int8_dir = extras.get("model_adaptive"), extras.get("model_int8")
         adaptive = AdaptiveExport.load(adaptive_dir) if adaptive_dir and AdaptiveExport.present(adaptive_dir) else None
+        int8 = Int8Export.load(int8_dir) if int8_dir and Int8Export.present(int8_dir) else None
         exported = ExportedModel(
-            onnx_bytes, ExportMetadata.model_validate(json.loads(Path(metadata).read_text())), adaptive
+            onnx_bytes, ExportMetadata.model_validate(json.loads(Path(metadata).read_text())), adaptive, int8=int8
         )
     logger.info(
-        "loaded %s v%s (%s) from %s%s",
+        "loaded %s v%s (%s) from %s%s%s",
         name,
         version.version,
         alias,
         uri,
         " with adaptive multi-view" if adaptive else "",
+        f", int8 graphs (guard: serve {int8.metadata.served})" if int8 else "",
     )
     return exported, f"{name}@{alias} (v{version.version}, {uri})"
 

@@ -291,11 +291,14 @@ def champion_seen_sha256(client: MlflowClient, run_id: str | None) -> set[str] |
 def score_champion(client: MlflowClient, name: str, uris: list[str]) -> np.ndarray:
     """P(roadwork) of the champion's registered ONNX model (fixed multi-view graph, as evaluated) on the given images.
 
+    Its fp32 graph, whatever its int8 guard chose: the challenger's figures come from PyTorch in fp32, and the
+    comparison is between the two models (what int8 may cost is the guard's budget, not the gate's).
+
     Raises:
         stage1_core.serving.predictor.ModelLoadError: the champion's files cannot be loaded.
     """
     exported, origin = load_registered_model(CHAMPION, tracking_uri=client._registry_uri, registered_model_name=name)
-    predictor = Predictor(exported, PredictorConfig(mode="full"), origin=origin)
+    predictor = Predictor(exported, PredictorConfig(mode="full", precision="fp32"), origin=origin)
     images = [image.numpy() for image in load_uint8_images(pd.DataFrame({"uri": uris}))]
     return np.array([prediction.p_roadwork for prediction in predictor.predict_arrays(images, uris)])
 

@@ -31,6 +31,7 @@ from stage1_core.common.metrics import (
     as_binary_labels,
     as_probabilities,
     bootstrap_group_weights,
+    decision_mcc,
     decision_metrics_from_counts,
     group_codes,
 )
@@ -148,10 +149,6 @@ def _confusion(predicted: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     return predicted & positive, predicted & ~positive, ~predicted & positive, ~predicted & ~positive
 
 
-def _mcc(predicted: np.ndarray, labels: np.ndarray) -> float:
-    return float(decision_metrics_from_counts(*(count.sum() for count in _confusion(predicted, labels)))["mcc"])
-
-
 def _checked(p_global: np.ndarray, p_full: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     y = as_binary_labels(labels)
     if y.min() == y.max():
@@ -176,15 +173,15 @@ def evaluate_adaptive(
     p_global, p_full, y = _checked(p_global, p_full, labels)
     skip = skip_tiles(p_global, policy)
     threshold = policy.decision_threshold
-    mcc_full = _mcc(p_full > threshold, y)
-    mcc_adaptive = _mcc(np.where(skip, p_global, p_full) > threshold, y)
+    mcc_full = decision_mcc(p_full > threshold, y)
+    mcc_adaptive = decision_mcc(np.where(skip, p_global, p_full) > threshold, y)
     return AdaptiveOutcome(
         n_images=int(y.size),
         skip_rate=float(skip.mean()),
         views_per_image=float(1 + (policy.full_views - 1) * (1 - skip.mean())),
         mcc_full=mcc_full,
         mcc_adaptive=mcc_adaptive,
-        mcc_global=_mcc(p_global > threshold, y),
+        mcc_global=decision_mcc(p_global > threshold, y),
         mcc_drop=mcc_full - mcc_adaptive,
     )
 

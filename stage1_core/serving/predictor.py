@@ -63,6 +63,11 @@ class PredictorConfig(StrictConfig):
         "full: always all views",
     )
     threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads (None: its default)")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description="auto: the int8 graphs where the bundle's accuracy guard chose them, else fp32; "
+        "int8 serves them even against the guard (for measuring)",
+    )
 
 
 class Prediction(BaseModel):
@@ -144,11 +149,32 @@ class Predictor:
     """P(roadwork) per image from an exported model (adaptive two-graph path when available)."""
 
     def __init__(self, exported: ExportedModel, config: PredictorConfig | None = None, origin: str = "") -> None:
+        """Start the sessions of the graphs the bundle serves at ``config.precision``.
+
+        Int8 graphs the guard chose that ONNX Runtime cannot load leave the predictor on the fp32 graphs (a warning
+        names the file), as broken adaptive graphs leave it in full mode: the bundle still serves every image.
+
+        Raises:
+            ModelLoadError: the fixed graph cannot be loaded (or the int8 one, where ``precision`` asks for int8).
+        """
         self.config = config or PredictorConfig()
+        served = exported.served(self.config.precision)
+        try:
+            self._start(served, origin)
+        except ModelLoadError as error:
+            if served.precision == "fp32" or self.config.precision == "int8":
+                raise
+            logger.warning("%s; serving the fp32 graphs", error)
+            self._start(exported, origin)
+
+    def _start(self, exported: ExportedModel, origin: str) -> None:
+        self.precision = exported.precision
         self.metadata: ExportMetadata = exported.metadata
         self.origin = origin
         prefix = f"{origin}/" if origin else ""
-        self.session = checked_session(exported.onnx_bytes, f"{prefix}{MODEL_FILE}", (INPUT_NAME,), self.config.threads)
+        self.session = checked_session(
+            exported.onnx_bytes, f"{prefix}{exported.model_file}", (INPUT_NAME,), self.config.threads
+        )
         adaptive = exported.adaptive if self.config.mode == "adaptive" else None
         self.adaptive_sessions: AdaptiveSessions | None = None
         if adaptive is not None:
