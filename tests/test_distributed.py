@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import lightning as L
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from zenml.client import Client
 
+from pipelines import full_run
+from stacks.local import mlflow_tracking_uri
 from stage1_core.data.images import AugmentationConfig
 from stage1_core.data.splits import Consumer, SplitConfig, assign_splits, take_split
 from stage1_core.modeling.backbone import load_backbone
@@ -25,6 +33,8 @@ from stage1_core.modeling.explora import run_explora
 from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
 from stage1_core.modeling.training import EpochWeightedSampler, ShardSampler, TrainConfig, train_classifier
 from tests.test_explora import tiny_config, tiny_images
+
+REPO = Path(__file__).resolve().parents[1]
 
 FRACTIONS = {"train": 0.5, "val_select": 0.3, "val_calib": 0.1, "val_test": 0.1}
 GLOBAL_BATCH = 8
@@ -170,6 +180,7 @@ def test_two_processes_see_each_draw_once_and_train_like_one_with_the_same_globa
     for one_epoch, ddp_epoch in zip(single["summary"].history, ddp["summary"].history, strict=True):
         assert ddp_epoch["val_select_loss"] == pytest.approx(one_epoch["val_select_loss"], rel=LOSS_TOLERANCE)
     assert single["summary"].sampling == ddp["summary"].sampling
+    assert (single["summary"].processes, ddp["summary"].processes) == (1, 2)
 
 
 @pytest.mark.slow
@@ -209,3 +220,45 @@ def test_explora_with_two_processes_keeps_one_teacher_close_to_one_process(cente
     assert type(two).__name__ == "Dinov2Model" and next(two.parameters()).device.type == "cpu"
     for first, second in zip(one_summary.loss_curve, two_summary.loss_curve, strict=True):
         assert math.isfinite(second.total) and second.total == pytest.approx(first.total, rel=0.25), second.step
+
+
+@pytest.mark.slow
+def test_full_run_trains_with_two_processes_inside_its_steps_and_writes_once(session_dir: Path, tmp_path: Path) -> None:
+    """The real pipeline on the tiny config with ``train`` and ``explora`` at ``devices: 2, strategy: ddp``: the
+    processes are spawned inside the ZenML steps (the pipeline command is not run again), and everything after the
+    training happens once, in the step's process: one MLflow run, one registered model version, one checkpoint
+    folder (removed after the training, no rank's leftover)."""
+    document = yaml.safe_load((REPO / "pipelines/configs/tiny.yaml").read_text())
+    parameters = document["parameters"]
+    parameters["data"] = {"path": str(session_dir / "tiny_ddp"), "image_store": str(session_dir / "tiny_ddp_images")}
+    parameters["evaluation"]["slices"]["truth_path"] = str(session_dir / "tiny_ddp" / "demo_truth.parquet")
+    checkpoints = tmp_path / "checkpoints"
+    parameters["train"] |= {"devices": 2, "strategy": "ddp", "checkpoint_root": str(checkpoints)}
+    parameters["explora"] |= {"devices": 2, "strategy": "ddp", "batch_size": 2}  # the tiny global batch of 4
+    config = tmp_path / "tiny_ddp.yaml"
+    config.write_text(yaml.safe_dump(document))
+    started_ms = int(time.time() * 1000)
+
+    assert full_run.main(["--config", str(config), "--no-cache"]) == 0
+
+    run = Client().get_pipeline("full_run").last_run
+    assert run.status.value == "completed"
+    summary = run.steps["train_model"].outputs["train_summary"][0].load()
+    assert summary.processes == 2 and summary.epochs_run == len(summary.history) == parameters["train"]["max_epochs"]
+    explora = run.steps["adapt_backbone"].outputs["explora_summary"][0].load()
+    assert explora.processes == 2 and explora.teacher_rank_difference == 0.0
+    assert list(checkpoints.iterdir()) == [], "one checkpoint folder, removed once the training succeeded"
+    mlflow.set_tracking_uri(mlflow_tracking_uri())
+    try:
+        client = MlflowClient()
+        experiments = [experiment.experiment_id for experiment in client.search_experiments(view_type=ViewType.ALL)]
+        runs = client.search_runs(experiments, f"attributes.start_time >= {started_ms}", ViewType.ALL)
+        versions = [
+            version
+            for version in client.search_model_versions(f"name = '{full_run.MODEL_NAME}'")
+            if version.creation_timestamp >= started_ms
+        ]
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert [mlflow_run.info.run_name for mlflow_run in runs] == [run.name], "one MLflow run: the pipeline run's"
+    assert [(version.run_id, version.tags["zenml_run"]) for version in versions] == [(runs[0].info.run_id, run.name)]

@@ -111,6 +111,7 @@ class TrainSummary(BaseModel):
     top_k: TopKSelection | None = None
     sampling: FusionSummary  # what the class-balanced, source-mixing sampler drew from train (expected shares)
     resumed_after_epochs: int = 0  # epochs restored from a checkpoint of an interrupted run (0: trained from the start)
+    processes: int = 1  # training processes (DDP ranks) Lightning ran: train.devices
 
 
 def set_trainable_blocks(model: RoadworkClassifier, trainable_blocks: int) -> None:
@@ -536,6 +537,7 @@ def train_classifier(
         top_k=top_k,
         sampling=summarize(train, weights),
         resumed_after_epochs=resumed_after_epochs,
+        processes=trainer.world_size,
     )
     logger.info(
         "training: %d epochs, best val_select MCC %.3f at epoch %d",
