@@ -41,6 +41,7 @@ from stage1_core.common.cli import UsageError
 from stage1_core.common.config import ConfigFileError, StrictConfig, describe_config_error, read_yaml_mapping
 from stage1_core.data.sources.config import IngestConfig
 from stage1_core.modeling.backbone import PRETRAINED_DEMOS, is_url
+from stage1_core.modeling.distributed import DeviceConfig
 from stage1_core.run.config import RunConfig
 from stage1_core.run.settings import ConfigError, load_run_config
 
@@ -54,6 +55,7 @@ CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnig
 # Before 1.29 the Job schema requires `onPodConditions` in every podFailurePolicy rule, which ZenML 0.98's step Jobs
 # leave out of their exit-code rule.
 SUPPORTED_KUBERNETES_VERSIONS = tuple(f"1.{minor}" for minor in range(29, 38))
+SHM_VOLUME = "dshm"  # the memory-backed emptyDir mounted at /dev/shm in GPU pods
 
 
 class StackConfigError(UsageError, ValueError):
@@ -142,7 +144,14 @@ class PodResources(StrictConfig):
 
 
 class GpuConfig(StrictConfig):
-    """GPU steps: the GPU request, and where such pods may land."""
+    """GPU steps: the GPU request, and where such pods may land.
+
+    ``shm_size``: PyTorch's DataLoader workers hand every batch to the training process through ``/dev/shm``, and
+    NCCL's transport between the GPUs of one pod keeps its buffers there; a container gets 64 MiB. With
+    ``pipelines/configs/cluster.yaml``'s recipe a batch is 32 x 3 x 604 x 604 float32 = 140 MB, and a 16-core node
+    holds up to 15 workers x 4 prefetched batches (one process) or 2 x 7 x 4 (two processes): ~8.4 GB in flight.
+    12Gi leaves room for NCCL and ExPLoRA's crops while staying well inside the 24Gi the pod may use.
+    """
 
     steps: list[str] = Field(
         default_factory=lambda: ["adapt_backbone", "train_model"],
@@ -151,14 +160,37 @@ class GpuConfig(StrictConfig):
             "in a dynamic pipeline (retrain_pipeline) they must be among its `depends_on` steps"
         ),
     )
-    count: int = Field(1, ge=1)
+    count: int = Field(
+        1,
+        ge=1,
+        description=(
+            "GPUs of a GPU step other than the trainings: train_model and adapt_backbone ask for their run config's "
+            "train.devices and explora.devices (one process per GPU)"
+        ),
+    )
     resource: str = Field("nvidia.com/gpu", description="extended resource of the NVIDIA device plugin")
     cpu: str = "4"
     memory: str = "24Gi"
+    shm_size: str = Field(
+        "12Gi",
+        description=(
+            "size limit of the pod's /dev/shm (a memory-backed emptyDir, counted in `memory`); the container "
+            "default of 64 MiB is too small for DataLoader workers and NCCL"
+        ),
+    )
     node_selector: dict[str, str] = Field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
     tolerations: list[dict[str, Any]] = Field(
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     )
+
+    @model_validator(mode="after")
+    def _shm_within_memory(self) -> GpuConfig:
+        if parse_quantity(self.shm_size) >= parse_quantity(self.memory):
+            raise ValueError(
+                f"gpu.shm_size {self.shm_size} must be below gpu.memory {self.memory}: "
+                "what the pod writes to /dev/shm counts in its memory limit"
+            )
+        return self
 
 
 class ScheduleConfig(StrictConfig):
@@ -268,8 +300,9 @@ def load_stack_config(path: Path) -> RemoteStackConfig:
         raise StackConfigError(f"{path}: {describe_config_error(error, RemoteStackConfig)}") from None
 
 
-def _pod_settings(config: RemoteStackConfig, resources: PodResources, *, gpu: bool = False) -> dict[str, Any]:
-    """KubernetesPodSettings as a dict; GPU pods request the device and are steered to (and tolerate) GPU nodes."""
+def _pod_settings(config: RemoteStackConfig, resources: PodResources, *, gpus: int = 0) -> dict[str, Any]:
+    """KubernetesPodSettings as a dict; GPU pods request ``gpus`` devices, are steered to (and tolerate) GPU nodes
+    and get a memory-backed ``/dev/shm`` of ``gpu.shm_size`` (see :class:`GpuConfig`)."""
     settings: dict[str, Any] = {
         "resources": {
             "requests": {"cpu": resources.cpu, "memory": resources.memory},
@@ -278,15 +311,17 @@ def _pod_settings(config: RemoteStackConfig, resources: PodResources, *, gpu: bo
     }
     if config.container_registry.pull_secret:
         settings["image_pull_secrets"] = [config.container_registry.pull_secret]
-    if gpu:
-        settings["resources"]["limits"][config.gpu.resource] = str(config.gpu.count)
+    if gpus:
+        settings["resources"]["limits"][config.gpu.resource] = str(gpus)
         settings["node_selectors"] = config.gpu.node_selector
         settings["tolerations"] = config.gpu.tolerations
+        settings["volumes"] = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": config.gpu.shm_size}}]
+        settings["volume_mounts"] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
     return settings
 
 
-def kubernetes_orchestrator_settings(config: RemoteStackConfig, *, gpu: bool = False) -> dict[str, Any]:
-    """KubernetesOrchestratorSettings of every pod (the component's defaults) or, with ``gpu``, of a GPU step.
+def kubernetes_orchestrator_settings(config: RemoteStackConfig, *, gpus: int = 0) -> dict[str, Any]:
+    """KubernetesOrchestratorSettings of every pod (the component's defaults) or, with ``gpus``, of a GPU step.
 
     A step's settings replace the component's field by field (``StackComponent.get_settings``), so a GPU step
     repeats the service account and pull secret rather than inheriting them.
@@ -295,8 +330,8 @@ def kubernetes_orchestrator_settings(config: RemoteStackConfig, *, gpu: bool = F
         "service_account_name": config.cluster.service_account,
         "pod_settings": _pod_settings(
             config,
-            PodResources(cpu=config.gpu.cpu, memory=config.gpu.memory) if gpu else config.step_resources,
-            gpu=gpu,
+            PodResources(cpu=config.gpu.cpu, memory=config.gpu.memory) if gpus else config.step_resources,
+            gpus=gpus,
         ),
         "orchestrator_pod_settings": _pod_settings(config, config.orchestrator_pod_resources),
     }
@@ -440,14 +475,17 @@ def register_stack(config: RemoteStackConfig, client: Client | None = None) -> s
     return config.name
 
 
-def schedule_run_configuration(config: RemoteStackConfig, pipeline: Pipeline) -> PipelineRunConfiguration:
+def schedule_run_configuration(
+    config: RemoteStackConfig, pipeline: Pipeline, run_config: RunConfig
+) -> PipelineRunConfiguration:
     """ZenML run configuration of the scheduled run of the prepared ``pipeline``: the cron, no cache, GPU steps.
 
     No cache: each firing reads the data as it then is. Every pod runs the project's image
     (:func:`stacks.images.docker_settings`). GPU steps (checked by :func:`gpu_steps_of`) run
     isolated, in a pod of their own (the default for a dynamic pipeline's step is inline, in the orchestrator
-    pod; a static pipeline gives every step a pod anyway). A dynamic pipeline's orchestrator pod runs all
-    its other steps, so on Kubernetes it gets ``step_resources`` instead of ``orchestrator_pod_resources``.
+    pod; a static pipeline gives every step a pod anyway), with the GPUs of :func:`step_gpus`. A dynamic
+    pipeline's orchestrator pod runs all its other steps, so on Kubernetes it gets ``step_resources`` instead of
+    ``orchestrator_pod_resources``.
     """
     if config.schedule is None:
         raise StackConfigError("the stack config has no `schedule:` section (cron, pipeline, run_config)")
@@ -458,29 +496,56 @@ def schedule_run_configuration(config: RemoteStackConfig, pipeline: Pipeline) ->
             "(it implements no submit_dynamic_pipeline): schedule it on the kubernetes orchestrator, "
             "or pipelines.full_run.full_run on Kubeflow"
         )
-    gpu_steps = gpu_steps_of(config, pipeline)
     schedule = Schedule(name=config.schedule.name, cron_expression=config.schedule.cron_for(config.orchestrator))
     pipeline_settings: dict[str, Any] = {"docker": docker_settings(config.image)}
-    if config.orchestrator == "kubernetes":
-        step_settings: dict[str, Any] = {"orchestrator": kubernetes_orchestrator_settings(config, gpu=True)}
-        if pipeline.is_dynamic:
-            pipeline_settings["orchestrator"] = {
-                "orchestrator_pod_settings": _pod_settings(config, config.step_resources)
-            }
-    else:
-        resources = ResourceSettings(
-            gpu_count=config.gpu.count, cpu_count=float(parse_quantity(config.gpu.cpu)), memory=f"{config.gpu.memory}B"
+    if config.orchestrator == "kubernetes" and pipeline.is_dynamic:
+        pipeline_settings["orchestrator"] = {"orchestrator_pod_settings": _pod_settings(config, config.step_resources)}
+    steps = {
+        invocation_id: StepConfigurationUpdate(
+            settings=_gpu_step_settings(config, step_gpus(config, run_config, step_name)),
+            runtime=StepRuntime.ISOLATED,
         )
-        step_settings = {
-            "resources": resources,
-            "orchestrator": {"node_selectors": {KFP_ACCELERATOR_LABEL: config.gpu.resource}},
-        }
-    steps = {name: StepConfigurationUpdate(settings=step_settings, runtime=StepRuntime.ISOLATED) for name in gpu_steps}
+        for invocation_id, step_name in gpu_steps_of(config, pipeline).items()
+    }
     return PipelineRunConfiguration(schedule=schedule, enable_cache=False, settings=pipeline_settings, steps=steps)
 
 
-def gpu_steps_of(config: RemoteStackConfig, pipeline: Pipeline) -> list[str]:
-    """The invocations of the configured GPU steps in the prepared pipeline; a misspelt step is an error.
+def _gpu_step_settings(config: RemoteStackConfig, gpus: int) -> dict[str, Any]:
+    """ZenML settings of a step with ``gpus`` GPUs: pod settings on Kubernetes, resource settings on Kubeflow."""
+    if config.orchestrator == "kubernetes":
+        return {"orchestrator": kubernetes_orchestrator_settings(config, gpus=gpus)}
+    resources = ResourceSettings(
+        gpu_count=gpus, cpu_count=float(parse_quantity(config.gpu.cpu)), memory=f"{config.gpu.memory}B"
+    )
+    return {"resources": resources, "orchestrator": {"node_selectors": {KFP_ACCELERATOR_LABEL: config.gpu.resource}}}
+
+
+def step_gpus(config: RemoteStackConfig, run_config: RunConfig, step_name: str) -> int:
+    """GPUs of a GPU step: the trainings run one process per GPU, as many as their run config section's
+    ``devices`` (``train_model``: ``train``, ``adapt_backbone``: ``explora``); another GPU step gets ``gpu.count``.
+
+    Raises:
+        StackConfigError: a training set to the CPU (``accelerator: cpu``) in a GPU pod, whose GPUs it would leave idle.
+    """
+    trainings: dict[str, tuple[str, DeviceConfig]] = {
+        "train_model": ("train", run_config.train),
+        "adapt_backbone": ("explora", run_config.explora),
+    }
+    if step_name not in trainings:
+        return config.gpu.count
+    section, devices = trainings[step_name]
+    if devices.accelerator == "cpu":
+        raise StackConfigError(
+            f"{section}.accelerator is cpu in the run config, but {step_name} is in gpu.steps: its pod would hold "
+            f"{devices.devices} idle GPU(s); set {section}.accelerator to auto or gpu, "
+            f"or remove {step_name} from gpu.steps"
+        )
+    return devices.devices
+
+
+def gpu_steps_of(config: RemoteStackConfig, pipeline: Pipeline) -> dict[str, str]:
+    """The invocations of the configured GPU steps in the prepared pipeline (id -> step name); a misspelt step is an
+    error.
 
     ZenML applies a run configuration's step settings to the pipeline's invocations and only warns about the
     others. A static pipeline's invocations of one step carry ids of their own (``train_model`` and the ablations'
@@ -501,7 +566,7 @@ def gpu_steps_of(config: RemoteStackConfig, pipeline: Pipeline) -> list[str]:
             f"gpu.steps {unknown} are not {which} of {pipeline.name}: "
             f"{', '.join(sorted(set(step_names.values()))) or 'none'}"
         )
-    return [invocation_id for invocation_id, name in step_names.items() if name in config.gpu.steps]
+    return {invocation_id: name for invocation_id, name in step_names.items() if name in config.gpu.steps}
 
 
 def import_pipeline(path: str) -> Pipeline:
@@ -577,7 +642,7 @@ def prepared_scheduled_pipeline(config: RemoteStackConfig) -> tuple[Pipeline, Pi
         raise StackConfigError(f"schedule.run_config: {error}") from None
     run_kwargs = scheduled_run_kwargs(pipeline, run_settings.config, config.schedule)
     pipeline.prepare(**run_kwargs)
-    return pipeline, schedule_run_configuration(config, pipeline), run_kwargs
+    return pipeline, schedule_run_configuration(config, pipeline, run_settings.config), run_kwargs
 
 
 def require_server(config: RemoteStackConfig, client: Client) -> None:

@@ -54,6 +54,7 @@ def train_model(
             "best_epoch": summary.best_epoch,
             "epochs_run": summary.epochs_run,
             "resumed_after_epochs": summary.resumed_after_epochs,
+            "processes": summary.processes,
             "seconds": summary.seconds,
             "sampling": summary.sampling.model_dump(mode="json"),
         }

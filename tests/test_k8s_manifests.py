@@ -41,6 +41,7 @@ from stacks.remote import (
     prepared_scheduled_pipeline,
     register_stack,
     scheduled_run_kwargs,
+    step_gpus,
 )
 from stage1_core.data.sources.config import IngestConfig
 from stage1_core.run.settings import load_run_config
@@ -59,9 +60,10 @@ def _pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
     return spec["template"]["spec"]
 
 
-def _with_pipeline(config: RemoteStackConfig, pipeline: str) -> RemoteStackConfig:
+def _with_pipeline(config: RemoteStackConfig, pipeline: str, run_config: Path | None = None) -> RemoteStackConfig:
     assert config.schedule is not None
-    return config.model_copy(update={"schedule": config.schedule.model_copy(update={"pipeline": pipeline})})
+    update: dict[str, Any] = {"pipeline": pipeline} | ({"run_config": run_config} if run_config else {})
+    return config.model_copy(update={"schedule": config.schedule.model_copy(update=update)})
 
 
 def _render(config: RemoteStackConfig, out: Path) -> dict[str, dict[str, Any]]:
@@ -79,9 +81,12 @@ def _images(out: Path) -> list[dict[str, str]]:
     return [{path.name: path.read_text() for path in folder.iterdir()} for folder in sorted((out / "images").iterdir())]
 
 
-def _assert_gpu_pod(pod: dict[str, Any]) -> None:
-    resources = pod["containers"][0]["resources"]
-    assert resources["limits"]["nvidia.com/gpu"] == "1" and resources["requests"] == {"cpu": "4", "memory": "24Gi"}
+def _assert_gpu_pod(pod: dict[str, Any], gpus: str = "1") -> None:
+    container = pod["containers"][0]
+    resources = container["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == gpus and resources["requests"] == {"cpu": "4", "memory": "24Gi"}
+    assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "12Gi"}}]
+    assert container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["serviceAccountName"] == "zenml-runner" and pod["imagePullSecrets"] == [{"name": "roadwork-regcred"}]
@@ -89,23 +94,31 @@ def _assert_gpu_pod(pod: dict[str, Any]) -> None:
 
 def _assert_cpu_pod(pod: dict[str, Any], cpu: str, memory: str) -> None:
     resources = pod["containers"][0]["resources"]
-    assert "nvidia.com/gpu" not in resources.get("limits", {}) and "tolerations" not in pod
+    assert "nvidia.com/gpu" not in resources.get("limits", {}) and "tolerations" not in pod and "volumes" not in pod
     assert resources["requests"] == {"cpu": cpu, "memory": memory}
     assert pod["serviceAccountName"] == "zenml-runner" and pod["imagePullSecrets"] == [{"name": "roadwork-regcred"}]
 
 
-@pytest.fixture(scope="module")
-def cluster_run_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny.yaml with the data and image store in a bucket, as a cluster run needs."""
+def _cluster_run_config(path: Path, devices: int = 1) -> Path:
+    """tiny.yaml with the data and image store in a bucket, as a cluster run needs, written to ``path``; with
+    ``devices`` processes (DDP) for the train step and ExPLoRA."""
     document = yaml.safe_load((REPO / "pipelines/configs/tiny.yaml").read_text())
-    document["parameters"] |= {
+    parameters = document["parameters"]
+    parameters |= {
         "data": {"path": "s3://roadwork-data/natix", "image_store": "s3://roadwork-data/images"},
         "demo": None,
         "ablation": {"without_explora": True, "doran_head": True},
     }
-    path = tmp_path_factory.mktemp("cluster") / "cluster.yaml"
+    for section in ("train", "explora"):
+        parameters[section] |= {"devices": devices, "strategy": "ddp" if devices > 1 else "auto"}
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+@pytest.fixture(scope="module")
+def cluster_run_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cluster run config of the scheduled retrain_pipeline: one process per training."""
+    return _cluster_run_config(tmp_path_factory.mktemp("cluster") / "cluster.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -238,19 +251,41 @@ def test_train_and_gate_steps_pick_up_the_gpu_templates_at_run_time(k8s_config: 
     assert get_config_template(snapshot, train_and_gate.evaluate_model, retrain_pipeline) is None  # type: ignore[arg-type]
 
 
-def test_static_pipeline_gets_a_pod_per_step_and_every_training_a_gpu(
+def test_static_pipeline_gets_a_pod_per_step_and_every_training_its_gpus(
     k8s_config: RemoteStackConfig, tmp_path: Path
 ) -> None:
-    """The ablations' trainings are invocations of train_model with ids of their own: they get the GPU too."""
-    manifests = _render(_with_pipeline(k8s_config, "pipelines.full_run.full_run"), tmp_path)
+    """With ``train.devices: 2`` and ``explora.devices: 2`` (DDP) every training pod asks for 2 GPUs and gets a
+    /dev/shm for its processes; the ablations' trainings are invocations of train_model with ids of their own:
+    they get them too. Every other pod asks for none."""
+    run_config = _cluster_run_config(tmp_path / "ddp.yaml", devices=2)
+    manifests = _render(_with_pipeline(k8s_config, "pipelines.full_run.full_run", run_config), tmp_path / "out")
     trainings = {"adapt_backbone", "train_model"} | {f"train_model_{name}" for name in ABLATIONS}
     assert trainings | {"cron", "ingest_data", "evaluate_model", "promote_model"} <= set(manifests)
     _assert_cpu_pod(_pod_spec(manifests.pop("cron")), "500m", "1Gi")
     for name, manifest in manifests.items():
         if name in trainings:
-            _assert_gpu_pod(_pod_spec(manifest))
+            _assert_gpu_pod(_pod_spec(manifest), gpus="2")
         else:
             _assert_cpu_pod(_pod_spec(manifest), "2", "8Gi")
+
+
+def test_a_training_asks_for_its_own_sections_devices(k8s_config: RemoteStackConfig) -> None:
+    """train_model gets train.devices, adapt_backbone explora.devices, any other GPU step gpu.count; a training
+    set to the CPU in a GPU pod is refused."""
+    tiny = load_run_config(REPO / "pipelines/configs/tiny.yaml").config
+    run_config = tiny.model_copy(
+        update={
+            "train": tiny.train.model_copy(update={"devices": 2}),
+            "explora": tiny.explora.model_copy(update={"devices": 3}),
+        }
+    )
+    gpus = {name: step_gpus(k8s_config, run_config, name) for name in ("train_model", "adapt_backbone", "other")}
+    assert gpus == {"train_model": 2, "adapt_backbone": 3, "other": k8s_config.gpu.count}
+    on_cpu = run_config.model_copy(update={"train": run_config.train.model_copy(update={"accelerator": "cpu"})})
+    with pytest.raises(StackConfigError, match="train.accelerator is cpu.*train_model is in gpu.steps"):
+        step_gpus(k8s_config, on_cpu, "train_model")
+    with pytest.raises(ValidationError, match="gpu.shm_size 24Gi must be below gpu.memory 24Gi"):
+        k8s_config.gpu.model_validate(k8s_config.gpu.model_dump() | {"shm_size": "24Gi"})
 
 
 @pytest.mark.parametrize(

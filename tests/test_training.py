@@ -183,7 +183,7 @@ def test_ema_weights_are_validated_checkpointed_and_kept(tmp_path) -> None:
     canvas = model.config.multiview.canvas_size
     data = TensorDataset(torch.rand(24, 3, canvas, canvas), torch.randint(0, 2, (24,)).float())
     config = _config(head_lr=0.05, batch_size=4, ema=EmaConfig(enabled=True, decay=0.8))
-    module = ClassifierModule(model, config, steps_per_epoch=6)
+    module = ClassifierModule(model, config)
     recorder = _RecordHead()
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val_select/mcc", mode="max")
     trainer = L.Trainer(
@@ -207,16 +207,17 @@ def test_ema_weights_are_validated_checkpointed_and_kept(tmp_path) -> None:
     assert torch.allclose(saved["model.head.1.weight"], expected, atol=1e-6)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
-def test_gpu_options_do_not_apply_without_cuda() -> None:
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU settings")
+def test_devices_apply_on_the_cpu_spawned_and_one_process_by_default() -> None:
     settings = trainer_hardware(TrainConfig(devices=4, strategy="ddp", compile=True))
     assert settings == {
         "accelerator": "auto",
-        "devices": 1,
-        "strategy": "auto",
+        "devices": 4,
+        "strategy": "ddp_spawn",  # never Lightning's launcher that re-runs sys.argv (the whole pipeline command)
         "precision": "32-true",
         "deterministic": True,
     }
+    assert trainer_hardware(TrainConfig()) | {"strategy": "auto", "devices": 1} == trainer_hardware(TrainConfig())
 
 
 @pytest.mark.gpu

@@ -44,12 +44,13 @@ class LoaderConfig(StrictConfig):
         None, description="page-locked batches for asynchronous copies to the GPU; None: when CUDA is present"
     )
 
-    def dataloader_options(self) -> dict[str, Any]:
-        """Keyword arguments of ``torch.utils.data.DataLoader`` for this machine."""
+    def dataloader_options(self, processes: int = 1) -> dict[str, Any]:
+        """Keyword arguments of ``torch.utils.data.DataLoader`` for this machine, for one of ``processes`` training
+        processes that share its cores (several GPUs in one machine: the automatic worker count is split)."""
         cuda = torch.cuda.is_available()
         workers = self.num_workers
         if workers is None:
-            workers = min(MAX_AUTO_WORKERS, max(1, available_cores() - 1)) if cuda else 0
+            workers = min(MAX_AUTO_WORKERS, max(1, (available_cores() - processes) // processes)) if cuda else 0
         options: dict[str, Any] = {
             "num_workers": workers,
             "pin_memory": cuda if self.pin_memory is None else self.pin_memory,

@@ -38,22 +38,25 @@ import copy
 import itertools
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from lightning.fabric import Fabric
 from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import BaseModel, Field, model_validator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from stage1_core.common.config import StrictConfig
 from stage1_core.data.images import LoaderConfig
 from stage1_core.modeling.backbone import (
     IMAGENET_MEAN,
@@ -62,6 +65,7 @@ from stage1_core.modeling.backbone import (
     lora_target_modules,
     transformer_blocks,
 )
+from stage1_core.modeling.distributed import DeviceConfig, all_reduce, is_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ MASK_MIN_ASPECT = 0.3
 SINKHORN_ITERATIONS = 3  # DINOv2's sinkhorn_knopp_teacher
 
 
-class ExploraConfig(StrictConfig):
+class ExploraConfig(DeviceConfig):
     """ExPLoRA settings. Recipe values default to the published ones (``src`` in each description:
     ExPLoRA = arXiv 2406.10973; ssl = the ``ssl_default_config.yaml`` shipped with ExPLoRA's code, equal to
     DINOv2's; train.py / masking.py / param_groups.py = DINOv2's code). Budget values (steps, batch) are
@@ -90,7 +94,9 @@ class ExploraConfig(StrictConfig):
     lora_alpha: int = Field(64, ge=1, description="LoRA scaling numerator: the update is (alpha / rank) * B A")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     max_steps: int = Field(30, ge=1, description="budget: optimisation steps (src ssl: 100 x 1250)")
-    batch_size: int = Field(8, ge=2, description="budget: images per step; KoLeo needs at least two (src ssl: 1024)")
+    batch_size: int = Field(
+        8, ge=2, description="budget: images per step and process; KoLeo needs at least two (src ssl: 1024)"
+    )
     lr: float = Field(
         5e-4, gt=0.0, description="peak learning rate (src ssl: base_lr 0.004 x sqrt(batch / 1024), 3.5e-4 at 8)"
     )
@@ -223,6 +229,10 @@ class ExploraSummary(ExploraTrainableReport):
     steps: int
     seconds: float
     images_seen: int
+    processes: int = 1
+    teacher_rank_difference: float = Field(
+        0.0, description="max |difference| of the teacher and its centers between rank 0 and the others (must be 0)"
+    )
 
 
 def prepare_explora_backbone(backbone: PreTrainedModel, config: ExploraConfig) -> PeftModel:
@@ -414,12 +424,20 @@ def _uniform(low: float, high: float) -> float:
 
 def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = SINKHORN_ITERATIONS) -> torch.Tensor:
     """Teacher targets by Sinkhorn-Knopp (SwAV; DINOv2's ``sinkhorn_knopp_teacher``): exp(logits / T) scaled so
-    that every prototype gets the same total mass over the batch and every row sums to 1."""
-    q = torch.exp((logits.float() - logits.float().max()) / temperature).T  # prototypes x samples
-    n_prototypes, n_samples = q.shape
-    q /= q.sum()
+    that every prototype gets the same total mass over the batch and every row sums to 1.
+
+    Over several processes the batch is all the ranks' rows, as in DINOv2: the total, the prototype sums and the
+    number of rows are all-reduced (and the maximum subtracted for stability too, so that it cancels). A rank
+    with no rows (no masked patch) still takes part in the reductions.
+    """
+    logits = logits.float()
+    peak = all_reduce(logits.max() if logits.numel() else logits.new_tensor(-math.inf), dist.ReduceOp.MAX)
+    n_samples = all_reduce(logits.new_tensor(float(logits.shape[0])))
+    q = torch.exp((logits - peak) / temperature).T  # prototypes x samples
+    n_prototypes = q.shape[0]
+    q /= all_reduce(q.sum())
     for _ in range(iterations):
-        q /= q.sum(dim=1, keepdim=True) * n_prototypes
+        q /= all_reduce(q.sum(dim=1, keepdim=True)) * n_prototypes
         q /= q.sum(dim=0, keepdim=True) * n_samples
     return (q * n_samples).T
 
@@ -564,8 +582,13 @@ class _SelfDistillation(nn.Module):
         for _, student_param, teacher_param in self.named_trainable():
             teacher_param.lerp_(student_param, 1.0 - momentum)
 
-    def losses(self, crops: list[torch.Tensor], teacher_temp: float) -> dict[str, torch.Tensor]:
-        """DINO, iBOT and KoLeo losses of one multi-crop batch (2 global crops first); updates the centers."""
+    def forward(self, crops: list[torch.Tensor], teacher_temp: float) -> dict[str, torch.Tensor]:
+        """DINO, iBOT and KoLeo losses of one multi-crop batch (2 global crops first); updates the centers.
+
+        With several processes this is the forward that DDP wraps (its gradients are averaged over the ranks); the
+        teacher's centers and Sinkhorn-Knopp statistics span every rank's batch and KoLeo stays within the
+        rank's own batch, as in DINOv2.
+        """
         config = self.config
         batch = crops[0].shape[0]
         global_crops = torch.cat(crops[:2])
@@ -597,14 +620,19 @@ class _SelfDistillation(nn.Module):
 
     def _teacher_targets(self, logits: torch.Tensor, name: str, temperature: float) -> torch.Tensor:
         """Teacher probabilities: centred and sharpened softmax, then the center's EMA step with this batch
-        (DINO; ``centering="centering"``), or Sinkhorn-Knopp over the batch (``"sinkhorn_knopp"``)."""
+        (DINO; ``centering="centering"``), or Sinkhorn-Knopp over the batch (``"sinkhorn_knopp"``).
+
+        The batch mean is over every rank's rows (DINOv2 all-reduces it), so the centers stay equal on all ranks.
+        """
         if self.config.centering == "sinkhorn_knopp":
-            return sinkhorn_knopp(logits, temperature) if logits.shape[0] else logits
+            return sinkhorn_knopp(logits, temperature)
         center = getattr(self, f"{name}_center")
         probs = F.softmax((logits - center) / temperature, dim=-1)
-        if logits.shape[0]:
+        rows = all_reduce(logits.new_tensor(float(logits.shape[0])))
+        total = all_reduce(logits.sum(dim=0, keepdim=True))
+        if rows > 0:
             momentum = self.config.center_momentum
-            center.mul_(momentum).add_(logits.mean(dim=0, keepdim=True), alpha=1 - momentum)
+            center.mul_(momentum).add_(total / rows, alpha=1 - momentum)
         return probs
 
 
@@ -639,9 +667,16 @@ def run_explora(
 ) -> tuple[PreTrainedModel, ExploraSummary]:
     """Continue the backbone's DINOv2-style self-supervised pre-training ExPLoRA-style (arXiv 2406.10973).
 
+    The loop is DINOv2's own (schedules per step, EMA teacher, three losses), run by Lightning Fabric rather than
+    recast as a LightningModule: Fabric adds the processes, the device and the gradient all-reduce around the same
+    loop. With ``config.devices`` above 1 it runs in that many spawned processes (see
+    :mod:`stage1_core.modeling.distributed`): each takes its own share of the images (``batch_size`` each), the
+    student's gradients are averaged (DDP), so the students, and the teachers (their EMA), stay equal on every
+    rank; rank 0's result comes back to this process.
+
     Args:
-        backbone: a DINOv2 / DINOv3 ViT from transformers; left untouched (the run works on copies) and
-            trained on the device it sits on.
+        backbone: a DINOv2 / DINOv3 ViT from transformers; left untouched (the run works on copies). Trained on
+            ``config.accelerator`` and returned on the device it came on.
         images: unlabeled target-domain images, each a float tensor ``3xHxW`` in [0, 1] of any size.
         config: the run settings.
 
@@ -650,41 +685,70 @@ def run_explora(
         ``config.export == "student"``) and a summary with the trainable set and the loss curve.
 
     Raises:
-        ValueError: fewer images than one batch, a bad image (named by index), a backbone without a mask
-            token while iBOT is on, or a backbone whose blocks / projections cannot be found.
+        ValueError: fewer images than one batch per process, a bad image (named by index), a backbone without a
+            mask token while iBOT is on, or a backbone whose blocks / projections cannot be found.
         FloatingPointError: the loss stopped being finite (the step and the loss parts are named).
     """
-    if len(images) < config.batch_size:
-        raise ValueError(f"ExPLoRA needs at least batch_size={config.batch_size} images, got {len(images)}")
+    if len(images) < config.batch_size * config.devices:
+        raise ValueError(
+            f"ExPLoRA needs at least batch_size={config.batch_size} images, got {len(images)}"
+            + (f" (that many per process: devices={config.devices})" if config.devices > 1 else "")
+        )
     has_mask_token = any(name.endswith("mask_token") for name, _ in backbone.named_parameters())
     if not has_mask_token and config.ibot_loss_weight > 0:
         raise ValueError(
             f"{type(backbone).__name__} has no mask token, which the iBOT loss needs; "
             "load it with use_mask_token=True or set ibot_loss_weight=0"
         )
-    device = next(backbone.parameters()).device
+    fabric = Fabric(accelerator=config.accelerator, devices=config.devices, strategy=config.launch_strategy())
+    with tempfile.TemporaryDirectory(prefix="roadwork-explora-") as folder:
+        result = Path(folder) / "result.pt"
+        fabric.launch(_train, backbone, images, config, result)
+        saved = torch.load(result, map_location=next(backbone.parameters()).device, weights_only=False)  # ours
+    merged = copy.deepcopy(backbone)
+    merged.load_state_dict(saved["weights"])
+    return merged.requires_grad_(True).eval(), ExploraSummary.model_validate(saved["summary"])
+
+
+def _train(
+    fabric: Fabric,
+    backbone: PreTrainedModel,
+    images: Dataset | Sequence[torch.Tensor],
+    config: ExploraConfig,
+    result: Path,
+) -> None:
+    """:func:`run_explora` in one process (rank) of ``fabric``; rank 0 saves the merged weights and the summary to
+    ``result``. A file, as Lightning's Trainer does: Fabric's spawn launcher returns a result through a pipe that it
+    reads only after the processes ended, so anything above the pipe's buffer (64 KiB) would block rank 0 forever."""
     patch = backbone_patch_size(backbone)
     global_size = math.ceil(config.global_crop_size / patch) * patch
     local_size = math.ceil(config.local_crop_size / patch) * patch
     weights = {"dino": config.dino_loss_weight, "ibot": config.ibot_loss_weight, "koleo": config.koleo_loss_weight}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
+    rank, world_size = fabric.global_rank, fabric.world_size
+    with torch.random.fork_rng(devices=[fabric.device] if fabric.device.type == "cuda" else []):
+        torch.manual_seed(config.seed)  # the same heads on every rank
         student = prepare_explora_backbone(backbone, config)
         report = _trainable_report(student, config)
         model = _SelfDistillation(student, config).train()
         trainable = [student_param for _, student_param, _ in model.named_trainable()]
-        optimizer = torch.optim.AdamW(model.param_groups(), lr=config.lr)
+        wrapped, optimizer = fabric.setup(model, torch.optim.AdamW(model.param_groups(), lr=config.lr))
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, rank]).generate_state(1)[0]))  # crops, masks
         schedules = _Schedules(config)
-        loader = DataLoader(
-            MultiCropDataset(images, config, global_size, local_size),
-            batch_size=config.batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=torch.Generator().manual_seed(config.seed),
-            **config.loader.dataloader_options(),
+        dataset = MultiCropDataset(images, config, global_size, local_size)
+        sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=config.seed, drop_last=True)
+        loader = fabric.setup_dataloaders(
+            DataLoader(
+                dataset,
+                batch_size=config.batch_size,
+                sampler=sampler,
+                drop_last=True,
+                **config.loader.dataloader_options(processes=world_size),
+            ),
+            use_distributed_sampler=False,  # ours: seeded by the config; Fabric sets its epoch at each pass
         )
         logger.info(
-            "ExPLoRA: %d/%d backbone params trainable (%.2f%%), LoRA on %d modules, unfrozen %s; crops %d/%d px",
+            "ExPLoRA: %d/%d backbone params trainable (%.2f%%), LoRA on %d modules, unfrozen %s; crops %d/%d px; "
+            "%d process(es) of %d images",
             report.trainable_params,
             report.total_params,
             100 * report.trainable_share,
@@ -692,23 +756,27 @@ def run_explora(
             report.unfrozen_blocks,
             global_size,
             local_size,
+            world_size,
+            config.batch_size,
         )
         curve: list[ExploraStepLoss] = []
         started = time.perf_counter()
         batches = _endless(loader)
-        progress = tqdm(range(config.max_steps), desc="ExPLoRA", unit="step")
+        progress = tqdm(range(config.max_steps), desc="ExPLoRA", unit="step", disable=rank != 0)
         for step in progress:
             schedules.apply(optimizer, step)
             teacher_temp = float(schedules.teacher_temp[step])
-            parts = model.losses([crop.to(device) for crop in next(batches)], teacher_temp)
+            parts = wrapped(next(batches), teacher_temp)
             total = sum(weights[name] * value for name, value in parts.items())
-            values = {name: float(value.detach()) for name, value in parts.items()}
-            if not torch.isfinite(total):
+            # the record is the mean over the ranks (each rank's loss is over its own images)
+            reduced = all_reduce(torch.stack([total.detach(), *parts.values()]).detach().float()) / world_size
+            values = dict(zip(parts, reduced[1:].tolist(), strict=True))
+            if not torch.isfinite(reduced[0]):
                 raise FloatingPointError(
-                    f"ExPLoRA step {step}: loss is {float(total.detach())} {values}; lower lr or raise teacher_temp"
+                    f"ExPLoRA step {step}: loss is {float(reduced[0])} {values}; lower lr or raise teacher_temp"
                 )
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            fabric.backward(total)
             if config.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(trainable, config.clip_grad_norm)
             optimizer.step()
@@ -716,7 +784,7 @@ def run_explora(
             model.update_teacher(momentum)
             record = ExploraStepLoss(
                 step=step,
-                total=float(total.detach()),
+                total=float(reduced[0]),
                 **values,
                 lr=float(schedules.lr[step]),
                 weight_decay=float(schedules.weight_decay[step]),
@@ -739,6 +807,7 @@ def run_explora(
                 )
         seconds = time.perf_counter() - started
     logger.info("ExPLoRA: %d steps in %.1f s; returning the merged %s", config.max_steps, seconds, config.export)
+    teacher_state = [parameter for _, _, parameter in model.named_trainable()] + [model.dino_center, model.ibot_center]
     merged = merge_explora_backbone(model.teacher if config.export == "teacher" else model.student)
     summary = ExploraSummary(
         **report.model_dump(),
@@ -749,9 +818,24 @@ def run_explora(
         loss_curve=curve,
         steps=config.max_steps,
         seconds=seconds,
-        images_seen=config.max_steps * config.batch_size,
+        images_seen=config.max_steps * config.batch_size * world_size,
+        processes=world_size,
+        teacher_rank_difference=_rank_difference(teacher_state),
     )
-    return merged, summary
+    if rank == 0:
+        torch.save({"weights": merged.state_dict(), "summary": summary.model_dump()}, result)
+
+
+def _rank_difference(tensors: list[torch.Tensor]) -> float:
+    """The largest absolute difference between rank 0's ``tensors`` and any other rank's (0 in one process)."""
+    if not is_distributed():
+        return 0.0
+    largest = torch.zeros((), device=tensors[0].device)
+    for tensor in tensors:
+        reference = tensor.detach().clone()
+        dist.broadcast(reference, src=0)
+        largest = torch.maximum(largest, (tensor.detach() - reference).abs().max())
+    return float(all_reduce(largest, dist.ReduceOp.MAX))
 
 
 def _trainable_report(peft_model: PeftModel, config: ExploraConfig) -> ExploraTrainableReport:

@@ -11,7 +11,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pydantic import BaseModel, Field
 from sklearn.metrics import matthews_corrcoef
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from stage1_core.common.config import StrictConfig
@@ -34,14 +34,20 @@ from stage1_core.data.images import AugmentationConfig, LoaderConfig, ManifestIm
 from stage1_core.data.splits import Consumer, LeakageError, take_split
 from stage1_core.modeling.adapters import AdapterConfig, adapter_parameters, add_adapters, merge_adapters
 from stage1_core.modeling.backbone import transformer_blocks
+from stage1_core.modeling.distributed import DeviceConfig
 from stage1_core.modeling.model import MultiViewConfig, RoadworkClassifier, TopKSelection, choose_top_k
 
 logger = logging.getLogger(__name__)
 
+LAST_CHECKPOINT = "last"  # the checkpoint of the last finished epoch, which an interrupted run resumes from
 
-def seed_per_epoch(seed: int, epoch: int) -> int:
-    """A seed that is a pure function of (seed, epoch): an epoch replayed after a resume draws the same numbers."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+def seed_per_epoch(seed: int, epoch: int, *keys: int) -> int:
+    """A seed that is a pure function of (seed, epoch, keys): an epoch replayed after a resume draws the same numbers.
+
+    ``keys`` tell apart the streams of one epoch (the rank of a process).
+    """
+    return int(np.random.SeedSequence([seed, epoch, *keys]).generate_state(1)[0])
 
 
 class EmaConfig(StrictConfig):
@@ -94,8 +100,11 @@ class DistillationConfig(StrictConfig):
     )
 
 
-class TrainConfig(StrictConfig):
-    """Supervised training settings (the plan's safe defaults: dropout in the head, wd 0.01, smoothing 0.1)."""
+class TrainConfig(DeviceConfig):
+    """Supervised training settings (the plan's safe defaults: dropout in the head, wd 0.01, smoothing 0.1).
+
+    ``batch_size`` is per process: with ``devices: N`` a step takes N x ``batch_size`` images (Lightning's rule).
+    """
 
     max_epochs: int = 8
     batch_size: int = 32
@@ -113,19 +122,12 @@ class TrainConfig(StrictConfig):
     top_k_candidates: list[int] = Field(
         [1, 2, 3, 5, 10], description="K values tried on val_select for topk_mean; [] keeps the configured top_k"
     )
-    devices: int | str = Field(
-        1, description="Lightning devices; used only when CUDA is present (CPU runs use one process)"
-    )
-    strategy: str = Field(
-        "auto", description="Lightning strategy (e.g. ddp for several GPUs); used only when CUDA is present"
-    )
     compile: bool = Field(False, description="torch.compile the classifier's forward; only when CUDA is present")
     sampling: FusionConfig = FusionConfig()
     early_stopping_patience: int = 3
     augmentation: AugmentationConfig = AugmentationConfig()
     loader: LoaderConfig = LoaderConfig()
     seed: int = 0
-    accelerator: str = "auto"
     precision: str = Field(
         "auto", description="Lightning precision; auto: bf16-mixed on a CUDA GPU that has bf16, else 32-true"
     )
@@ -151,6 +153,7 @@ class TrainSummary(BaseModel):
     top_k: TopKSelection | None = None
     sampling: FusionSummary  # what the class-balanced, source-mixing sampler drew from train (expected shares)
     resumed_after_epochs: int = 0  # epochs restored from a checkpoint of an interrupted run (0: trained from the start)
+    processes: int = 1  # training processes (DDP ranks) Lightning ran: train.devices
 
 
 def set_trainable_blocks(model: RoadworkClassifier, trainable_blocks: int) -> None:
@@ -188,8 +191,9 @@ def ema_callback(config: EmaConfig) -> WeightAveraging | None:
 
 
 def trainer_hardware(config: TrainConfig) -> dict[str, Any]:
-    """Trainer settings by hardware: bf16, several devices and strategies only when CUDA is present.
+    """Trainer settings by hardware: bf16 and torch.compile only when CUDA is present.
 
+    ``devices`` processes on either hardware (several: spawned, see :mod:`stage1_core.modeling.distributed`).
     Determinism is strict on the CPU; on CUDA it warns instead of failing, since some fused kernels
     (SDPA backward) have no deterministic implementation.
     """
@@ -197,27 +201,14 @@ def trainer_hardware(config: TrainConfig) -> dict[str, Any]:
     precision = config.precision
     if precision == "auto":
         precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
-    if cuda:
-        return {
-            "accelerator": config.accelerator,
-            "devices": config.devices,
-            "strategy": config.strategy,
-            "precision": precision,
-            "deterministic": "warn",
-        }
-    if config.devices != 1 or config.strategy != "auto" or config.compile:
-        logger.info(
-            "no CUDA device: devices=%s, strategy=%s, compile=%s do not apply; training in one CPU process",
-            config.devices,
-            config.strategy,
-            config.compile,
-        )
+    if config.compile and not cuda:
+        logger.info("no CUDA device: compile does not apply")
     return {
         "accelerator": config.accelerator,
-        "devices": 1,
-        "strategy": "auto",
+        "devices": config.devices,
+        "strategy": config.launch_strategy(),
         "precision": precision,
-        "deterministic": True,
+        "deterministic": "warn" if cuda else True,
     }
 
 
@@ -295,13 +286,16 @@ def select_top_k(model: RoadworkClassifier, val_select: pd.DataFrame, config: Tr
 
 
 class ClassifierModule(L.LightningModule):
-    """Loss, optimiser and val_select scoring around an injected classifier."""
+    """Loss, optimiser and val_select scoring around an injected classifier.
 
-    def __init__(self, model: RoadworkClassifier, config: TrainConfig, steps_per_epoch: int) -> None:
+    With several processes the training loss is averaged over the ranks before it is logged, and val_select is
+    scored on every rank's rows gathered (each rank validates a shard, :class:`ShardSampler`).
+    """
+
+    def __init__(self, model: RoadworkClassifier, config: TrainConfig) -> None:
         super().__init__()
         self.model = model
         self.config = config
-        self.steps_per_epoch = steps_per_epoch
         self.train_views = (
             MultiViewConfig(**{**model.config.multiview.model_dump(), "aggregation": "global_only"})
             if config.train_views == "global"
@@ -310,7 +304,6 @@ class ClassifierModule(L.LightningModule):
         self.val_logits: list[torch.Tensor] = []
         self.val_labels: list[torch.Tensor] = []
         self.history: list[dict[str, float]] = []
-        self.resumed_after_epochs = 0
         self.distillation_weight = distillation_weight(model.config.multiview, config)
         self.compiled: Callable[..., torch.Tensor] | None = (
             None  # a function, not a module: no second copy of the weights
@@ -334,9 +327,9 @@ class ClassifierModule(L.LightningModule):
         loss = F.binary_cross_entropy_with_logits(logits, targets)
         if self.distillation_weight:
             distillation = global_view_distillation(global_logits, logits, targets, self.config.distillation)
-            self.log("train/distillation", distillation, on_step=False, on_epoch=True)
+            self.log("train/distillation", distillation, on_step=False, on_epoch=True, sync_dist=True)
             loss = loss + self.distillation_weight * distillation
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -345,16 +338,18 @@ class ClassifierModule(L.LightningModule):
         self.val_labels.append(labels)
 
     def on_validation_epoch_end(self) -> None:
+        rows = len(self.trainer.val_dataloaders.dataset)
         logits, labels = (
-            self.all_gather(torch.cat(values)).reshape(-1).float().cpu()
+            ShardSampler.gathered(self.all_gather(torch.cat(values)).float().cpu(), rows, self.trainer.world_size)
             for values in (self.val_logits, self.val_labels)
-        )  # all ranks' rows
+        )  # all ranks' rows, in order, once each
         self.val_logits, self.val_labels = [], []
         loss = F.binary_cross_entropy_with_logits(logits, labels).item()
         predictions = (torch.sigmoid(logits) > 0.5).int().numpy()
         mcc = float(matthews_corrcoef(labels.int().numpy(), predictions)) if len(np.unique(labels.numpy())) > 1 else 0.0
         accuracy = float((predictions == labels.int().numpy()).mean())
-        self.log_dict({"val_select/mcc": mcc, "val_select/loss": loss, "val_select/accuracy": accuracy}, prog_bar=True)
+        metrics = {"val_select/mcc": mcc, "val_select/loss": loss, "val_select/accuracy": accuracy}
+        self.log_dict(metrics, prog_bar=True, sync_dist=True)  # equal on every rank (all rows): the mean is a no-op
         if not self.trainer.sanity_checking:
             train_loss = self.trainer.callback_metrics.get("train/loss_epoch")
             self.history.append(
@@ -373,7 +368,6 @@ class ClassifierModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A resumed run continues the history of the epochs it restores."""
         self.history = checkpoint["val_select_history"]
-        self.resumed_after_epochs = len(self.history)
 
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return shape
         head = [
@@ -387,7 +381,7 @@ class ClassifierModule(L.LightningModule):
             if params:
                 groups.append({"params": params, "lr": lr})
         optimizer = torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
-        total = max(1, self.steps_per_epoch * self.config.max_epochs)
+        total = max(1, int(self.trainer.estimated_stepping_batches))  # this rank's batches over max_epochs
         warmup = max(1, int(total * self.config.warmup_fraction))
 
         def schedule(step: int) -> float:
@@ -401,27 +395,75 @@ class ClassifierModule(L.LightningModule):
         }
 
 
-class EpochWeightedSampler(WeightedRandomSampler):
-    """Weighted sampling whose draw is a function of (seed, epoch): Lightning calls ``set_epoch`` before every epoch,
-    so an epoch replayed after a resume sees the same samples in the same order as in an uninterrupted run."""
+class EpochWeightedSampler(Sampler[int]):
+    """Weighted sampling with replacement whose draw is a function of (seed, epoch), split over the ranks.
 
-    def __init__(self, weights: torch.Tensor, num_samples: int, seed: int) -> None:
-        super().__init__(weights, num_samples=num_samples, replacement=True, generator=torch.Generator())
-        self.seed = seed
-        self.set_epoch(0)
+    Lightning calls ``set_epoch`` before every epoch, so an epoch replayed after a resume sees the same samples in
+    the same order as in an uninterrupted run. Every rank draws the same epoch (``num_samples`` rounded up to a
+    multiple of ``world_size``) and takes every ``world_size``-th draw from its ``rank``: the ranks' draws together
+    are exactly one process's draw, each once, and the ranks' k-th batches together are one process's k-th batch
+    at ``world_size`` times the batch size (the same step as one process with that global batch).
+    """
+
+    def __init__(self, weights: torch.Tensor, num_samples: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.weights = weights
+        self.draws = math.ceil(num_samples / world_size) * world_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(seed_per_epoch(self.seed, epoch))
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(seed_per_epoch(self.seed, self.epoch))
+        draw = torch.multinomial(self.weights, self.draws, replacement=True, generator=generator)
+        return iter(draw[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.draws // self.world_size
+
+
+class ShardSampler(Sampler[int]):
+    """Rows ``rank, rank + world_size, ...`` of ``0 .. rows - 1``, for scoring a frame over several processes.
+
+    The last rows wrap around to the first ones so that every rank holds as many (collectives need equal shapes);
+    :meth:`gathered` puts the ranks' results back in row order and cuts the repeated rows.
+    """
+
+    def __init__(self, rows: int, rank: int = 0, world_size: int = 1) -> None:
+        self.rows, self.rank, self.world_size = rows, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(index % self.rows for index in range(self.rank, len(self) * self.world_size, self.world_size))
+
+    def __len__(self) -> int:
+        return math.ceil(self.rows / self.world_size)
+
+    @staticmethod
+    def gathered(values: torch.Tensor, rows: int, world_size: int) -> torch.Tensor:
+        """Row-ordered values from ``all_gather``'s ``[world_size, per_rank, ...]`` (a rank's own values alone)."""
+        if world_size == 1:
+            return values.reshape(-1)
+        return values.transpose(0, 1).reshape(-1)[:rows]
 
 
 class EpochSeeding(Callback):
-    """Seed the global RNGs (augmentations, dropout) from (seed, epoch) at each epoch start, for exact resumes."""
+    """Seed the global RNGs (augmentations, dropout) from (seed, epoch, rank) at each epoch start, for exact resumes.
+
+    Each rank gets a stream of its own: otherwise the ranks' k-th images would get the same crops and dropout masks.
+    """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        L.seed_everything(seed_per_epoch(self.seed, trainer.current_epoch), workers=True, verbose=False)
+        seed = seed_per_epoch(self.seed, trainer.current_epoch, trainer.global_rank)
+        L.seed_everything(seed, workers=True, verbose=False)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint this module wrote (our own file: full unpickling is safe)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 @contextmanager
@@ -440,29 +482,50 @@ def _checkpoint_directory(directory: Path | None) -> Iterator[Path]:
 
 
 def _loader(
-    manifest: pd.DataFrame, canvas_size: int, config: TrainConfig, weights: pd.Series | None = None
+    manifest: pd.DataFrame,
+    canvas_size: int,
+    config: TrainConfig,
+    weights: pd.Series | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """In order and unaugmented, unless sampling ``weights`` are given (training).
+    """This rank's rows in order and unaugmented (:class:`ShardSampler`), unless sampling ``weights`` are given.
 
-    With ``weights``: augmented and drawn by the epoch-seeded sampler.
+    With ``weights`` (training): augmented and drawn by the epoch-seeded sampler, this rank's share of the draw.
     """
     dataset = ManifestImageDataset(
         manifest, canvas_transform(canvas_size, None if weights is None else config.augmentation), canvas_size
     )
+    options = config.loader.dataloader_options(processes=world_size)
     if weights is None:
-        return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, **config.loader.dataloader_options())
+        sampler: Sampler[int] = ShardSampler(len(manifest), rank, world_size)
+        return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, **options)
     sampler = EpochWeightedSampler(
-        torch.as_tensor(weights.to_numpy(), dtype=torch.double), num_samples=len(manifest), seed=config.seed
+        torch.as_tensor(weights.to_numpy(), dtype=torch.double), len(manifest), config.seed, rank, world_size
     )
     # the loader's own generator: creating its iterator must not draw from the global RNG that EpochSeeding seeds
     loader_generator = torch.Generator().manual_seed(config.seed)
-    return DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        generator=loader_generator,
-        **config.loader.dataloader_options(),
-    )
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, generator=loader_generator, **options)
+
+
+class ManifestData(L.LightningDataModule):
+    """The train and val_select loaders, built in each process for its rank (Lightning's own sampler replacement
+    is off: it would neither reseed the weighted draw per epoch nor keep val_select's rows once each)."""
+
+    def __init__(
+        self, train: pd.DataFrame, val_select: pd.DataFrame, weights: pd.Series, canvas_size: int, config: TrainConfig
+    ) -> None:
+        super().__init__()
+        self.train, self.val_select, self.weights = train, val_select, weights
+        self.canvas_size, self.config = canvas_size, config
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        return _loader(self.train, self.canvas_size, self.config, self.weights, rank, world_size)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        return _loader(self.val_select, self.canvas_size, self.config, None, rank, world_size)
 
 
 def train_classifier(
@@ -471,12 +534,17 @@ def train_classifier(
     val_select: pd.DataFrame,
     config: TrainConfig,
     checkpoint_dir: Path | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> tuple[RoadworkClassifier, TrainSummary]:
     """Train on ``train``, select the checkpoint on ``val_select`` (MCC), return the selected model.
 
     With ``checkpoint_dir``, every epoch ends with a full checkpoint there (``last.ckpt``: weights, optimizer,
     scheduler, early stopping, history); a run that finds one resumes from it and, with the per-epoch seeding,
     ends with the weights an uninterrupted run would have. The folder is removed once training succeeded.
+
+    With ``config.devices`` above 1 the training runs in that many spawned processes (DDP); rank 0 alone writes
+    the checkpoints, and this process gets the selected weights back and does everything after the training
+    (top-K choice, summary) once. ``callbacks`` (extra Lightning callbacks) run in every training process.
     """
     if model.config.multiview.aggregation == "attention" and config.train_views == "global":
         raise ValueError(
@@ -489,33 +557,41 @@ def train_classifier(
     model.train()
     canvas = model.config.multiview.canvas_size
     weights = sampling_weights(train, config.sampling)
-    train_loader = _loader(train, canvas, config, weights)
-    val_loader = _loader(val_select, canvas, config)
-    module = ClassifierModule(model, config, steps_per_epoch=len(train_loader))
+    data = ManifestData(train, val_select, weights, canvas, config)
+    module = ClassifierModule(model, config)
     started = time.perf_counter()
     with _checkpoint_directory(checkpoint_dir) as directory:
-        last = directory / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        last = directory / f"{LAST_CHECKPOINT}{ModelCheckpoint.FILE_EXTENSION}"
         resume = last if last.is_file() else None
+        resumed_after_epochs = len(_read_checkpoint(resume)["val_select_history"]) if resume is not None else 0
         if resume is not None:
             logger.info("training: resuming from %s (the checkpoint of an interrupted run)", resume)
-        checkpoint = ModelCheckpoint(
-            dirpath=directory, monitor="val_select/mcc", mode="max", save_top_k=1, save_last=True
-        )
+        checkpoint = ModelCheckpoint(dirpath=directory, monitor="val_select/mcc", mode="max", save_top_k=1)
+        # every epoch, improved or not (ModelCheckpoint's save_last writes only when a top-k checkpoint was saved)
+        every_epoch = ModelCheckpoint(dirpath=directory, filename=LAST_CHECKPOINT, enable_version_counter=False)
         stopping = EarlyStopping(monitor="val_select/mcc", mode="max", patience=config.early_stopping_patience)
         trainer = L.Trainer(
             max_epochs=config.max_epochs,
             **trainer_hardware(config),
-            callbacks=[checkpoint, stopping, EpochSeeding(config.seed), *filter(None, [ema_callback(config.ema)])],
+            callbacks=[
+                checkpoint,  # first: the Trainer's checkpoint_callback, whose best path spawned processes hand back
+                every_epoch,
+                stopping,
+                EpochSeeding(config.seed),
+                *filter(None, [ema_callback(config.ema)]),
+                *callbacks,
+            ],
             default_root_dir=directory,
             logger=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
+            use_distributed_sampler=False,  # ManifestData shards for the rank itself
         )
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
-        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)[
-            "state_dict"
-        ]  # our own file
-        module.load_state_dict(best)
+        logger.info("training: %d process(es), strategy %s", config.devices, config.launch_strategy())
+        trainer.fit(module, datamodule=data, ckpt_path=resume)
+        # read back in this process: spawned training processes hand over the checkpoint paths, not the module
+        module.load_state_dict(_read_checkpoint(Path(checkpoint.best_model_path))["state_dict"])
+        history = _read_checkpoint(last)["val_select_history"]
     trainable_params, total_params = (
         sum(p.numel() for p in model.parameters() if p.requires_grad),
         sum(p.numel() for p in model.parameters()),
@@ -523,7 +599,6 @@ def train_classifier(
     adapter_params = sum(p.numel() for p in adapter_parameters(model.backbone))
     model.backbone = merge_adapters(model.backbone)
     top_k = select_top_k(model, val_select, config)
-    history = module.history
     best_index = int(np.argmax([row["val_select_mcc"] for row in history]))
     summary = TrainSummary(
         epochs_run=len(history),
@@ -539,7 +614,8 @@ def train_classifier(
         distillation_weight=module.distillation_weight,
         top_k=top_k,
         sampling=summarize(train, weights),
-        resumed_after_epochs=module.resumed_after_epochs,
+        resumed_after_epochs=resumed_after_epochs,
+        processes=trainer.world_size,
     )
     logger.info(
         "training: %d epochs, best val_select MCC %.3f at epoch %d",
