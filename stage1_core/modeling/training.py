@@ -109,6 +109,8 @@ class TrainSummary(BaseModel):
     top_k: TopKSelection | None = None
     sampling: FusionSummary  # what the class-balanced, source-mixing sampler drew from train (expected shares)
     resumed_after_epochs: int = 0  # epochs restored from a checkpoint of an interrupted run (0: trained from the start)
+    train_steps: int = 0  # optimisation steps this process ran (after a resume: those after it)
+    seconds_per_train_step: float | None = None  # their mean wall seconds: forward, backward, update (not decoding)
 
 
 def set_trainable_blocks(model: RoadworkClassifier, trainable_blocks: int) -> None:
@@ -324,6 +326,31 @@ class ClassifierModule(L.LightningModule):
         }
 
 
+class StepTimer(Callback):
+    """Wall seconds of each optimisation step, forward + backward + update, batch decoding excluded: what a budget
+    for a longer run on the same machine is computed from (``benchmarks.realistic_run`` prints it)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._started = self._now(pl_module)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.seconds.append(self._now(pl_module) - self._started)
+
+    @staticmethod
+    def _now(pl_module: L.LightningModule) -> float:
+        if pl_module.device.type == "cuda":  # CUDA kernels run asynchronously: wait for the step's
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+
 class EpochWeightedSampler(WeightedRandomSampler):
     """Weighted sampling whose draw is a function of (seed, epoch): Lightning calls ``set_epoch`` before every epoch,
     so an epoch replayed after a resume sees the same samples in the same order as in an uninterrupted run."""
@@ -425,10 +452,17 @@ def train_classifier(
             dirpath=directory, monitor="val_select/mcc", mode="max", save_top_k=1, save_last=True
         )
         stopping = EarlyStopping(monitor="val_select/mcc", mode="max", patience=config.early_stopping_patience)
+        timer = StepTimer()
         trainer = L.Trainer(
             max_epochs=config.max_epochs,
             **trainer_hardware(config),
-            callbacks=[checkpoint, stopping, EpochSeeding(config.seed), *filter(None, [ema_callback(config.ema)])],
+            callbacks=[
+                checkpoint,
+                stopping,
+                EpochSeeding(config.seed),
+                timer,
+                *filter(None, [ema_callback(config.ema)]),
+            ],
             default_root_dir=directory,
             logger=False,
             enable_model_summary=False,
@@ -462,11 +496,15 @@ def train_classifier(
         top_k=top_k,
         sampling=summarize(train, weights),
         resumed_after_epochs=module.resumed_after_epochs,
+        train_steps=len(timer.seconds),
+        seconds_per_train_step=float(np.mean(timer.seconds)) if timer.seconds else None,
     )
     logger.info(
-        "training: %d epochs, best val_select MCC %.3f at epoch %d",
+        "training: %d epochs, best val_select MCC %.3f at epoch %d; %d steps, %.2f s per step",
         summary.epochs_run,
         summary.best_val_select_mcc,
         summary.best_epoch,
+        summary.train_steps,
+        summary.seconds_per_train_step or float("nan"),
     )
     return model.eval(), summary
