@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -38,14 +39,18 @@ from stage1_core.run.settings import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "pipelines" / "configs" / "realistic.yaml"
-POLL_SECONDS = 0.5  # VmHWM only grows: a sample every half second misses at most the child's last half second
+# VmHWM only grows: a sample every half second misses at most the child's last half second of the overall peak;
+# the per-step peaks come from VmRSS samples and may miss a spike shorter than that.
+POLL_SECONDS = 0.5
 
 
 class StepSeconds(BaseModel):
     """One step of the run, in the order the steps started."""
 
     name: str
+    started: float  # Unix time
     seconds: float
+    peak_rss_mb: float | None = None  # the run's resident memory at its highest while this step ran (sampled)
 
 
 class RunFigures(BaseModel):
@@ -96,7 +101,7 @@ def read_run_figures() -> RunFigures:
         run_name=run.name,
         status=run.status.value,
         pipeline_seconds=(run.end_time - run.start_time).total_seconds(),
-        steps=[StepSeconds(name=step.name, seconds=_seconds(step)) for step in steps],
+        steps=[StepSeconds(name=step.name, started=_unix(step.start_time), seconds=_seconds(step)) for step in steps],
         **_explora_figures(explora),
         train_steps=train.train_steps,
         seconds_per_train_step=train.seconds_per_train_step,
@@ -111,6 +116,26 @@ def read_run_figures() -> RunFigures:
 
 def _seconds(step) -> float:  # noqa: ANN001 - ZenML's StepRunResponse
     return (step.end_time - step.start_time).total_seconds()
+
+
+def _unix(moment: datetime) -> float:
+    """ZenML's times are UTC, without a time zone."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _step_peaks(steps: list[StepSeconds], samples: list[tuple[float, float]]) -> list[StepSeconds]:
+    """Each step with the highest resident memory sampled while it ran."""
+    return [
+        step.model_copy(
+            update={
+                "peak_rss_mb": max(
+                    (rss for moment, rss in samples if step.started <= moment <= step.started + step.seconds),
+                    default=None,
+                )
+            }
+        )
+        for step in steps
+    ]
 
 
 def _explora_figures(summary: ExploraSummary | None) -> dict[str, int | float]:
@@ -138,9 +163,10 @@ def measure(config_path: Path, work: Path) -> RealisticRunResult:
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        peak = 0.0
+        peak, samples = 0.0, []
         while child.poll() is None:
             peak = max(peak, process_rss_mb("VmHWM", child.pid) or 0.0)
+            samples.append((time.time(), process_rss_mb("VmRSS", child.pid) or 0.0))
             time.sleep(POLL_SECONDS)
     wall = time.perf_counter() - started
     if child.returncode != 0:
@@ -156,7 +182,8 @@ def measure(config_path: Path, work: Path) -> RealisticRunResult:
     )
     figures = RunFigures.model_validate_json(reader.stdout.strip().splitlines()[-1])
     return RealisticRunResult(
-        **figures.model_dump(),
+        **figures.model_dump(exclude={"steps"}),
+        steps=_step_peaks(figures.steps, samples),
         config=str(config_path),
         wall_seconds=wall,
         peak_rss_mb=peak,
@@ -177,9 +204,10 @@ def print_table(result: RealisticRunResult) -> None:
         f"{result.cpu_cores} cores, load average {result.load_average_start:.1f} at start, "
         f"{result.load_average_end:.1f} at end"
     )
-    print(f"\n{'step':<28} {'s':>8} {'share':>6}")
+    print(f"\n{'step':<28} {'s':>8} {'share':>6} {'peak RSS MB':>12}")
     for step in result.steps:
-        print(f"{step.name:<28} {step.seconds:>8.1f} {step.seconds / result.pipeline_seconds:>6.0%}")
+        peak = f"{step.peak_rss_mb:>12,.0f}" if step.peak_rss_mb is not None else f"{'-':>12}"
+        print(f"{step.name:<28} {step.seconds:>8.1f} {step.seconds / result.pipeline_seconds:>6.0%} {peak}")
     print()
     if result.explora_seconds_per_step is not None:
         print(
