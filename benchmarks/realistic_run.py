@@ -22,18 +22,13 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
 
 from pydantic import BaseModel
-from zenml.client import Client
 
 from benchmarks.command import run_benchmark
 from benchmarks.memory import process_rss_mb
-from stage1_core.common.cli import EXIT_OK, configure_logging, run_printing_command
-from stage1_core.modeling.explora import ExploraSummary
-from stage1_core.modeling.training import TrainSummary
+from stage1_core.common.cli import configure_logging
 from stage1_core.run.config import RunConfig
 from stage1_core.run.settings import load_run_config
 
@@ -54,7 +49,8 @@ class StepSeconds(BaseModel):
 
 
 class RunFigures(BaseModel):
-    """What the run's own ZenML store says about it (read back by a child with the run's ``ZENML_CONFIG_PATH``)."""
+    """What the run's own ZenML store says about it (``benchmarks.run_figures``, in a child: this process never
+    imports ZenML, which logs to stdout once imported, so that ``--json`` prints the JSON alone)."""
 
     run_name: str
     status: str
@@ -86,43 +82,6 @@ class RealisticRunResult(RunFigures):
     views_per_image: int
 
 
-def read_run_figures() -> RunFigures:
-    """The latest run of the active ZenML store: step seconds, the summaries' timings, the export's figures."""
-    run = Client().list_pipeline_runs(sort_by="desc:created", size=1).items[0]
-    steps = sorted(run.steps.values(), key=lambda step: step.start_time)
-    explora = (
-        run.steps["adapt_backbone"].outputs["explora_summary"][0].load() if "adapt_backbone" in run.steps else None
-    )
-    train: TrainSummary = run.steps["train_model"].outputs["train_summary"][0].load()
-    evaluation, export = run.steps["evaluate_model"], run.steps["export_model"].run_metadata
-    val_test_images = int(evaluation.run_metadata["n"])
-    fixed_speed = export.get("images_per_s_fixed")
-    return RunFigures(
-        run_name=run.name,
-        status=run.status.value,
-        pipeline_seconds=(run.end_time - run.start_time).total_seconds(),
-        steps=[StepSeconds(name=step.name, started=_unix(step.start_time), seconds=_seconds(step)) for step in steps],
-        **_explora_figures(explora),
-        train_steps=train.train_steps,
-        seconds_per_train_step=train.seconds_per_train_step,
-        val_test_images=val_test_images,
-        evaluation_seconds_per_image=_seconds(evaluation) / val_test_images,
-        onnx_max_abs_diff=float(export["onnx_max_abs_diff"]),
-        onnx_parity_images=int(export["onnx_parity_images"]),
-        onnx_seconds_per_image=1.0 / float(fixed_speed) if fixed_speed else None,
-        promotion=str(run.steps["promote_model"].outputs["promotion_decision"][0].load().alias or "no alias"),
-    )
-
-
-def _seconds(step) -> float:  # noqa: ANN001 - ZenML's StepRunResponse
-    return (step.end_time - step.start_time).total_seconds()
-
-
-def _unix(moment: datetime) -> float:
-    """ZenML's times are UTC, without a time zone."""
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
 def _step_peaks(steps: list[StepSeconds], samples: list[tuple[float, float]]) -> list[StepSeconds]:
     """Each step with the highest resident memory sampled while it ran."""
     return [
@@ -136,12 +95,6 @@ def _step_peaks(steps: list[StepSeconds], samples: list[tuple[float, float]]) ->
         )
         for step in steps
     ]
-
-
-def _explora_figures(summary: ExploraSummary | None) -> dict[str, int | float]:
-    if summary is None:
-        return {}
-    return {"explora_steps": summary.steps, "explora_seconds_per_step": summary.seconds / summary.steps}
 
 
 def measure(config_path: Path, work: Path) -> RealisticRunResult:
@@ -173,7 +126,7 @@ def measure(config_path: Path, work: Path) -> RealisticRunResult:
         tail = log.read_text().strip().splitlines()[-1:]
         raise RuntimeError(f"full_run exited {child.returncode}: {' '.join(tail)} (whole log: {log})")
     reader = subprocess.run(
-        [sys.executable, "-m", "benchmarks.realistic_run", "--read-run"],
+        [sys.executable, "-m", "benchmarks.run_figures"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -242,19 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("data/benchmark/realistic_run"),
         help="where the run's own ZenML/MLflow store (emptied first) and its log go",
     )
-    parser.add_argument("--read-run", action="store_true", help=argparse.SUPPRESS)  # child: read the store back
     args = parser.parse_args(argv)
     configure_logging(logging.WARNING)
-    if args.read_run:
-        return run_printing_command("benchmarks.realistic_run", _print_figures, json_output=True)
     return run_benchmark(
         "benchmarks.realistic_run", lambda: measure(args.config, args.work.resolve()), print_table, args.json
     )
-
-
-def _print_figures(out: TextIO) -> int:
-    print(read_run_figures().model_dump_json(), file=out)
-    return EXIT_OK
 
 
 if __name__ == "__main__":
