@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def process_rss_mb(field: str) -> float | None:
-    """This process's ``VmRSS`` (now) or ``VmHWM`` (peak) in MB from /proc; None where /proc is absent."""
+def process_rss_mb(field: str, pid: int | None = None) -> float | None:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) in MB from /proc, of this process or of ``pid``; None where /proc is
+    absent or the process has ended."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:

@@ -56,7 +56,9 @@ def train_model(
             "resumed_after_epochs": summary.resumed_after_epochs,
             "processes": summary.processes,
             "seconds": summary.seconds,
+            "train_steps": summary.train_steps,
             "sampling": summary.sampling.model_dump(mode="json"),
         }
+        | ({"seconds_per_train_step": summary.seconds_per_train_step} if summary.train_steps else {})
     )
     return model, summary

@@ -3,6 +3,8 @@
 One backbone pass gives both the global and the multi-view logits.
 """
 
+import typing
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ from stage1_core.data.splits import SPLIT_GROUP_COLUMN, bootstrap_groups, split_
 from stage1_core.evaluation.ablation import AblationTable, recipe_name, score_inference_modes, slug
 from stage1_core.evaluation.calibration import CalibrationConfig, fit_calibration_policy
 from stage1_core.evaluation.report import EvaluationConfig
+from stage1_core.modeling.adapters import AdapterConfig
 from stage1_core.modeling.backbone import load_backbone
 from stage1_core.modeling.inference import manifest_canvases, predict_global_and_full_logits, predict_logits
 from stage1_core.modeling.model import ClassifierConfig, MultiViewConfig, RoadworkClassifier
@@ -78,4 +81,7 @@ def test_each_mode_is_scored_on_val_test_with_its_views(classifier, demo_manifes
 def test_recipe_names_read_as_the_table_and_step_ids_use_them() -> None:
     assert recipe_name(True, "none") == "ExPLoRA + linear head"
     assert recipe_name(False, "doran") == "no ExPLoRA + DoRAN adapter"
+    # every adapter a config may name (gpu.yaml's LoRA stage was a KeyError before the run started)
+    for method in typing.get_args(AdapterConfig.model_fields["method"].annotation):
+        assert recipe_name(True, method).startswith("ExPLoRA + ")
     assert slug("no ExPLoRA + DoRAN adapter") == "no_explora_doran_adapter"

@@ -181,6 +181,9 @@ def test_two_processes_see_each_draw_once_and_train_like_one_with_the_same_globa
         assert ddp_epoch["val_select_loss"] == pytest.approx(one_epoch["val_select_loss"], rel=LOSS_TOLERANCE)
     assert single["summary"].sampling == ddp["summary"].sampling
     assert (single["summary"].processes, ddp["summary"].processes) == (1, 2)
+    steps = sum(len(epoch["losses"]) for epoch in ddp["ranks"][0])
+    assert single["summary"].train_steps == ddp["summary"].train_steps == steps, "rank 0's steps, timed, handed back"
+    assert ddp["summary"].seconds_per_train_step > 0
 
 
 @pytest.mark.slow

@@ -85,6 +85,10 @@ def _usage_cases(root: Path) -> dict[str, tuple[list[str], str]]:
         "benchmarks.data: a size of 0": (["benchmarks.data", "--sizes", "0"], "argument --sizes: 0 is below 1"),
         "benchmarks.inference: 0 images": (["benchmarks.inference", "--images", "0"], "0 is below 1"),
         "benchmarks.multiview: a batch of 0": (["benchmarks.multiview", "--batch", "0"], "0 is below 1"),
+        "benchmarks.realistic_run: a config that does not exist": (
+            ["benchmarks.realistic_run", "--config", f"{nowhere}.yaml"],
+            "does not exist",
+        ),
         "demo.writers: 0 images": (
             ["stage1_core.demo.writers", str(root / "demo"), "--n-images", "0"],
             "invalid options: n_images",

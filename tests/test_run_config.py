@@ -155,3 +155,20 @@ def test_shipped_configs_train_without_distillation_and_only_the_full_study_trai
         ablated = distillation_ablation(config.train, config.classifier.multiview, config.ablation.distillation)
         studied[path.name] = ablated is not None and ablated.distillation.weight > 0
     assert {name for name, ablated in studied.items() if ablated} == {"default.yaml"}
+
+
+def test_the_realistic_run_is_real_scale_with_gpu_recipe_and_budgets_cut_only() -> None:
+    """``benchmarks.realistic_run``'s config: the real-size path end to end on a CPU, not a smaller model or image."""
+    realistic, gpu = (load_run_config(CONFIGS / name).config for name in ("realistic.yaml", "gpu.yaml"))
+    assert realistic.backbone == "dinov2-vits14-random", "ViT-S/14 at the released size, random init (offline)"
+    assert realistic.classifier == gpu.classifier, "224 px views on the 604 px canvas, as the GPU run"
+    demo = realistic.demo
+    assert demo is not None and realistic.demo_sources is None and 48 <= demo.n_images <= 96
+    assert (demo.image_width, demo.image_height) == (1920, 1080), "photos at camera resolution"
+    assert demo.progressive_share > 0 and demo.exif_orientation_share > 0, "as cameras write them"
+    assert realistic.explora_enabled and realistic.explora.max_steps >= 2 and realistic.train.max_epochs == 1
+    budget = {"explora": {"max_steps", "batch_size", "lr", "log_every_steps"}, "train": {"max_epochs", "batch_size"}}
+    for section, cut in budget.items():
+        ours, theirs = (getattr(config, section).model_dump(exclude=cut) for config in (realistic, gpu))
+        assert ours == theirs, f"{section}: only the budget ({sorted(cut)}) may differ from gpu.yaml's recipe"
+    assert realistic.evaluation.slices.truth_path == f"{realistic.data.path}/demo_truth.parquet"

@@ -96,6 +96,7 @@ def test_dora_training_chooses_k_on_val_select(splits) -> None:
     assert summary.sampling.rows == len(train) and summary.sampling.label_share == pytest.approx(
         {"0": 0.5, "1": 0.5}
     ), "the class-balanced draw"
+    assert summary.train_steps == -(-len(train) // 16) and summary.seconds_per_train_step > 0, "each step timed"
     dataset = ManifestImageDataset(val_select, canvas_transform(trained.config.multiview.canvas_size, None))
     canvases, labels = (torch.stack(values) for values in zip(*(dataset[i] for i in range(len(dataset)))))
     with torch.no_grad():

@@ -106,7 +106,7 @@ class AblationTable(Report):
 
 def recipe_name(explora: bool, adapter: str) -> str:
     """How a training recipe reads in the table, e.g. ``ExPLoRA + linear head``."""
-    head = {"none": "linear head", "dora": "DoRA adapter", "doran": "DoRAN adapter"}[adapter]
+    head = {"none": "linear head", "lora": "LoRA adapter", "dora": "DoRA adapter", "doran": "DoRAN adapter"}[adapter]
     return f"{'ExPLoRA' if explora else 'no ExPLoRA'} + {head}"
 
 

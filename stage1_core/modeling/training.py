@@ -154,6 +154,8 @@ class TrainSummary(BaseModel):
     sampling: FusionSummary  # what the class-balanced, source-mixing sampler drew from train (expected shares)
     resumed_after_epochs: int = 0  # epochs restored from a checkpoint of an interrupted run (0: trained from the start)
     processes: int = 1  # training processes (DDP ranks) Lightning ran: train.devices
+    train_steps: int = 0  # optimisation steps of rank 0, those before a resume included
+    seconds_per_train_step: float | None = None  # their mean wall seconds: forward, backward, update (not decoding)
 
 
 def set_trainable_blocks(model: RoadworkClassifier, trainable_blocks: int) -> None:
@@ -395,6 +397,41 @@ class ClassifierModule(L.LightningModule):
         }
 
 
+class StepTimer(Callback):
+    """Wall seconds of each optimisation step, forward + backward + update, batch decoding excluded: what a budget
+    for a longer run on the same machine is computed from (``benchmarks.realistic_run`` prints it).
+
+    Its list travels in the checkpoints (a callback's state), which is how spawned DDP processes hand rank 0's
+    timings back and how a resumed run keeps those of the steps before the interruption.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": list(self.seconds)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seconds = list(state_dict["seconds"])
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._started = self._now(pl_module)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.seconds.append(self._now(pl_module) - self._started)
+
+    @staticmethod
+    def _now(pl_module: L.LightningModule) -> float:
+        if pl_module.device.type == "cuda":  # CUDA kernels run asynchronously: wait for the step's
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+
 class EpochWeightedSampler(Sampler[int]):
     """Weighted sampling with replacement whose draw is a function of (seed, epoch), split over the ranks.
 
@@ -578,6 +615,7 @@ def train_classifier(
                 every_epoch,
                 stopping,
                 EpochSeeding(config.seed),
+                StepTimer(),
                 *filter(None, [ema_callback(config.ema)]),
                 *callbacks,
             ],
@@ -591,7 +629,9 @@ def train_classifier(
         trainer.fit(module, datamodule=data, ckpt_path=resume)
         # read back in this process: spawned training processes hand over the checkpoint paths, not the module
         module.load_state_dict(_read_checkpoint(Path(checkpoint.best_model_path))["state_dict"])
-        history = _read_checkpoint(last)["val_select_history"]
+        last_state = _read_checkpoint(last)
+        history = last_state["val_select_history"]
+        step_seconds = last_state["callbacks"][StepTimer.__qualname__]["seconds"]
     trainable_params, total_params = (
         sum(p.numel() for p in model.parameters() if p.requires_grad),
         sum(p.numel() for p in model.parameters()),
@@ -616,11 +656,15 @@ def train_classifier(
         sampling=summarize(train, weights),
         resumed_after_epochs=resumed_after_epochs,
         processes=trainer.world_size,
+        train_steps=len(step_seconds),
+        seconds_per_train_step=float(np.mean(step_seconds)) if step_seconds else None,
     )
     logger.info(
-        "training: %d epochs, best val_select MCC %.3f at epoch %d",
+        "training: %d epochs, best val_select MCC %.3f at epoch %d; %d steps, %.2f s per step",
         summary.epochs_run,
         summary.best_val_select_mcc,
         summary.best_epoch,
+        summary.train_steps,
+        summary.seconds_per_train_step or float("nan"),
     )
     return model.eval(), summary
