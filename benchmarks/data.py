@@ -31,7 +31,7 @@ from stage1_core.data.ingest import ingest
 from stage1_core.data.sources.config import IngestConfig
 from stage1_core.data.splits import SPLIT_GROUP_COLUMN, SplitConfig, assign_splits, group_size_distribution
 from stage1_core.data.validation import ValidationConfig, validate_manifest
-from stage1_core.demo.config import DemoDataConfig
+from stage1_core.demo.config import camera_photos
 from stage1_core.demo.writers import generate_demo_dataset
 
 # Each size runs twice: with the default allocators, and with Arrow's system allocator and a fixed glibc mmap
@@ -87,18 +87,9 @@ def measure(data: Path, store: Path) -> DataBenchmarkRun:
 
 
 def _dataset(work: Path, n_images: int, photo_size: str) -> Path:
-    width, height = (int(side) for side in photo_size.split("x"))
     root = work / f"natix_{photo_size}_{n_images}"
     if not (root / "demo_truth.parquet").exists():
-        config = DemoDataConfig(
-            n_images=n_images,
-            seed=0,
-            image_width=width,
-            image_height=height,
-            progressive_share=0.5,
-            exif_orientation_share=0.5,
-        )
-        generate_demo_dataset(root, config)
+        generate_demo_dataset(root, camera_photos(n_images, photo_size))
     return root
 
 

@@ -41,7 +41,7 @@ from torchvision.transforms import v2
 from benchmarks.flops import ASSUMED_UTILISATION, H100_BF16_DENSE_TFLOPS, classifier_flops, images_per_second
 from stage1_core.common.draft import draft_for_canvas
 from stage1_core.data.images import canvas_transform
-from stage1_core.demo.config import DemoDataConfig
+from stage1_core.demo.config import camera_photos
 from stage1_core.demo.writers import generate_demo_dataset
 from stage1_core.modeling.model import MultiViewConfig, make_views, resize_to_canvas
 from stage1_core.run.settings import load_run_config
@@ -78,20 +78,9 @@ class FeedEstimate(BaseModel):
 
 def photos(work: Path, size: str, n_images: int) -> list[bytes]:
     """``n_images`` demo photos of ``size`` (WIDTHxHEIGHT) as JPEG bytes, drawn once and cached under ``work``."""
-    width, height = (int(side) for side in size.split("x"))
     root = work / f"photos_{size}_{n_images}"
     if not (root / "demo_truth.parquet").exists():
-        config = DemoDataConfig(
-            n_images=n_images,
-            seed=0,
-            image_width=width,
-            image_height=height,
-            layout="folder",
-            frames_per_sequence=1,
-            progressive_share=0.5,
-            exif_orientation_share=0.5,
-        )
-        generate_demo_dataset(root, config)
+        generate_demo_dataset(root, camera_photos(n_images, size, layout="folder", frames_per_sequence=1))
     return [path.read_bytes() for path in sorted(root.glob("*/*.jpg"))]
 
 

@@ -9,7 +9,7 @@ tagged. The names here are what the tests, the slices and the demo pre-training 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -75,3 +75,18 @@ def size_class_of(px_224: float) -> str:
         if px_224 >= SIZE_RANGES_224[name][0]:
             return name
     return "tiny"
+
+
+def camera_photos(n_images: int, size: str, **settings: Any) -> DemoDataConfig:
+    """Demo photos as phone cameras write them: ``size`` (WIDTHxHEIGHT, e.g. 4032x3024), half of them progressive
+    JPEGs and half stored turned with an EXIF Orientation tag; the benchmarks' real-resolution data."""
+    width, height = (int(side) for side in size.split("x"))
+    return DemoDataConfig(
+        n_images=n_images,
+        seed=0,
+        image_width=width,
+        image_height=height,
+        progressive_share=0.5,
+        exif_orientation_share=0.5,
+        **settings,
+    )
