@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from zenml.client import Client
+from zenml.constants import STR_FIELD_MAX_LENGTH
 from zenml.enums import ExecutionStatus
 from zenml.models import PipelineRunResponse
 from zenml.orchestrators.publish_utils import publish_pipeline_run_status_update, publish_step_run_status_update
@@ -83,6 +84,11 @@ def _end_mlflow_runs(run: PipelineRunResponse, status: ExecutionStatus, tracking
             client.set_terminated(mlflow_run.info.run_id, status=final)
 
 
+def _status_reason(reason: str) -> str:
+    """``reason`` within the length ZenML stores for a run's status reason (longer ones are refused)."""
+    return reason if len(reason) <= STR_FIELD_MAX_LENGTH else reason[: STR_FIELD_MAX_LENGTH - 3] + "..."
+
+
 def settle_runs(since: datetime, status: ExecutionStatus, reason: str) -> list[str]:
     """Give every run created since ``since`` that did not complete its final ``status`` (STOPPED or FAILED).
 
@@ -98,7 +104,7 @@ def settle_runs(since: datetime, status: ExecutionStatus, reason: str) -> list[s
         for run in runs_since(since, client):
             # A static pipeline's status follows its steps': a step that failed on the signal keeps the run FAILED,
             # with the reason recorded; a run stopped between steps becomes STOPPED.
-            publish_pipeline_run_status_update(run.id, status, status_reason=reason)
+            publish_pipeline_run_status_update(run.id, status, status_reason=_status_reason(reason))
             for step in client.list_run_steps(pipeline_run_id=run.id, size=1000).items:
                 if not step.status.is_finished:
                     publish_step_run_status_update(step.id, status)
