@@ -154,22 +154,19 @@ def near_duplicate_clusters(phash: pd.Series, max_distance: int) -> np.ndarray:
 def split_groups(manifest: pd.DataFrame, max_distance: int | None) -> pd.Series:
     """Per row, the group it must share a split with: sequences (``group_id``) joined with pHash near-duplicates.
 
-    A graph whose nodes are the group ids and the distinct perceptual hashes: each row links its group
-    to its hash, each hash is linked to the centre of its star cluster (:func:`star_centres` over the
-    hashes within ``max_distance`` bits), and every connected component becomes one group, named by its
-    smallest ``group_id`` so the result does not depend on row order. Rows without a hash (undecodable)
-    keep their own group.
+    A graph whose nodes are the group ids and the near-duplicate clusters (:func:`near_duplicate_clusters`:
+    star clusters of the hashes within ``max_distance`` bits): each row links its group to its cluster, and
+    every connected component becomes one group, named by its smallest ``group_id`` so the result does not
+    depend on row order. Rows without a hash (undecodable) keep their own group.
     """
     group_codes, group_names = pd.factorize(manifest["group_id"].astype(str), sort=True)
-    hashed, hash_codes, values = _distinct_hashes(manifest["phash"])
-    if max_distance is None or not hashed.any():
+    clusters = near_duplicate_clusters(manifest["phash"], max_distance) if max_distance is not None else None
+    if clusters is None or not (clusters >= 0).any():
         return pd.Series(np.asarray(group_names)[group_codes], index=manifest.index, name=SPLIT_GROUP_COLUMN)
-    first, second = near_duplicate_pairs(values, max_distance)
-    centre = star_centres(len(values), first, second, order_key=np.arange(len(values)))  # hashes are sorted
+    hashed = clusters >= 0
     n_groups = len(group_names)
-    sources = np.concatenate([group_codes[hashed], np.arange(len(values)) + n_groups])
-    targets = np.concatenate([hash_codes + n_groups, centre + n_groups])
-    size = n_groups + len(values)
+    sources, targets = group_codes[hashed], clusters[hashed] + n_groups
+    size = n_groups + int(clusters.max()) + 1
     graph = coo_matrix((np.ones(len(sources), dtype=np.int8), (sources, targets)), shape=(size, size))
     _, component = connected_components(graph, directed=False)
     # Group names are sorted, so the first group index met in each component names it canonically.
