@@ -25,7 +25,6 @@ BF16 peak, for inference and for a training step of ``pipelines/configs/gpu.yaml
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -33,13 +32,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from pydantic import BaseModel
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from benchmarks.flops import ASSUMED_UTILISATION, H100_BF16_DENSE_TFLOPS, classifier_flops, images_per_second
-from stage1_core.common.draft import draft_for_canvas
+from stage1_core.common.draft import draft_box
+from stage1_core.common.images import decode_rgb
 from stage1_core.data.images import canvas_transform
 from stage1_core.demo.config import camera_photos
 from stage1_core.demo.writers import generate_demo_dataset
@@ -85,10 +85,8 @@ def photos(work: Path, size: str, n_images: int) -> list[bytes]:
 
 
 def pil_upright(data: bytes, canvas_size: int | None) -> Image.Image:
-    """Pillow decode (drafted for ``canvas_size``, or full with None) -> upright RGB."""
-    image = draft_for_canvas(Image.open(io.BytesIO(data)), canvas_size)
-    image.load()
-    return ImageOps.exif_transpose(image).convert("RGB")
+    """The project's decoder (drafted for ``canvas_size``, or full with None) -> upright RGB: what training reads."""
+    return decode_rgb(data, target_size=draft_box(canvas_size))
 
 
 def float_resize_canvas(data: bytes, canvas_size: int) -> torch.Tensor:

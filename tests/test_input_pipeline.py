@@ -20,8 +20,9 @@ from stage1_core.common.draft import (
     CANVAS_MEAN_TOLERANCE,
     CANVAS_P999_TOLERANCE,
     DRAFT_MARGIN,
-    draft_for_canvas,
+    draft_box,
 )
+from stage1_core.common.images import decode_opened, open_image
 from stage1_core.data import images
 from stage1_core.data.images import (
     MAX_AUTO_WORKERS,
@@ -69,12 +70,11 @@ def test_only_jpegs_are_drafted_and_modes_are_kept() -> None:
     for fmt, mode in (("PNG", "RGB"), ("JPEG", "L"), ("JPEG", "CMYK")):
         buffer = io.BytesIO()
         Image.new(mode, (1600, 1200), 90).save(buffer, format=fmt)
-        image = draft_for_canvas(Image.open(io.BytesIO(buffer.getvalue())), 150)  # sides >= 300: a quarter
-        image.load()
-        assert image.mode == mode
-        assert image.size == ((1600, 1200) if fmt == "PNG" else (400, 300)), (fmt, mode, image.size)
-    untouched = Image.open(io.BytesIO(buffer.getvalue()))
-    assert draft_for_canvas(untouched, None).size == (1600, 1200)
+        image = open_image(buffer.getvalue(), fmt)
+        decoded = decode_opened(image, fmt, draft_box(150))  # sides >= 300: a quarter
+        assert image.mode == mode, "drafting decodes in the file's own mode; to_rgb converts it afterwards"
+        assert decoded.size == ((1600, 1200) if fmt == "PNG" else (400, 300)), (fmt, mode, decoded.size)
+    assert decode_opened(open_image(buffer.getvalue(), fmt), fmt, draft_box(None)).size == (1600, 1200)
 
 
 def test_the_training_datasets_decode_at_the_canvas_scale(real_resolution_photos: dict[str, Path]) -> None:

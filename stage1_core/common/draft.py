@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 
-from PIL import Image
-
 DRAFT_MARGIN = 2.0  # decoded sides >= this multiple of the canvas side
 # How far the canvas of the fast path (drafted decode, antialiased resize of the 8-bit pixels, then floats in
 # [0, 1]) may lie from the reference canvas (full decode, the same resize on floats, as the served ONNX graph
@@ -38,14 +36,3 @@ def draft_box(canvas_size: int | None, margin: float = DRAFT_MARGIN) -> tuple[in
         return None
     side = math.ceil(margin * canvas_size)
     return side, side
-
-
-def draft_for_canvas(image: Image.Image, canvas_size: int | None, margin: float = DRAFT_MARGIN) -> Image.Image:
-    """Configure ``image`` (opened, not yet loaded) to decode as :func:`draft_box` says, keeping its mode.
-
-    Returns ``image`` (configured in place) for chaining.
-    """
-    box = draft_box(canvas_size, margin)
-    if box is not None and image.format == "JPEG":
-        image.draft(image.mode, box)
-    return image
