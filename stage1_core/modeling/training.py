@@ -427,7 +427,7 @@ class StepTimer(Callback):
 
     @staticmethod
     def _now(pl_module: L.LightningModule) -> float:
-        if pl_module.device.type == "cuda":  # CUDA kernels run asynchronously: wait for the step's
+        if pl_module.device.type == "cuda":  # CUDA kernels run asynchronously: wait until the step has run
             torch.cuda.synchronize(pl_module.device)
         return time.perf_counter()
 
